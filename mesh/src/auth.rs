@@ -1,0 +1,392 @@
+//! Token verification on every service, against the auth service's published keys.
+//!
+//! [`JwtVerifier`] checks Ed25519 access and service tokens offline with keys fetched from
+//! `AuthService.GetJwks`: cached, refreshed when a token names an unknown `kid` (a rotation),
+//! and at most once per `jwt.jwks_min_refresh_interval_ms`, so a flood of forged `kid`s cannot
+//! turn into a flood of fetches. [`AuthLayer`] runs it before any handler: it reads the method's
+//! declared access (`weft.api.v1.access` in the proto), refuses what the caller may not do, and
+//! puts the verified [`Principal`] into the request's extensions for the handler's owner checks.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::Request;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use tower_layer::Layer;
+use tower_service::Service;
+use weft_proto::{
+    Access,
+    auth::{Jwks, auth_service_client::AuthServiceClient},
+};
+
+use crate::{client::MeshChannel, config::JwtConfig};
+
+/// The claims of every Weft token, access and service alike.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience: `jwt.audience` for access tokens, the callee's name for service tokens.
+    pub aud: String,
+    /// Subject: a user id, or `service:<name>`.
+    pub sub: String,
+    /// `user`, `admin` or `service`.
+    pub role: String,
+    /// Issued at (seconds since the epoch).
+    pub iat: u64,
+    /// Expires at (seconds since the epoch).
+    pub exp: u64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// What a caller is allowed to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An ordinary signed-in user.
+    User,
+    /// An administrator.
+    Admin,
+    /// Another service of the mesh.
+    Service,
+}
+
+impl Role {
+    /// The `role` claim's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    fn parse(claim: &str) -> Option<Role> {
+        match claim {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+/// The verified caller of a request, found in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's subject: a user id, or `service:<name>`.
+    pub subject: String,
+    /// The caller's role.
+    pub role: Role,
+}
+
+impl Principal {
+    /// The principal of a request that passed [`AuthLayer`]; UNAUTHENTICATED when there is none.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .ok_or_else(|| Status::unauthenticated("this method needs a bearer token"))
+    }
+
+    /// Whether the caller is an administrator.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Whether the caller may act on resources owned by `owner`: the owner or an admin.
+    pub fn may_access(&self, owner: &str) -> bool {
+        self.is_admin() || self.subject == owner
+    }
+}
+
+/// Why a token was refused. The messages are safe to return to callers.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a well-formed JWT, or signed with another algorithm.
+    #[error("malformed token or unsupported algorithm")]
+    Malformed,
+    /// No `kid`, or a `kid` the auth service does not publish.
+    #[error("token signed by an unknown key")]
+    UnknownKey,
+    /// Signature, issuer, audience or lifetime check failed.
+    #[error("token rejected: {0}")]
+    Rejected(&'static str),
+    /// The keys could not be fetched.
+    #[error("signing keys unavailable")]
+    KeysUnavailable,
+}
+
+/// Verifies Weft tokens with the auth service's public keys.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    inner: Arc<VerifierInner>,
+}
+
+struct VerifierInner {
+    client: AuthServiceClient<MeshChannel>,
+    validation: Validation,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// Single flight for JWKS fetches; an async mutex because the fetch is awaited under it.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    min_refresh_interval: Duration,
+}
+
+// === impl JwtVerifier ===
+
+impl JwtVerifier {
+    /// A verifier that fetches keys over `channel` and accepts tokens whose `aud` is the mesh's
+    /// audience or `service` (the service tokens addressed to this service).
+    pub fn new(channel: MeshChannel, config: &JwtConfig, service: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[config.audience.as_str(), service]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = config.leeway_secs;
+        Self {
+            inner: Arc::new(VerifierInner {
+                client: AuthServiceClient::new(channel),
+                validation,
+                keys: RwLock::new(HashMap::new()),
+                refresh: tokio::sync::Mutex::new(None),
+                min_refresh_interval: Duration::from_millis(config.jwks_min_refresh_interval_ms),
+            }),
+        }
+    }
+
+    /// Verifies `token` and returns its principal.
+    pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(VerifyError::Malformed);
+        }
+        let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
+        let key = match self.cached_key(&kid) {
+            Some(key) => key,
+            None => {
+                self.refresh_keys().await?;
+                self.cached_key(&kid).ok_or(VerifyError::UnknownKey)?
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation)
+            .map_err(|e| VerifyError::Rejected(reject_reason(&e)))?;
+        let role = Role::parse(&data.claims.role).ok_or(VerifyError::Rejected("unknown role"))?;
+        Ok(Principal {
+            subject: data.claims.sub,
+            role,
+        })
+    }
+
+    fn cached_key(&self, kid: &str) -> Option<DecodingKey> {
+        let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.get(kid).cloned()
+    }
+
+    async fn refresh_keys(&self) -> Result<(), VerifyError> {
+        let mut last = self.inner.refresh.lock().await;
+        if let Some(at) = *last
+            && at.elapsed() < self.inner.min_refresh_interval
+        {
+            // Fetched recently (perhaps by the caller we waited behind): use what we have.
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let mut client = self.inner.client.clone();
+        let jwks = client
+            .get_jwks(weft_proto::auth::GetJwksRequest {})
+            .await
+            .map_err(|status| {
+                tracing::warn!(code = ?status.code(), message = status.message(), "JWKS fetch failed");
+                *last = None;
+                VerifyError::KeysUnavailable
+            })?
+            .into_inner();
+        let keys = decoding_keys(&jwks);
+        tracing::debug!(keys = keys.len(), "JWKS refreshed");
+        *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+}
+
+/// Turns a JWK Set into decoding keys, skipping entries that are not Ed25519 signing keys.
+pub fn decoding_keys(jwks: &Jwks) -> HashMap<String, DecodingKey> {
+    use base64::Engine as _;
+    jwks.keys
+        .iter()
+        .filter(|k| k.kty == "OKP" && k.crv == "Ed25519" && k.alg == "EdDSA")
+        // The verifier slices 32 bytes: anything else must not reach it.
+        .filter(|k| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&k.x)
+                .is_ok_and(|x| x.len() == 32)
+        })
+        .filter_map(|k| Some((k.kid.clone(), DecodingKey::from_ed_components(&k.x).ok()?)))
+        .collect()
+}
+
+fn reject_reason(err: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match err.kind() {
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::ImmatureSignature => "not yet valid",
+        ErrorKind::MissingRequiredClaim(_) => "missing claim",
+        _ => "invalid",
+    }
+}
+
+// === AuthLayer ===
+
+/// Server layer enforcing each method's declared access before its handler runs.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: JwtVerifier,
+}
+
+impl AuthLayer {
+    /// A layer that verifies with `verifier`.
+    pub fn new(verifier: JwtVerifier) -> Self {
+        Self { verifier }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+/// Service made by [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    verifier: JwtVerifier,
+}
+
+impl<S, B> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Health and reflection are outside the contract and open to probes.
+        let access = weft_proto::method_access(req.uri().path()).unwrap_or(Access::Public);
+        if access == Access::Public {
+            return Box::pin(self.inner.call(req));
+        }
+        // The readied service goes with the request; a fresh clone stays for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            match authorize(&verifier, access, req.headers()).await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+async fn authorize(
+    verifier: &JwtVerifier,
+    access: Access,
+    headers: &http::HeaderMap,
+) -> Result<Principal, Status> {
+    let token = bearer_token(headers)
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+    let principal = verifier.verify(token).await.map_err(|e| match e {
+        VerifyError::KeysUnavailable => Status::unavailable("cannot verify tokens: signing keys unavailable"),
+        e => Status::unauthenticated(e.to_string()),
+    })?;
+    let allowed = match access {
+        Access::Admin => principal.role == Role::Admin,
+        Access::Service => principal.role == Role::Service,
+        _ => true,
+    };
+    if !allowed {
+        return Err(Status::permission_denied(match access {
+            Access::Admin => "this method is for administrators",
+            _ => "this method is internal to the mesh",
+        }));
+    }
+    Ok(principal)
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert("authorization", "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+    }
+
+    #[test]
+    fn jwks_entries_of_the_wrong_shape_are_skipped() {
+        use weft_proto::auth::Jwk;
+        let good = Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
+            kid: "k1".into(),
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+        };
+        let short = Jwk {
+            x: "AAAA".into(),
+            kid: "k2".into(),
+            ..good.clone()
+        };
+        let rsa = Jwk {
+            kty: "RSA".into(),
+            kid: "k3".into(),
+            ..good.clone()
+        };
+        let keys = decoding_keys(&Jwks {
+            keys: vec![good, short, rsa],
+        });
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["k1"]);
+    }
+}

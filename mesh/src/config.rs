@@ -1,0 +1,673 @@
+//! The mesh's declarative configuration: one TOML file per environment, shared by every process.
+//!
+//! Values come from, lowest priority first: the built-in defaults documented on each field (and
+//! in `mesh-config/README.md`), the file named by `--config` or `WEFT_CONFIG`, and environment
+//! variables `WEFT_<SECTION>__<KEY>` (path segments joined by a double underscore, e.g.
+//! `WEFT_SERVICES__ORDER__DATABASE_URL=postgres://...`). An environment value is read as a TOML
+//! value when it parses as one (`5`, `true`, `["a@b.c"]`) and as a string otherwise.
+//!
+//! Every problem is reported as a [`ConfigError`] naming the source, the key and the reason;
+//! unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that names the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "WEFT_CONFIG";
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "WEFT_";
+
+/// A configuration that could not be loaded: where, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({source_name}): {}{reason}", key_prefix(.key))]
+pub struct ConfigError {
+    /// The file path, or the environment variable, the bad value came from.
+    pub source_name: String,
+    /// The dotted key path (`services.order.listen`), when known.
+    pub key: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!("key `{k}`: "))
+        .unwrap_or_default()
+}
+
+/// The whole mesh's configuration. Each process reads the parts it needs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Name of the deployment environment (`local`, `compose`, `production`); default `local`.
+    pub environment: String,
+    /// Logging and tracing.
+    pub telemetry: TelemetryConfig,
+    /// Defaults shared by every gRPC server of the mesh.
+    pub server: ServerConfig,
+    /// Access and service tokens.
+    pub jwt: JwtConfig,
+    /// Rules of the auth service.
+    pub auth: AuthConfig,
+    /// Where each service listens and keeps its data.
+    pub services: ServicesConfig,
+    /// How each service is reached by its callers.
+    pub upstreams: UpstreamsConfig,
+}
+
+/// Logging and tracing settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `json` (default) for one JSON object per line, or `pretty` for humans.
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter used when `RUST_LOG` is unset; default `info`.
+    pub log_filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Settings every gRPC server of the mesh shares.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// How long in-flight calls may run after SIGINT/SIGTERM before they are dropped; default 10000.
+    pub drain_timeout_ms: u64,
+    /// Largest gRPC message accepted or sent, in bytes; default 4194304 (4 MiB).
+    pub max_message_bytes: usize,
+    /// Calls in flight per process; more are refused at once with UNAVAILABLE; default 1024.
+    pub max_concurrent_requests: usize,
+    /// Tokio worker threads; 1 (default) runs a single-threaded runtime, the fastest on few cores.
+    pub worker_threads: usize,
+}
+
+/// Access and service token settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// `iss` of every token; default `weft-auth`.
+    pub issuer: String,
+    /// `aud` of access tokens; default `weft`.
+    pub audience: String,
+    /// Lifetime of access tokens in seconds; default 900 (15 minutes).
+    pub access_ttl_secs: u64,
+    /// Lifetime of refresh tokens in seconds; default 2592000 (30 days).
+    pub refresh_ttl_secs: u64,
+    /// Lifetime of service tokens in seconds; default 60.
+    pub service_token_ttl_secs: u64,
+    /// Least time between two JWKS fetches caused by unknown `kid`s, in ms; default 5000.
+    pub jwks_min_refresh_interval_ms: u64,
+    /// Clock skew tolerated on `exp`, in seconds; default 30.
+    pub leeway_secs: u64,
+}
+
+/// Rules of the auth service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Emails that get the role `admin` on registration; default none.
+    pub admin_emails: Vec<String>,
+    /// Argon2id password hashing cost.
+    pub argon2: Argon2Config,
+    /// How often the auth service re-reads signing keys (to see a rotation), in ms; default 10000.
+    pub key_reload_interval_ms: u64,
+}
+
+/// Argon2id cost parameters; the defaults are OWASP's minimums.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Config {
+    /// Memory per hash in KiB; default 19456 (19 MiB).
+    pub memory_kib: u32,
+    /// Passes over memory; default 2.
+    pub iterations: u32,
+    /// Lanes; default 1.
+    pub parallelism: u32,
+}
+
+/// Per-service listen addresses and databases.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// weft-auth.
+    #[serde(default = "ServiceConfig::auth")]
+    pub auth: ServiceConfig,
+    /// weft-user.
+    #[serde(default = "ServiceConfig::user")]
+    pub user: ServiceConfig,
+    /// weft-order.
+    #[serde(default = "ServiceConfig::order")]
+    pub order: ServiceConfig,
+}
+
+/// Where one service listens and keeps its data.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// gRPC listen address; defaults 127.0.0.1:50051 (auth), :50052 (user), :50053 (order).
+    pub listen: SocketAddr,
+    /// `sqlite://path` (created if missing) or `postgres://...`; default `sqlite://data/<service>.db`.
+    pub database_url: String,
+    /// Connections in the pool (PostgreSQL, or SQLite readers); default 8.
+    #[serde(default = "default_db_connections")]
+    pub database_max_connections: u32,
+}
+
+/// How each service is reached.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsConfig {
+    /// weft-auth (JWKS for token verification).
+    #[serde(default = "UpstreamConfig::auth")]
+    pub auth: UpstreamConfig,
+    /// weft-user.
+    #[serde(default = "UpstreamConfig::user")]
+    pub user: UpstreamConfig,
+    /// weft-order.
+    #[serde(default = "UpstreamConfig::order")]
+    pub order: UpstreamConfig,
+}
+
+/// How one upstream is reached.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port`; defaults to the service's local listen address.
+    pub endpoint: String,
+    /// Time allowed to open a connection, in ms; default 1000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one call, in ms; default 5000.
+    #[serde(default = "default_call_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The three services of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceName {
+    /// weft-auth.
+    Auth,
+    /// weft-user.
+    User,
+    /// weft-order.
+    Order,
+}
+
+// === impl ServiceName ===
+
+impl ServiceName {
+    /// The process and OpenTelemetry service name (`weft-auth`, ...), also a service token's `aud`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Auth => "weft-auth",
+            ServiceName::User => "weft-user",
+            ServiceName::Order => "weft-order",
+        }
+    }
+
+    /// The short name used as config key (`auth`, ...).
+    pub fn key(self) -> &'static str {
+        &self.as_str()[5..]
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === defaults ===
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            environment: "local".into(),
+            telemetry: TelemetryConfig::default(),
+            server: ServerConfig::default(),
+            jwt: JwtConfig::default(),
+            auth: AuthConfig::default(),
+            services: ServicesConfig::default(),
+            upstreams: UpstreamsConfig::default(),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            worker_threads: 1,
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "weft-auth".into(),
+            audience: "weft".into(),
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            service_token_ttl_secs: 60,
+            jwks_min_refresh_interval_ms: 5_000,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_emails: Vec::new(),
+            argon2: Argon2Config::default(),
+            key_reload_interval_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            auth: ServiceConfig::auth(),
+            user: ServiceConfig::user(),
+            order: ServiceConfig::order(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    fn local(port: u16, name: &str) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            database_url: format!("sqlite://data/{name}.db"),
+            database_max_connections: default_db_connections(),
+        }
+    }
+    fn auth() -> Self {
+        Self::local(50051, "auth")
+    }
+    fn user() -> Self {
+        Self::local(50052, "user")
+    }
+    fn order() -> Self {
+        Self::local(50053, "order")
+    }
+}
+
+impl Default for UpstreamsConfig {
+    fn default() -> Self {
+        Self {
+            auth: UpstreamConfig::auth(),
+            user: UpstreamConfig::user(),
+            order: UpstreamConfig::order(),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    fn local(port: u16) -> Self {
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            timeout_ms: default_call_timeout_ms(),
+        }
+    }
+    fn auth() -> Self {
+        Self::local(50051)
+    }
+    fn user() -> Self {
+        Self::local(50052)
+    }
+    fn order() -> Self {
+        Self::local(50053)
+    }
+
+    /// Time allowed to open a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Time allowed for one call.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+fn default_db_connections() -> u32 {
+    8
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_call_timeout_ms() -> u64 {
+    5_000
+}
+
+// === loading ===
+
+impl MeshConfig {
+    /// Loads the file at `path` (or at `$WEFT_CONFIG`, or none: defaults), then applies
+    /// `WEFT_*` environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_env = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        let path = path.map(Path::to_path_buf).or(from_env);
+        Self::load_from(path.as_deref(), std::env::vars())
+    }
+
+    /// Like [`MeshConfig::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file_name = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into());
+        // Start from the defaults so that a file or variable may set one key of a section.
+        let mut table = toml::Table::try_from(MeshConfig::default()).map_err(|e| ConfigError {
+            source_name: "built-in defaults".into(),
+            key: None,
+            reason: e.to_string(),
+        })?;
+        if let Some(path) = path {
+            merge(&mut table, read_table(path)?);
+        }
+        let mut env_keys = Vec::new();
+        for (name, raw) in env {
+            if let Some(key) = env_key(&name) {
+                insert_path(&mut table, &key, parse_env_value(&raw)).map_err(|reason| {
+                    ConfigError {
+                        source_name: format!("environment variable {name}"),
+                        key: Some(key.join(".")),
+                        reason,
+                    }
+                })?;
+                env_keys.push((key.join("."), name));
+            }
+        }
+        let config: MeshConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|err| {
+                let key = err.path().to_string();
+                // Blame the environment variable when the bad key came from one.
+                let source_name = env_keys
+                    .iter()
+                    .find(|(k, _)| key.starts_with(k.as_str()))
+                    .map(|(_, var)| format!("environment variable {var}"))
+                    .unwrap_or_else(|| file_name.clone());
+                ConfigError {
+                    source_name,
+                    key: (key != ".").then_some(key),
+                    reason: err.into_inner().to_string(),
+                }
+            })?;
+        config.validate().map_err(|(key, reason)| ConfigError {
+            source_name: file_name,
+            key: Some(key),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// The listen address and database of one service.
+    pub fn service(&self, name: ServiceName) -> &ServiceConfig {
+        match name {
+            ServiceName::Auth => &self.services.auth,
+            ServiceName::User => &self.services.user,
+            ServiceName::Order => &self.services.order,
+        }
+    }
+
+    /// How one service is reached.
+    pub fn upstream(&self, name: ServiceName) -> &UpstreamConfig {
+        match name {
+            ServiceName::Auth => &self.upstreams.auth,
+            ServiceName::User => &self.upstreams.user,
+            ServiceName::Order => &self.upstreams.order,
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+        if self.server.max_concurrent_requests == 0 {
+            return err("server.max_concurrent_requests", "must be at least 1");
+        }
+        if self.server.max_message_bytes < 1024 {
+            return err("server.max_message_bytes", "must be at least 1024");
+        }
+        if self.server.worker_threads == 0 {
+            return err("server.worker_threads", "must be at least 1");
+        }
+        if self.jwt.access_ttl_secs == 0 || self.jwt.refresh_ttl_secs == 0 {
+            return err("jwt.access_ttl_secs", "token lifetimes must be at least 1 second");
+        }
+        if self.jwt.issuer.is_empty() {
+            return err("jwt.issuer", "must not be empty");
+        }
+        if self.jwt.audience.is_empty() {
+            return err("jwt.audience", "must not be empty");
+        }
+        let argon = &self.auth.argon2;
+        if argon.parallelism == 0 || argon.iterations == 0 {
+            return err("auth.argon2", "iterations and parallelism must be at least 1");
+        }
+        if argon.memory_kib < 8 * argon.parallelism {
+            return err("auth.argon2.memory_kib", "must be at least 8 x parallelism");
+        }
+        for (i, email) in self.auth.admin_emails.iter().enumerate() {
+            if !email.contains('@') {
+                return Err((
+                    format!("auth.admin_emails[{i}]"),
+                    format!("`{email}` is not an email address"),
+                ));
+            }
+        }
+        for name in [ServiceName::Auth, ServiceName::User, ServiceName::Order] {
+            let service = self.service(name);
+            let key = name.key();
+            if !(service.database_url.starts_with("sqlite:")
+                || service.database_url.starts_with("postgres://")
+                || service.database_url.starts_with("postgresql://"))
+            {
+                return err(
+                    &format!("services.{key}.database_url"),
+                    "must start with sqlite:, postgres:// or postgresql://",
+                );
+            }
+            if service.database_max_connections == 0 {
+                return err(
+                    &format!("services.{key}.database_max_connections"),
+                    "must be at least 1",
+                );
+            }
+            let upstream = self.upstream(name);
+            if upstream.endpoint.parse::<http::Uri>().is_err()
+                || !(upstream.endpoint.starts_with("http://")
+                    || upstream.endpoint.starts_with("https://"))
+            {
+                return err(
+                    &format!("upstreams.{key}.endpoint"),
+                    "must be an http:// or https:// URI",
+                );
+            }
+            if upstream.timeout_ms == 0 || upstream.connect_timeout_ms == 0 {
+                return err(
+                    &format!("upstreams.{key}"),
+                    "timeouts must be at least 1 ms",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let source_name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: source_name.clone(),
+        key: None,
+        reason: format!("cannot read the file: {e}"),
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError {
+        source_name,
+        key: None,
+        reason: format!("not valid TOML: {}", e.to_string().trim_end()),
+    })
+}
+
+/// `WEFT_SERVICES__ORDER__LISTEN` -> `["services", "order", "listen"]`, for known sections only,
+/// so unrelated `WEFT_*` variables (`WEFT_CONFIG`, `WEFT_TEST_*`) are left alone.
+fn env_key(name: &str) -> Option<Vec<String>> {
+    const SECTIONS: &[&str] = &[
+        "environment",
+        "telemetry",
+        "server",
+        "jwt",
+        "auth",
+        "services",
+        "upstreams",
+    ];
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let key: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    SECTIONS.contains(&key[0].as_str()).then_some(key)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Overlays `over` onto `base`, section by section.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn insert_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = key.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<MeshConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("weft-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let result = MeshConfig::load_from(Some(&path), env);
+        std::fs::remove_dir_all(dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let config = MeshConfig::load_from(None, []).unwrap();
+        assert_eq!(config.services.order.listen.port(), 50053);
+        assert_eq!(config.upstreams.user.endpoint, "http://127.0.0.1:50052");
+        assert_eq!(config.server.max_concurrent_requests, 1024);
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_env_overrides_file() {
+        let config = load_text(
+            "[services.order]\nlisten = \"127.0.0.1:7000\"\ndatabase_url = \"sqlite://x.db\"\n",
+            &[
+                ("WEFT_SERVICES__ORDER__LISTEN", "127.0.0.1:7001"),
+                ("WEFT_AUTH__ADMIN_EMAILS", "[\"root@example.com\"]"),
+                ("WEFT_TEST_POSTGRES_URL", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.services.order.listen.port(), 7001);
+        assert_eq!(config.auth.admin_emails, ["root@example.com"]);
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let err = load_text("[server]\nmax_concurrent_requests = \"many\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.max_concurrent_requests"));
+        assert!(err.to_string().contains("server.max_concurrent_requests"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error() {
+        let err = load_text("[server]\nmax_conccurent_requests = 5\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("max_conccurent_requests"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_env_value_blames_the_variable() {
+        let err = load_text("", &[("WEFT_SERVICES__USER__LISTEN", "not-an-address")]).unwrap_err();
+        assert!(err.source_name.contains("WEFT_SERVICES__USER__LISTEN"), "{err}");
+        assert_eq!(err.key.as_deref(), Some("services.user.listen"));
+    }
+
+    #[test]
+    fn invalid_toml_says_where() {
+        let err = load_text("[server\n", &[]).unwrap_err();
+        assert!(err.reason.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        let err = load_text("[upstreams.user]\nendpoint = \"ftp://x\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoint"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Storage plumbing: one sqlx pool pair per service, on SQLite or PostgreSQL.
+//!
+//! The same migrations and queries run on both (queries use `$1`-style parameters, which
+//! SQLite accepts too). On SQLite, writes go through a pool of exactly one connection: SQLite
+//! admits one writer at a time anyway, and a single in-process writer turns lock contention
+//! (SQLITE_BUSY and its retries) into a short, fair queue. Reads use a separate pool of
+//! read-only connections that WAL mode lets run beside the writer. On PostgreSQL both pools
+//! are the same pool.
+
+use std::{path::Path, str::FromStr, sync::Once, time::Duration};
+
+use sqlx::{
+    AnyPool, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+
+/// A storage problem, for the service to map to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database URL could not be used.
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        /// The URL, with any password removed.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Which database engine a [`Database`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// SQLite (embedded default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A service's database: a writer pool and a reader pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// For transactions and writes.
+    pub write: AnyPool,
+    /// For reads outside transactions.
+    pub read: AnyPool,
+    /// The engine behind the pools.
+    pub engine: Engine,
+}
+
+static DRIVERS: Once = Once::new();
+
+// === impl Database ===
+
+impl Database {
+    /// Opens the database at `url` (creating a SQLite file and its folder if missing), runs
+    /// `migrator`, and opens the pools.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        migrator: &Migrator,
+    ) -> Result<Self, DbError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let redacted = redact(url);
+        let connect_err = |source| DbError::Connect {
+            url: redacted.clone(),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let path = sqlite_path(url);
+            if let Some(parent) = Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+            }
+            let write = AnyPoolOptions::new()
+                .max_connections(1)
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                             PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
+                        )
+                        .await
+                        .map(|_| ())
+                    })
+                })
+                .connect_with(options(&format!("sqlite://{path}?mode=rwc"), &connect_err)?)
+                .await
+                .map_err(connect_err)?;
+            migrator.run(&write).await?;
+            let read = AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 5000;").await.map(|_| ())
+                    })
+                })
+                .connect_with(options(&format!("sqlite://{path}?mode=ro"), &connect_err)?)
+                .await
+                .map_err(connect_err)?;
+            Ok(Self {
+                write,
+                read,
+                engine: Engine::Sqlite,
+            })
+        } else {
+            let pool = AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options(url, &connect_err)?)
+                .await
+                .map_err(connect_err)?;
+            migrator.run(&pool).await?;
+            Ok(Self {
+                write: pool.clone(),
+                read: pool,
+                engine: Engine::Postgres,
+            })
+        }
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+fn options(
+    url: &str,
+    connect_err: &impl Fn(sqlx::Error) -> DbError,
+) -> Result<AnyConnectOptions, DbError> {
+    AnyConnectOptions::from_str(url).map_err(connect_err)
+}
+
+/// The file path of a `sqlite:` URL (`sqlite://data/x.db`, `sqlite:data/x.db`), without query.
+fn sqlite_path(url: &str) -> &str {
+    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    rest.split('?').next().unwrap_or(rest)
+}
+
+/// The URL with its password, if any, replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether `err` is a unique-constraint violation (on either engine).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_become_paths() {
+        assert_eq!(sqlite_path("sqlite://data/x.db"), "data/x.db");
+        assert_eq!(sqlite_path("sqlite:data/x.db?mode=rwc"), "data/x.db");
+        assert_eq!(sqlite_path("sqlite:///tmp/x.db"), "/tmp/x.db");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://weft:s3cret@db:5432/order"),
+            "postgres://weft:***@db:5432/order"
+        );
+        assert_eq!(redact("postgres://db/order"), "postgres://db/order");
+    }
+}

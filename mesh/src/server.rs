@@ -1,0 +1,196 @@
+//! The gRPC server every service runs: one builder, so every service behaves alike.
+//!
+//! [`serve`] binds the listen address, then serves at once: `grpc.health.v1` (NOT_SERVING for
+//! now), server reflection, and the service behind a gate that answers UNAVAILABLE until the
+//! service's `init` (migrations, pools, clients) has finished. Health turns SERVING when `init`
+//! returns. On SIGINT or SIGTERM health turns NOT_SERVING, the listener stops accepting,
+//! in-flight calls get up to `server.drain_timeout_ms` to finish, and the pools are closed.
+//!
+//! Every call passes the mesh's server stack, outermost first: call context and span
+//! ([`crate::propagate`]), load shedding ([`crate::shed`]), access control ([`crate::auth`]).
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tonic::{Status, body::Body, server::NamedService, transport::Server};
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+use tower_service::Service;
+
+use crate::{
+    auth::{AuthLayer, JwtVerifier},
+    client,
+    config::{MeshConfig, ServiceName},
+    db::Database,
+    propagate::ServerContextLayer,
+    shed::LoadShedLayer,
+};
+
+/// What a service's `init` hands to [`serve`]: the tonic service and the database to close.
+pub struct Started<S> {
+    /// The generated tonic server wrapping the service's API.
+    pub service: S,
+    /// The service's database, closed after the drain.
+    pub database: Database,
+}
+
+/// Serves the service `name` as configured, until SIGINT or SIGTERM.
+///
+/// `init` runs while the server already answers health checks; its error stops the server.
+pub async fn serve<S, F>(config: Arc<MeshConfig>, name: ServiceName, init: F) -> anyhow::Result<()>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    F: Future<Output = anyhow::Result<Started<S>>>,
+{
+    let addr = config.service(name).listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_not_serving::<S>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    let verifier = JwtVerifier::new(
+        client::channel(&config.upstreams.auth)?,
+        &config.jwt,
+        name.as_str(),
+    );
+    let stack = ServiceBuilder::new()
+        .layer(ServerContextLayer)
+        .layer(LoadShedLayer::new(config.server.max_concurrent_requests))
+        .layer(AuthLayer::new(verifier));
+    let slot = Arc::new(OnceLock::new());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .layer(stack)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(Gate { slot: slot.clone() })
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
+    let mut server = tokio::spawn(server);
+    tracing::info!(service = %name, addr = %local, "listening; initialising");
+
+    let started = tokio::select! {
+        started = init => started?,
+        _ = shutdown_signal() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+        result = &mut server => {
+            result??;
+            anyhow::bail!("the server stopped during start-up");
+        }
+    };
+    let _ = slot.set(started.service);
+    health.set_serving::<S>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    tracing::info!(service = %name, addr = %local, "serving");
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = &mut server => {
+            result??;
+            anyhow::bail!("the server stopped unexpectedly");
+        }
+    }
+    tracing::info!("shutting down: draining in-flight calls");
+    health.set_not_serving::<S>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    let _ = stop_tx.send(());
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(result) => result??,
+        Err(_) => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "drain timed out; dropping calls");
+            server.abort();
+        }
+    }
+    started.database.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+// === Gate ===
+
+/// Forwards to the service once it is set; until then answers UNAVAILABLE.
+#[derive(Clone)]
+struct Gate<S> {
+    slot: Arc<OnceLock<S>>,
+}
+
+impl<S: NamedService> NamedService for Gate<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for Gate<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Generated tonic servers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match self.slot.get() {
+            Some(service) => Box::pin(service.clone().call(req)),
+            None => Box::pin(std::future::ready(Ok(
+                Status::unavailable("starting up").into_http()
+            ))),
+        }
+    }
+}
