@@ -1,0 +1,35 @@
+# Weft: `make run` starts the mesh locally, `make test` runs the whole test suite.
+# Both work on a fresh machine: they install or start what they need.
+
+CARGO ?= cargo
+# One feature set for every build, so `build`, `test` and `run` share compiled artefacts.
+FEATURES := --features weft-mesh/testing
+
+.PHONY: build test run lint fmt release clean-data
+
+## Build every binary (debug).
+build:
+	$(CARGO) build --workspace --bins $(FEATURES)
+
+## Run the whole test suite: unit tests and black-box tests on SQLite and PostgreSQL.
+test:
+	scripts/test.sh
+
+## Start weft-auth, weft-user and weft-order locally on SQLite under ./data/.
+run: build
+	scripts/run-local.sh
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+release:
+	$(CARGO) build --workspace --bins --release
+
+## Delete the local SQLite databases.
+clean-data:
+	rm -rf data

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite. Bootstraps what a fresh machine lacks (cargo-nextest, a reachable
+# PostgreSQL), builds the binaries the black-box tests start, then runs every test.
+# Outside CI a missing PostgreSQL only skips the PostgreSQL runs; with CI=true it is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FEATURES=(--features weft-mesh/testing)
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+if [[ -z "${WEFT_TEST_POSTGRES_URL:-}" ]]; then
+    if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then
+        export WEFT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    elif [[ "${CI:-}" == "true" ]]; then
+        echo "error: CI=true but no PostgreSQL answers on 127.0.0.1:5432 and WEFT_TEST_POSTGRES_URL is unset" >&2
+        exit 1
+    else
+        echo "note: no PostgreSQL on 127.0.0.1:5432; the PostgreSQL runs will be skipped" >&2
+    fi
+fi
+[[ -n "${WEFT_TEST_POSTGRES_URL:-}" ]] && echo "==> PostgreSQL tests use ${WEFT_TEST_POSTGRES_URL%%\?*}"
+
+echo "==> building binaries"
+cargo build --workspace --bins "${FEATURES[@]}"
+echo "==> running tests"
+cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast "$@"
