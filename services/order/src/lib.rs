@@ -1,0 +1,43 @@
+//! `weft-order`: the catalogue of products with their stock, and the orders that take from it.
+//!
+//! - [`api`]: the tonic `OrderService` (validation, owner checks, mapping to the proto);
+//! - [`domain`]: the rules (input limits, request hashing) and the crate's [`domain::Error`];
+//! - [`store`]: the SQL, on SQLite or PostgreSQL, with stock taken in one transaction.
+//!
+//! Placing an order asks `weft-user` (over gRPC, with the caller's own token, which the mesh
+//! forwards) that the caller's profile exists.
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+use std::sync::Arc;
+
+use weft_mesh::{MeshConfig, ServiceName, db::Database, server::Started};
+use weft_proto::{
+    order::order_service_server::OrderServiceServer, user::user_service_client::UserServiceClient,
+};
+
+use crate::{api::OrderApi, store::Store};
+
+/// The crate's schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens the database, runs migrations and builds the service, for `weft_mesh::server::serve`.
+pub async fn init(
+    config: Arc<MeshConfig>,
+) -> anyhow::Result<Started<OrderServiceServer<OrderApi>>> {
+    let settings = config.service(ServiceName::Order);
+    let database = Database::open(
+        &settings.database_url,
+        settings.database_max_connections,
+        &MIGRATOR,
+    )
+    .await?;
+    let users = UserServiceClient::new(weft_mesh::client::channel(&config.upstreams.user)?);
+    let api = OrderApi::new(Store::new(database.clone()), users);
+    let service = OrderServiceServer::new(api)
+        .max_decoding_message_size(config.server.max_message_bytes)
+        .max_encoding_message_size(config.server.max_message_bytes);
+    Ok(Started { service, database })
+}
