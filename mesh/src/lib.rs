@@ -17,7 +17,7 @@
 //!
 //! ```ignore
 //! fn main() -> std::process::ExitCode {
-//!     let args = weft_mesh::CommonArgs::parse();
+//!     let args = <weft_mesh::CommonArgs as clap::Parser>::parse();
 //!     weft_mesh::launch(ServiceName::Order, args.config, |config| async move {
 //!         weft_mesh::server::serve(config.clone(), ServiceName::Order, init(config)).await
 //!     })
@@ -43,8 +43,9 @@ use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
 
 pub use config::{MeshConfig, ServiceName};
 
-/// Command-line options every Weft process accepts.
-#[derive(Debug, Clone, clap::Args)]
+/// Command-line options every Weft process accepts (flatten into a service's own parser, or
+/// parse alone).
+#[derive(Debug, Clone, clap::Parser)]
 pub struct CommonArgs {
     /// The mesh-config TOML file (default: built-in local defaults).
     #[arg(long, env = config::CONFIG_ENV, value_name = "FILE")]
