@@ -1,7 +1,94 @@
-//! `weft-gateway`: the mesh's REST front door (placeholder).
+//! `weft-gateway`: the mesh's REST front door.
 //!
 //! The gateway turns REST+JSON into gRPC calls with no per-route code: its routes are built at
-//! start from the `google.api.http` rules of `weft_proto::FILE_DESCRIPTOR_SET`. It is built by
-//! the gateway issue; until then this crate holds its place in the workspace layout.
+//! start from the `google.api.http` rules of `weft_proto::FILE_DESCRIPTOR_SET` (and of any
+//! further descriptor sets named in mesh-config), requests are transcoded with the canonical
+//! proto3 JSON mapping, and answers and errors come back as JSON.
+//!
+//! - [`route`]: path templates and the route matcher;
+//! - [`table`]: the route table built from descriptors;
+//! - [`transcode`]: JSON and path/query values <-> protobuf;
+//! - [`upstream`]: unary gRPC calls with dynamic messages;
+//! - [`serve`]: the HTTP server and its edge policies;
+//! - [`error`]: the JSON error shape and gRPC -> HTTP status mapping;
+//! - [`openapi`], [`metrics`]: the documents and counters the gateway serves.
 
+pub mod error;
+pub mod metrics;
+pub mod openapi;
 pub mod route;
+pub mod serve;
+pub mod table;
+pub mod transcode;
+pub mod upstream;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use weft_mesh::MeshConfig;
+
+pub use serve::Gateway;
+
+/// Serves the gateway as configured until SIGINT or SIGTERM, then drains.
+pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::new(config.clone())?);
+    let addr = config.gateway.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "gateway serving");
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(config.gateway.max_header_bytes);
+    builder
+        .http2()
+        .max_header_list_size(config.gateway.max_header_bytes as u32);
+    let graceful = GracefulShutdown::new();
+    let shutdown = weft_mesh::server::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; dropping connections");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

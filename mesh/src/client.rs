@@ -6,6 +6,8 @@
 //! Generated tonic clients take a [`MeshChannel`] directly:
 //! `UserServiceClient::new(weft_mesh::client::channel(&config.upstreams.user)?)`.
 
+use std::time::Duration;
+
 use tonic::transport::{Channel, Endpoint};
 use tower_layer::Layer;
 
@@ -28,13 +30,22 @@ pub struct ClientError {
 
 /// A lazily connecting channel to the upstream described by `config`.
 pub fn channel(config: &UpstreamConfig) -> Result<MeshChannel, ClientError> {
-    let endpoint = Endpoint::from_shared(config.endpoint.clone())
+    let endpoint = endpoint(&config.endpoint, config.connect_timeout())?.timeout(config.timeout());
+    Ok(PropagateLayer.layer(endpoint.connect_lazy()))
+}
+
+/// A lazily connecting channel with no per-call timeout and no context propagation: for a
+/// caller (the gateway) that sets each call's deadline and metadata itself.
+pub fn raw_channel(endpoint_uri: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    Ok(endpoint(endpoint_uri, connect_timeout)?.connect_lazy())
+}
+
+fn endpoint(uri: &str, connect_timeout: Duration) -> Result<Endpoint, ClientError> {
+    Ok(Endpoint::from_shared(uri.to_string())
         .map_err(|source| ClientError {
-            endpoint: config.endpoint.clone(),
+            endpoint: uri.to_string(),
             source,
         })?
-        .connect_timeout(config.connect_timeout())
-        .timeout(config.timeout())
-        .tcp_nodelay(true);
-    Ok(PropagateLayer.layer(endpoint.connect_lazy()))
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true))
 }

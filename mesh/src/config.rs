@@ -59,6 +59,78 @@ pub struct MeshConfig {
     pub services: ServicesConfig,
     /// How each service is reached by its callers.
     pub upstreams: UpstreamsConfig,
+    /// The REST gateway.
+    pub gateway: GatewayConfig,
+}
+
+/// The REST gateway's listener, limits and extra APIs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// HTTP listen address (HTTP/1.1 and h2c; TLS when `tls` is set); default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Largest request body in bytes (larger: 413); default 1048576 (1 MiB).
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) in bytes (larger: 431); default 16384.
+    pub max_header_bytes: usize,
+    /// Deepest JSON nesting accepted in a body (deeper: 400); default 64.
+    pub max_json_depth: usize,
+    /// Time allowed for an upstream call, in ms, unless `route_timeouts` says otherwise; default 10000.
+    pub route_timeout_ms: u64,
+    /// Per-method timeouts in ms, keyed by full method name (`weft.order.v1.OrderService.CreateOrder`).
+    pub route_timeouts: std::collections::BTreeMap<String, u64>,
+    /// HTTP/2 connections kept to each upstream (calls are spread over them); default 2.
+    pub upstream_connections: usize,
+    /// Cross-origin requests from browsers; off by default.
+    pub cors: CorsConfig,
+    /// TLS for the listener; off unless both files are set.
+    pub tls: TlsConfig,
+    /// Further gRPC APIs to front, each from a descriptor set file; default none.
+    pub descriptor_sets: Vec<DescriptorSetConfig>,
+}
+
+/// Cross-origin resource sharing at the gateway.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins allowed (`https://app.example.com`), or `["*"]`; empty (default) turns CORS off.
+    pub allowed_origins: Vec<String>,
+    /// Seconds a browser may cache a preflight answer; default 0 (the browser's default).
+    pub max_age_secs: u64,
+}
+
+/// TLS certificate and key for the gateway listener.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain file; empty (default) means plain HTTP.
+    pub cert_file: String,
+    /// PEM private key file (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+/// A further gRPC API fronted by the gateway, as Envoy's transcoder does.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorSetConfig {
+    /// A `FileDescriptorSet` file (`protoc --include_imports -o`, `buf build -o`).
+    pub file: PathBuf,
+    /// `http://host:port` of the service(s) it describes.
+    pub endpoint: String,
+    /// Access of its methods that declare none: `public` or `authenticated` (default).
+    #[serde(default)]
+    pub default_access: DefaultAccess,
+}
+
+/// Access of a method that declares none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAccess {
+    /// No token needed.
+    Public,
+    /// A valid access token needed.
+    #[default]
+    Authenticated,
 }
 
 /// Logging and tracing settings.
@@ -225,6 +297,12 @@ impl ServiceName {
     }
 }
 
+impl AsRef<str> for ServiceName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl fmt::Display for ServiceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -243,7 +321,37 @@ impl Default for MeshConfig {
             auth: AuthConfig::default(),
             services: ServicesConfig::default(),
             upstreams: UpstreamsConfig::default(),
+            gateway: GatewayConfig::default(),
         }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_json_depth: 64,
+            route_timeout_ms: 10_000,
+            route_timeouts: Default::default(),
+            upstream_connections: 2,
+            cors: CorsConfig::default(),
+            tls: TlsConfig::default(),
+            descriptor_sets: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The timeout of calls to the method with this full name.
+    pub fn route_timeout(&self, full_method: &str) -> Duration {
+        Duration::from_millis(
+            self.route_timeouts
+                .get(full_method)
+                .copied()
+                .unwrap_or(self.route_timeout_ms),
+        )
     }
 }
 
@@ -473,7 +581,10 @@ impl MeshConfig {
             return err("server.worker_threads", "must be at least 1");
         }
         if self.jwt.access_ttl_secs == 0 || self.jwt.refresh_ttl_secs == 0 {
-            return err("jwt.access_ttl_secs", "token lifetimes must be at least 1 second");
+            return err(
+                "jwt.access_ttl_secs",
+                "token lifetimes must be at least 1 second",
+            );
         }
         if self.jwt.issuer.is_empty() {
             return err("jwt.issuer", "must not be empty");
@@ -483,7 +594,10 @@ impl MeshConfig {
         }
         let argon = &self.auth.argon2;
         if argon.parallelism == 0 || argon.iterations == 0 {
-            return err("auth.argon2", "iterations and parallelism must be at least 1");
+            return err(
+                "auth.argon2",
+                "iterations and parallelism must be at least 1",
+            );
         }
         if argon.memory_kib < 8 * argon.parallelism {
             return err("auth.argon2.memory_kib", "must be at least 8 x parallelism");
@@ -496,6 +610,7 @@ impl MeshConfig {
                 ));
             }
         }
+        self.validate_gateway()?;
         for name in [ServiceName::Auth, ServiceName::User, ServiceName::Order] {
             let service = self.service(name);
             let key = name.key();
@@ -535,6 +650,48 @@ impl MeshConfig {
     }
 }
 
+impl MeshConfig {
+    fn validate_gateway(&self) -> Result<(), (String, String)> {
+        let gateway = &self.gateway;
+        let err = |key: &str, reason: &str| Err((format!("gateway.{key}"), reason.to_string()));
+        if gateway.max_body_bytes == 0 {
+            return err("max_body_bytes", "must be at least 1");
+        }
+        if gateway.max_header_bytes < 8192 {
+            return err("max_header_bytes", "must be at least 8192");
+        }
+        if gateway.max_json_depth == 0 || gateway.max_json_depth > 128 {
+            return err("max_json_depth", "must be between 1 and 128");
+        }
+        if gateway.route_timeout_ms == 0 {
+            return err("route_timeout_ms", "must be at least 1");
+        }
+        if let Some((method, _)) = gateway.route_timeouts.iter().find(|(_, ms)| **ms == 0) {
+            return err(
+                &format!("route_timeouts.\"{method}\""),
+                "must be at least 1",
+            );
+        }
+        if gateway.upstream_connections == 0 || gateway.upstream_connections > 64 {
+            return err("upstream_connections", "must be between 1 and 64");
+        }
+        if gateway.tls.cert_file.is_empty() != gateway.tls.key_file.is_empty() {
+            return err("tls", "set both cert_file and key_file, or neither");
+        }
+        for (i, set) in gateway.descriptor_sets.iter().enumerate() {
+            if !(set.endpoint.starts_with("http://") || set.endpoint.starts_with("https://"))
+                || set.endpoint.parse::<http::Uri>().is_err()
+            {
+                return err(
+                    &format!("descriptor_sets[{i}].endpoint"),
+                    "must be an http:// or https:// URI",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let source_name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -560,6 +717,7 @@ fn env_key(name: &str) -> Option<Vec<String>> {
         "auth",
         "services",
         "upstreams",
+        "gateway",
     ];
     let rest = name.strip_prefix(ENV_PREFIX)?;
     let key: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -643,7 +801,10 @@ mod tests {
     fn a_wrong_type_names_the_key() {
         let err = load_text("[server]\nmax_concurrent_requests = \"many\"\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("server.max_concurrent_requests"));
-        assert!(err.to_string().contains("server.max_concurrent_requests"), "{err}");
+        assert!(
+            err.to_string().contains("server.max_concurrent_requests"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -655,7 +816,10 @@ mod tests {
     #[test]
     fn a_bad_env_value_blames_the_variable() {
         let err = load_text("", &[("WEFT_SERVICES__USER__LISTEN", "not-an-address")]).unwrap_err();
-        assert!(err.source_name.contains("WEFT_SERVICES__USER__LISTEN"), "{err}");
+        assert!(
+            err.source_name.contains("WEFT_SERVICES__USER__LISTEN"),
+            "{err}"
+        );
         assert_eq!(err.key.as_deref(), Some("services.user.listen"));
     }
 

@@ -54,11 +54,12 @@ pub struct CommonArgs {
 
 /// Runs a process of the mesh: loads and validates the config, sets up telemetry, builds the
 /// runtime and runs `run` on it. Errors are printed as one readable message, never a panic.
-pub fn launch<F, Fut>(name: ServiceName, config_path: Option<PathBuf>, run: F) -> ExitCode
+pub fn launch<F, Fut>(name: impl AsRef<str>, config_path: Option<PathBuf>, run: F) -> ExitCode
 where
     F: FnOnce(Arc<MeshConfig>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let name = name.as_ref();
     let config = match MeshConfig::load(config_path.as_deref()) {
         Ok(config) => Arc::new(config),
         Err(err) => {
@@ -66,7 +67,7 @@ where
             return ExitCode::from(2);
         }
     };
-    telemetry::init(name.as_str(), &config.telemetry);
+    telemetry::init(name, &config.telemetry);
     let runtime = match build_runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -1,0 +1,454 @@
+//! The gateway's HTTP server: edge policies around the transcoder.
+//!
+//! For each request, in order: request id; built-in endpoints (`/healthz`, `/readyz`,
+//! `/metrics`, `/openapi.json`, `/docs`); CORS preflight; routing (404, 405 with `Allow`);
+//! authentication of non-public routes (401 with `WWW-Authenticate: Bearer`, before any
+//! upstream call); body limits and content type (413, 415); transcoding (400); the upstream
+//! call; the JSON answer. Every answer carries `X-Request-Id`, and errors the contract's JSON.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tonic::Code;
+use weft_mesh::{
+    auth::{JwtVerifier, Role, bearer_token},
+    config::MeshConfig,
+    propagate::{REQUEST_ID, is_valid_request_id},
+};
+use weft_proto::Access;
+
+use crate::{
+    error::ApiError,
+    metrics::Metrics,
+    route::Match,
+    table::{BodyRule, Endpoint, RouteTable},
+    transcode,
+    upstream::Upstream,
+};
+
+/// Everything a request needs, built once at start.
+pub struct Gateway {
+    table: RouteTable,
+    upstreams: Vec<Upstream>,
+    verifier: JwtVerifier,
+    config: Arc<MeshConfig>,
+    openapi: Bytes,
+    metrics: Metrics,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+const DOCS_HTML: &str = include_str!("../assets/docs.html");
+
+impl Gateway {
+    /// Builds the route table, upstream channels and documents from `config`.
+    pub fn new(config: Arc<MeshConfig>) -> anyhow::Result<Self> {
+        let table = RouteTable::build(&config)?;
+        let upstreams = table
+            .upstreams
+            .iter()
+            .map(|spec| Upstream::new(spec, config.gateway.upstream_connections))
+            .collect::<Result<Vec<_>, _>>()?;
+        let verifier = JwtVerifier::new(
+            weft_mesh::client::channel(&config.upstreams.auth)?,
+            &config.jwt,
+            "weft-gateway",
+        );
+        let openapi = Bytes::from(crate::openapi::document(&table).to_string());
+        let metrics = Metrics::new(&table)?;
+        tracing::info!(routes = table.router.len(), "route table built");
+        Ok(Self {
+            table,
+            upstreams,
+            verifier,
+            config,
+            openapi,
+            metrics,
+        })
+    }
+
+    /// Answers one HTTP request. Never fails: every problem becomes an error response.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Result<HttpResponse, Infallible> {
+        let started = Instant::now();
+        let request_id = request_id(req.headers());
+        let id_value = HeaderValue::from_str(&request_id).expect("request ids are header-safe");
+        req.headers_mut().insert(REQUEST_ID, id_value.clone());
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let method = req.method().clone();
+
+        let (endpoint, result) = self.dispatch(req).await;
+        let mut response = result.unwrap_or_else(|e| e.into_response(&request_id));
+        response.headers_mut().insert(REQUEST_ID, id_value);
+        if let Some(origin) = origin {
+            self.cors_headers(&origin, &mut response);
+        }
+        self.metrics.record(
+            endpoint.as_deref(),
+            &method,
+            response.status(),
+            started.elapsed(),
+        );
+        Ok(response)
+    }
+
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+    ) -> (Option<Arc<Endpoint>>, Result<HttpResponse, ApiError>) {
+        if let Some(response) = self.builtin(&req).await {
+            return (None, response);
+        }
+        if req.method() == Method::OPTIONS && self.cors_enabled() {
+            return (None, Ok(self.preflight(&req)));
+        }
+        let path = req.uri().path().to_owned();
+        let (endpoint, bindings) = match self.table.router.match_path(req.method().as_str(), &path)
+        {
+            Ok(Match::Found {
+                value, bindings, ..
+            }) => (
+                value.clone(),
+                bindings
+                    .into_iter()
+                    .map(|(field, value)| (field.to_vec(), value))
+                    .collect::<Vec<_>>(),
+            ),
+            Ok(Match::MethodNotAllowed { allowed }) => {
+                let allow = allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let error = ApiError::with_status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Code::Unimplemented,
+                    format!(
+                        "method {} is not allowed on {path}; allowed: {allow}",
+                        req.method()
+                    ),
+                );
+                let error = match HeaderValue::from_str(&allow) {
+                    Ok(value) => error.header(header::ALLOW, value),
+                    Err(_) => error,
+                };
+                return (None, Err(error));
+            }
+            Ok(Match::NotFound) => {
+                return (
+                    None,
+                    Err(ApiError::with_status(
+                        StatusCode::NOT_FOUND,
+                        Code::NotFound,
+                        format!("no route for {} {path}", req.method()),
+                    )),
+                );
+            }
+            Err(e) => {
+                return (
+                    None,
+                    Err(ApiError::new(Code::InvalidArgument, e.to_string())),
+                );
+            }
+        };
+        let result = self.call(&endpoint, bindings, req).await;
+        (Some(endpoint), result)
+    }
+
+    async fn call(
+        &self,
+        endpoint: &Endpoint,
+        bindings: Vec<(Vec<String>, String)>,
+        req: Request<Incoming>,
+    ) -> Result<HttpResponse, ApiError> {
+        self.authenticate(endpoint, req.headers()).await?;
+        let (parts, body) = req.into_parts();
+        let body = match endpoint.body {
+            BodyRule::None => Bytes::new(),
+            _ => self.read_body(&parts.headers, body).await?,
+        };
+        let bindings = bindings
+            .iter()
+            .map(|(field, value)| (field.as_slice(), value.clone()))
+            .collect();
+        let message = transcode::build_request(
+            endpoint,
+            bindings,
+            parts.uri.query(),
+            &body,
+            self.config.gateway.max_json_depth,
+        )
+        .map_err(|e| ApiError::new(Code::InvalidArgument, e.to_string()))?;
+        let upstream = &self.upstreams[endpoint.upstream];
+        let reply = upstream
+            .unary(
+                endpoint.grpc_path.clone(),
+                message,
+                endpoint.method.output(),
+                &parts.headers,
+                endpoint.timeout,
+            )
+            .await
+            .map_err(|status| ApiError::from_status(&status))?;
+        let mut response = Response::new(Full::new(Bytes::from(transcode::render_response(
+            endpoint, &reply,
+        ))));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
+    }
+
+    /// Checks the bearer token of a non-public route before anything reaches an upstream.
+    async fn authenticate(
+        &self,
+        endpoint: &Endpoint,
+        headers: &http::HeaderMap,
+    ) -> Result<(), ApiError> {
+        if endpoint.access == Access::Public {
+            return Ok(());
+        }
+        let unauthorized = |message: String, challenge: &'static str| {
+            ApiError::new(Code::Unauthenticated, message).header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            )
+        };
+        let token = bearer_token(headers)
+            .ok_or_else(|| unauthorized("this route needs a bearer token".into(), "Bearer"))?;
+        let principal = self.verifier.verify(token).await.map_err(|e| match e {
+            weft_mesh::auth::VerifyError::KeysUnavailable => ApiError::new(
+                Code::Unavailable,
+                "cannot verify tokens: signing keys unavailable",
+            ),
+            e => unauthorized(e.to_string(), "Bearer error=\"invalid_token\""),
+        })?;
+        let allowed = match endpoint.access {
+            Access::Admin => principal.role == Role::Admin,
+            Access::Service => principal.role == Role::Service,
+            _ => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Code::PermissionDenied,
+                "this route is for administrators",
+            ))
+        }
+    }
+
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, ApiError> {
+        let limit = self.config.gateway.max_body_bytes;
+        let too_large = || {
+            ApiError::with_status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::ResourceExhausted,
+                format!("request body larger than {limit} bytes"),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large());
+        }
+        let bytes = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    ApiError::new(
+                        Code::InvalidArgument,
+                        format!("cannot read request body: {e}"),
+                    )
+                }
+            })?
+            .to_bytes();
+        if !bytes.iter().all(u8::is_ascii_whitespace) && !is_json(headers) {
+            return Err(ApiError::with_status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                "request body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn builtin(&self, req: &Request<Incoming>) -> Option<Result<HttpResponse, ApiError>> {
+        let path = req.uri().path();
+        if !matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
+        ) {
+            return None;
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Some(Err(ApiError::with_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                format!("{path} answers GET only"),
+            )
+            .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))));
+        }
+        Some(Ok(match path {
+            "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+            "/readyz" => self.readiness().await,
+            "/metrics" => {
+                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            "/openapi.json" => json_response(StatusCode::OK, self.openapi.clone()),
+            _ => {
+                let mut response =
+                    Response::new(Full::new(Bytes::from_static(DOCS_HTML.as_bytes())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                response
+            }
+        }))
+    }
+
+    /// 200 when every upstream's gRPC health answers SERVING, 503 otherwise, with each state.
+    async fn readiness(&self) -> HttpResponse {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let checks = self.upstreams.iter().map(|upstream| async move {
+            let mut client = HealthClient::new(upstream.channel());
+            let mut request = tonic::Request::new(HealthCheckRequest::default());
+            request.set_timeout(std::time::Duration::from_secs(1));
+            let state = match tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                client.check(request),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => match reply.into_inner().status {
+                    1 => "SERVING",
+                    _ => "NOT_SERVING",
+                },
+                // A server without the health service is up as far as we can tell.
+                Ok(Err(status)) if status.code() == Code::Unimplemented => "SERVING",
+                Ok(Err(_)) | Err(_) => "UNREACHABLE",
+            };
+            (upstream.name.clone(), state)
+        });
+        let states = futures::future::join_all(checks).await;
+        let ready = states.iter().all(|(_, state)| *state == "SERVING");
+        let body = serde_json::json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "upstreams": states.into_iter().map(|(name, state)| (name, serde_json::Value::from(state))).collect::<serde_json::Map<_, _>>(),
+        });
+        json_response(
+            if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            Bytes::from(body.to_string()),
+        )
+    }
+
+    fn cors_enabled(&self) -> bool {
+        !self.config.gateway.cors.allowed_origins.is_empty()
+    }
+
+    fn origin_allowed(&self, origin: &HeaderValue) -> bool {
+        let allowed = &self.config.gateway.cors.allowed_origins;
+        allowed
+            .iter()
+            .any(|a| a == "*" || a.as_bytes() == origin.as_bytes())
+    }
+
+    fn cors_headers(&self, origin: &HeaderValue, response: &mut HttpResponse) {
+        if !self.cors_enabled() || !self.origin_allowed(origin) {
+            return;
+        }
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after, www-authenticate"),
+        );
+    }
+
+    fn preflight(&self, req: &Request<Incoming>) -> HttpResponse {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return response;
+        };
+        if !self.origin_allowed(origin) {
+            return response;
+        }
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "authorization, content-type, x-request-id, traceparent, tracestate, baggage",
+            ),
+        );
+        let max_age = self.config.gateway.cors.max_age_secs;
+        if max_age > 0 {
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(max_age));
+        }
+        response
+    }
+}
+
+/// The incoming request id if acceptable, else a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_valid_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|media| {
+            let media = media.trim().to_ascii_lowercase();
+            media == "application/json"
+                || (media.starts_with("application/") && media.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

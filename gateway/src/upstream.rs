@@ -1,0 +1,162 @@
+//! Unary gRPC calls with dynamic messages over pooled HTTP/2 connections.
+//!
+//! Each upstream keeps `gateway.upstream_connections` lazily connected channels and spreads
+//! calls over them round-robin: one HTTP/2 connection serialises its frames through one task,
+//! and a second connection measurably raises throughput (see `shared/perf-notes.md`).
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use http::uri::PathAndQuery;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    metadata::{MetadataMap, MetadataValue},
+    transport::Channel,
+};
+
+use crate::table::UpstreamSpec;
+
+/// Headers copied from the HTTP request onto the gRPC call.
+pub const FORWARDED_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "baggage",
+];
+
+/// An upstream's channels.
+pub struct Upstream {
+    /// Its name, for errors and metrics.
+    pub name: String,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// Lazily connecting channels to `spec` (nothing connects until the first call).
+    pub fn new(
+        spec: &UpstreamSpec,
+        connections: usize,
+    ) -> Result<Self, weft_mesh::client::ClientError> {
+        let channels = (0..connections)
+            .map(|_| weft_mesh::client::raw_channel(&spec.endpoint, spec.connect_timeout))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: spec.name.clone(),
+            channels,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next channel, round-robin.
+    pub fn channel(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+
+    /// Calls `path` with `message`; the answer is decoded as `output`.
+    pub async fn unary(
+        &self,
+        path: PathAndQuery,
+        message: DynamicMessage,
+        output: MessageDescriptor,
+        headers: &http::HeaderMap,
+        timeout: Duration,
+    ) -> Result<DynamicMessage, Status> {
+        let mut request = tonic::Request::new(message);
+        copy_headers(headers, request.metadata_mut());
+        request.set_timeout(timeout);
+        let mut grpc = tonic::client::Grpc::new(self.channel());
+        let call = async {
+            grpc.ready().await.map_err(|e| {
+                Status::unavailable(format!("upstream {} unavailable: {e}", self.name))
+            })?;
+            grpc.unary(request, path, DynamicCodec { output }).await
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(connect_failure_named(status, &self.name)),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "upstream {} did not answer within {} ms",
+                self.name,
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// A transport failure (no connection) says which upstream was unreachable.
+fn connect_failure_named(status: Status, upstream: &str) -> Status {
+    if status.code() == tonic::Code::Unavailable && status.metadata().is_empty() {
+        Status::unavailable(format!("upstream {upstream} unavailable"))
+    } else {
+        status
+    }
+}
+
+fn copy_headers(headers: &http::HeaderMap, metadata: &mut MetadataMap) {
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = headers.get(name)
+            && let Ok(value) = MetadataValue::try_from(value.as_bytes())
+        {
+            metadata.insert(name, value);
+        }
+    }
+}
+
+// === DynamicCodec ===
+
+/// Encodes dynamic requests and decodes responses of a known type.
+struct DynamicCodec {
+    output: MessageDescriptor,
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder {
+            output: self.output.clone(),
+        }
+    }
+}
+
+struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode request: {e}")))
+    }
+}
+
+struct DynamicDecoder {
+    output: MessageDescriptor,
+}
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+        DynamicMessage::decode(self.output.clone(), src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("cannot decode upstream response: {e}")))
+    }
+}
