@@ -1,0 +1,79 @@
+//! `weft-auth`: credentials, access and refresh tokens, and the signing keys of the Weft mesh.
+//!
+//! Passwords are hashed with Argon2id; access and service tokens are EdDSA JWTs signed with a key
+//! kept in this service's database and published through `GetJwks`; refresh tokens rotate on
+//! every use and are stored only as SHA-256 hashes. Profiles live in weft-user, reached with
+//! short-lived service tokens.
+
+pub mod api;
+pub mod domain;
+pub mod keys;
+pub mod password;
+pub mod store;
+pub mod users;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use weft_mesh::{MeshConfig, ServiceName, db::Database, server::Started};
+use weft_proto::auth::auth_service_server::AuthServiceServer;
+
+use crate::{api::AuthApi, keys::KeyRing, password::Passwords, users::UserDirectory};
+
+/// The service's schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens the database from `config`, running migrations.
+pub async fn open_database(config: &MeshConfig) -> anyhow::Result<Database> {
+    let service = config.service(ServiceName::Auth);
+    Ok(Database::open(
+        &service.database_url,
+        service.database_max_connections,
+        &MIGRATOR,
+    )
+    .await?)
+}
+
+/// Builds the service: database, signing keys (created on first start), password hasher and
+/// the weft-user client.
+pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthServiceServer<AuthApi>>> {
+    let db = open_database(&config).await?;
+    let keys = Arc::new(
+        KeyRing::load(&db, config.jwt.access_ttl_secs)
+            .await
+            .context("cannot load the signing keys")?,
+    );
+    keys.clone().spawn_reload(
+        db.clone(),
+        Duration::from_millis(config.auth.key_reload_interval_ms),
+    );
+    let passwords = Passwords::new(&config.auth.argon2)
+        .await
+        .context("cannot set up password hashing")?;
+    let users = UserDirectory::new(
+        weft_mesh::client::channel(&config.upstreams.user)?,
+        keys.clone(),
+        config.jwt.clone(),
+    );
+    let max_message = config.server.max_message_bytes;
+    let api = AuthApi::new(config, db.clone(), keys, passwords, users);
+    let service = AuthServiceServer::new(api)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    Ok(Started {
+        service,
+        database: db,
+    })
+}
+
+/// Creates a new signing key and retires the current one; returns the new key's id. Running
+/// services pick it up within `auth.key_reload_interval_ms`.
+pub async fn rotate_key(config: &MeshConfig) -> anyhow::Result<String> {
+    let db = open_database(config).await?;
+    let key = keys::generate_key(weft_mesh::clock::now_micros())?;
+    let result = store::rotate_key(&db.write, &key).await;
+    db.close().await;
+    result.context("cannot store the new signing key")?;
+    tracing::info!(kid = %key.kid, "signing key rotated");
+    Ok(key.kid)
+}

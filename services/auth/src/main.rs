@@ -1,1 +1,47 @@
-fn main() {}
+//! The `weft-auth` process: serves AuthService, or rotates the signing key.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft_mesh::{CommonArgs, ServiceName};
+
+/// weft-auth: credentials, tokens and signing keys of the Weft mesh.
+#[derive(Debug, Parser)]
+#[command(name = "weft-auth", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates a new signing key, retires the current one, prints the new key id and exits.
+    RotateKey {
+        // Also accepted after the subcommand: `weft-auth rotate-key --config mesh.toml`.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = match &cli.command {
+        Some(Command::RotateKey { common }) => common.config.clone().or(cli.common.config),
+        None => cli.common.config,
+    };
+    weft_mesh::launch(ServiceName::Auth, config_path, |config| async move {
+        match cli.command {
+            Some(Command::RotateKey { .. }) => {
+                let kid = weft_auth::rotate_key(&config).await?;
+                println!("{kid}");
+                Ok(())
+            }
+            None => {
+                weft_mesh::server::serve(config.clone(), ServiceName::Auth, weft_auth::init(config))
+                    .await
+            }
+        }
+    })
+}

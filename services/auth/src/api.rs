@@ -1,0 +1,230 @@
+//! The gRPC face of the auth service.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weft_mesh::{MeshConfig, clock::now_micros, db::Database, validate::FieldError};
+use weft_proto::{
+    auth::{
+        AuthTokens, GetJwksRequest, Jwks, LoginRequest, LogoutRequest, RefreshRequest,
+        RegisterRequest, auth_service_server::AuthService,
+    },
+    user::User,
+};
+
+use crate::{
+    domain::{self, Error},
+    keys::KeyRing,
+    password::Passwords,
+    store::{self, Rotation},
+    users::UserDirectory,
+};
+
+/// The AuthService implementation.
+#[derive(Clone)]
+pub struct AuthApi {
+    config: Arc<MeshConfig>,
+    db: Database,
+    keys: Arc<KeyRing>,
+    passwords: Passwords,
+    users: UserDirectory,
+}
+
+impl AuthApi {
+    /// The service over its parts.
+    pub fn new(
+        config: Arc<MeshConfig>,
+        db: Database,
+        keys: Arc<KeyRing>,
+        passwords: Passwords,
+        users: UserDirectory,
+    ) -> Self {
+        Self {
+            config,
+            db,
+            keys,
+            passwords,
+            users,
+        }
+    }
+
+    async fn register(&self, req: RegisterRequest) -> Result<AuthTokens, Error> {
+        let reg = domain::validate_registration(&req.email, req.password, &req.display_name)?;
+        // Cheap check first, so a taken email costs no hash.
+        if store::completed_credential(&self.db.read, &reg.email)
+            .await?
+            .is_some()
+        {
+            return Err(Error::EmailTaken);
+        }
+        let hash = self.passwords.hash(reg.password).await?;
+        let creation_key =
+            store::begin_registration(&self.db.write, &reg.email, &hash, now_micros()).await?;
+        let role = domain::role_for_email(&reg.email, &self.config.auth.admin_emails);
+        let user = self
+            .users
+            .create_user(&reg.email, &reg.display_name, role, &creation_key)
+            .await?;
+        let completed =
+            store::complete_registration(&self.db.write, &reg.email, &hash, &user.id, now_micros())
+                .await?;
+        if !completed {
+            // A concurrent attempt for the same email finished first.
+            return Err(Error::EmailTaken);
+        }
+        tracing::debug!(user_id = %user.id, role = domain::role_claim(user.role()), "registered");
+        self.issue(user).await
+    }
+
+    async fn login(&self, req: LoginRequest) -> Result<AuthTokens, Error> {
+        let email = req.email.trim().to_lowercase();
+        let password = req.password;
+        let credential = if password.chars().count() > domain::PASSWORD_MAX_CHARS {
+            None
+        } else {
+            store::completed_credential(&self.db.read, &email).await?
+        };
+        let Some(credential) = credential else {
+            // Same work as for a known email, so timing does not tell which emails exist.
+            self.passwords.verify_dummy(password).await?;
+            return Err(Error::BadCredentials);
+        };
+        if !self
+            .passwords
+            .verify(password, credential.password_hash)
+            .await?
+        {
+            return Err(Error::BadCredentials);
+        }
+        let Some(user) = self.users.get_user(&credential.user_id).await? else {
+            return Err(Error::BadCredentials);
+        };
+        self.issue(user).await
+    }
+
+    async fn refresh(&self, req: RefreshRequest) -> Result<AuthTokens, Error> {
+        if req.refresh_token.is_empty() {
+            return Err(FieldError::new("refresh_token", "must not be empty").into());
+        }
+        let old_hash = domain::refresh_token_hash(&req.refresh_token);
+        let now = now_micros();
+        let Some(token) = store::find_refresh(&self.db.read, &old_hash).await? else {
+            return Err(Error::BadRefreshToken);
+        };
+        if token.used_at.is_some() {
+            store::revoke_family(&self.db.write, &token.family_id, now).await?;
+            tracing::warn!(family_id = %token.family_id, user_id = %token.user_id, "refresh token reused; family revoked");
+            return Err(Error::BadRefreshToken);
+        }
+        if token.revoked_at.is_some() || token.expires_at <= now {
+            return Err(Error::BadRefreshToken);
+        }
+        // Fetched before the token is spent: if weft-user is down, the token stays usable.
+        let Some(user) = self.users.get_user(&token.user_id).await? else {
+            return Err(Error::BadRefreshToken);
+        };
+        let new_token = domain::new_refresh_token()?;
+        let new_hash = domain::refresh_token_hash(&new_token);
+        let now = now_micros();
+        let rotation = store::rotate_refresh(
+            &self.db.write,
+            &old_hash,
+            &new_hash,
+            now,
+            self.refresh_expiry(now),
+        )
+        .await?;
+        match rotation {
+            Rotation::Rotated => self.tokens(user, new_token),
+            Rotation::Reused => {
+                tracing::warn!(family_id = %token.family_id, user_id = %token.user_id, "refresh token reused; family revoked");
+                Err(Error::BadRefreshToken)
+            }
+            Rotation::Dead => Err(Error::BadRefreshToken),
+        }
+    }
+
+    async fn logout(&self, req: LogoutRequest) -> Result<(), Error> {
+        if req.refresh_token.is_empty() {
+            return Err(FieldError::new("refresh_token", "must not be empty").into());
+        }
+        let hash = domain::refresh_token_hash(&req.refresh_token);
+        store::revoke_family_of(&self.db.write, &hash, now_micros()).await
+    }
+
+    fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: self.keys.current().jwks().to_vec(),
+        }
+    }
+
+    /// Signs `user` in with a new refresh token family.
+    async fn issue(&self, user: User) -> Result<AuthTokens, Error> {
+        let refresh_token = domain::new_refresh_token()?;
+        let now = now_micros();
+        store::start_family(
+            &self.db.write,
+            &user.id,
+            &domain::refresh_token_hash(&refresh_token),
+            now,
+            self.refresh_expiry(now),
+        )
+        .await?;
+        self.tokens(user, refresh_token)
+    }
+
+    /// The response for `user` holding `refresh_token`, with a fresh access token.
+    fn tokens(&self, user: User, refresh_token: String) -> Result<AuthTokens, Error> {
+        let jwt = &self.config.jwt;
+        let iat = domain::unix_secs(now_micros());
+        let claims = domain::access_claims(jwt, &user.id, user.role(), iat);
+        let access_token = self.keys.current().sign(&claims)?;
+        Ok(AuthTokens {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: i64::try_from(jwt.access_ttl_secs).unwrap_or(i64::MAX),
+            refresh_token,
+            user: Some(user),
+        })
+    }
+
+    fn refresh_expiry(&self, now: i64) -> i64 {
+        now.saturating_add(domain::secs_to_micros(self.config.jwt.refresh_ttl_secs))
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
+        Ok(Response::new(
+            AuthApi::register(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
+        Ok(Response::new(
+            AuthApi::login(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
+        Ok(Response::new(
+            AuthApi::refresh(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<()>, Status> {
+        AuthApi::logout(self, request.into_inner()).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
+        Ok(Response::new(self.jwks()))
+    }
+}
