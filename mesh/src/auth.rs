@@ -318,10 +318,12 @@ async fn authorize(
     access: Access,
     headers: &http::HeaderMap,
 ) -> Result<Principal, Status> {
-    let token = bearer_token(headers)
-        .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+    let token =
+        bearer_token(headers).ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
     let principal = verifier.verify(token).await.map_err(|e| match e {
-        VerifyError::KeysUnavailable => Status::unavailable("cannot verify tokens: signing keys unavailable"),
+        VerifyError::KeysUnavailable => {
+            Status::unavailable("cannot verify tokens: signing keys unavailable")
+        }
         e => Status::unauthenticated(e.to_string()),
     })?;
     let allowed = match access {

@@ -28,6 +28,9 @@ mod tests {
         let ts = timestamp(1_500_000_250_000);
         assert_eq!((ts.seconds, ts.nanos), (1_500_000, 250_000_000));
         let before_epoch = timestamp(-1);
-        assert_eq!((before_epoch.seconds, before_epoch.nanos), (-1, 999_999_000));
+        assert_eq!(
+            (before_epoch.seconds, before_epoch.nanos),
+            (-1, 999_999_000)
+        );
     }
 }

@@ -75,8 +75,7 @@ impl Database {
             if let Some(parent) = Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                std::fs::create_dir_all(parent).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
             }
             let write = AnyPoolOptions::new()
                 .max_connections(1)
@@ -100,7 +99,9 @@ impl Database {
                 .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
-                        conn.execute("PRAGMA busy_timeout = 5000;").await.map(|_| ())
+                        conn.execute("PRAGMA busy_timeout = 5000;")
+                            .await
+                            .map(|_| ())
                     })
                 })
                 .connect_with(options(&format!("sqlite://{path}?mode=ro"), &connect_err)?)

@@ -56,10 +56,17 @@ impl PageRequest {
 
     /// Trims `rows` (fetched with [`PageRequest::fetch_limit`]) to the page and makes the next
     /// page's token from the last row kept.
-    pub fn finish<T>(&self, mut rows: Vec<T>, cursor_of: impl Fn(&T) -> Cursor) -> (Vec<T>, String) {
+    pub fn finish<T>(
+        &self,
+        mut rows: Vec<T>,
+        cursor_of: impl Fn(&T) -> Cursor,
+    ) -> (Vec<T>, String) {
         if rows.len() as i64 > self.size {
             rows.truncate(self.size as usize);
-            let token = rows.last().map(|r| cursor_of(r).encode()).unwrap_or_default();
+            let token = rows
+                .last()
+                .map(|r| cursor_of(r).encode())
+                .unwrap_or_default();
             (rows, token)
         } else {
             (rows, String::new())
@@ -95,7 +102,10 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        let cursor = Cursor { time: 1_700_000_000_000_000, id: "abc".into() };
+        let cursor = Cursor {
+            time: 1_700_000_000_000_000,
+            id: "abc".into(),
+        };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
     }
 
@@ -109,14 +119,24 @@ mod tests {
     #[test]
     fn malformed_tokens_name_the_field() {
         for bad in ["%%%", "bm9wZQ", "djF8eHx5", &"A".repeat(600)] {
-            assert_eq!(PageRequest::parse(10, bad).unwrap_err().field, "page_token", "{bad}");
+            assert_eq!(
+                PageRequest::parse(10, bad).unwrap_err().field,
+                "page_token",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn finish_emits_a_token_only_when_more_rows_exist() {
-        let page = PageRequest { size: 2, after: None };
-        let cursor = |n: &i64| Cursor { time: *n, id: n.to_string() };
+        let page = PageRequest {
+            size: 2,
+            after: None,
+        };
+        let cursor = |n: &i64| Cursor {
+            time: *n,
+            id: n.to_string(),
+        };
         let (rows, token) = page.finish(vec![1, 2, 3], cursor);
         assert_eq!(rows, [1, 2]);
         assert_eq!(Cursor::decode(&token).unwrap().time, 2);

@@ -62,7 +62,9 @@ where
     let local = listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     health.set_not_serving::<S>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
@@ -119,13 +121,18 @@ where
     }
     tracing::info!("shutting down: draining in-flight calls");
     health.set_not_serving::<S>().await;
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     let _ = stop_tx.send(());
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
     match tokio::time::timeout(drain, &mut server).await {
         Ok(result) => result??,
         Err(_) => {
-            tracing::warn!(drain_ms = drain.as_millis() as u64, "drain timed out; dropping calls");
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                "drain timed out; dropping calls"
+            );
             server.abort();
         }
     }

@@ -108,7 +108,11 @@ mod tests {
         let first = tokio::spawn(service.clone().oneshot(Request::new(())));
         tokio::task::yield_now().await;
         let refused = service.clone().oneshot(Request::new(())).await.unwrap();
-        assert_eq!(refused.headers()["grpc-status"], "14", "second call is shed");
+        assert_eq!(
+            refused.headers()["grpc-status"],
+            "14",
+            "second call is shed"
+        );
 
         gate.notify_one();
         first.await.unwrap().unwrap();
@@ -116,6 +120,9 @@ mod tests {
         tokio::task::yield_now().await;
         gate.notify_one();
         let response = admitted.await.unwrap().unwrap();
-        assert!(response.headers().get("grpc-status").is_none(), "admitted once freed");
+        assert!(
+            response.headers().get("grpc-status").is_none(),
+            "admitted once freed"
+        );
     }
 }

@@ -36,6 +36,19 @@ impl From<FieldError> for Status {
 /// NOT_FOUND for them without a query.
 pub const MAX_ID_LEN: usize = 128;
 
+/// An id as it may be echoed in an error message: ids past [`MAX_ID_LEN`] bytes are cut, so a
+/// huge id cannot blow up the message (and the gRPC trailer that carries it).
+pub fn shown_id(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.len() <= MAX_ID_LEN {
+        return id.into();
+    }
+    let mut end = MAX_ID_LEN;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &id[..end]).into()
+}
+
 /// A resource id: present. Any other shape is left to the store, which answers NOT_FOUND for
 /// an id that names nothing "whatever its shape", as the contract asks.
 pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, FieldError> {
@@ -46,7 +59,12 @@ pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, FieldError> {
 }
 
 /// Text of `min..=max` characters (Unicode scalar values), after trimming surrounding spaces.
-pub fn text<'a>(field: &str, value: &'a str, min: usize, max: usize) -> Result<&'a str, FieldError> {
+pub fn text<'a>(
+    field: &str,
+    value: &'a str,
+    min: usize,
+    max: usize,
+) -> Result<&'a str, FieldError> {
     let value = value.trim();
     let len = value.chars().count();
     if len < min || len > max {
@@ -58,7 +76,10 @@ pub fn text<'a>(field: &str, value: &'a str, min: usize, max: usize) -> Result<&
         return Err(FieldError::new(field, reason));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(value)
 }
@@ -81,7 +102,9 @@ pub fn email(field: &str, value: &str) -> Result<String, FieldError> {
             .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
     let local_ok = !local.is_empty()
         && local.len() <= 64
-        && !local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@');
+        && !local
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '@');
     if domain_ok && local_ok {
         Ok(email)
     } else {
@@ -94,7 +117,10 @@ pub fn range(field: &str, value: i64, min: i64, max: i64) -> Result<i64, FieldEr
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
-        Err(FieldError::new(field, format!("must be between {min} and {max}")))
+        Err(FieldError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
     }
 }
 
@@ -104,8 +130,13 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_or_refused() {
-        assert_eq!(email("email", "  Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@x.io", "a@b", "a b@x.io", "a@x..io", "a@@x.io"] {
+        assert_eq!(
+            email("email", "  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "", "ada", "ada@", "@x.io", "a@b", "a b@x.io", "a@x..io", "a@@x.io",
+        ] {
             assert_eq!(email("email", bad).unwrap_err().field, "email", "{bad:?}");
         }
     }
@@ -122,9 +153,19 @@ mod tests {
     }
 
     #[test]
+    fn long_ids_are_cut_when_shown() {
+        assert_eq!(shown_id("abc"), "abc");
+        let shown = shown_id(&"é".repeat(1000));
+        assert!(shown.len() <= MAX_ID_LEN + 3 && shown.ends_with("..."), "{shown}");
+    }
+
+    #[test]
     fn ids_must_be_present() {
         assert!(id("id", "").is_err());
-        assert!(id("id", &"x".repeat(129)).is_ok(), "shape is the store's business");
+        assert!(
+            id("id", &"x".repeat(129)).is_ok(),
+            "shape is the store's business"
+        );
         assert_eq!(id("id", "nope").unwrap(), "nope");
     }
 }

@@ -44,10 +44,10 @@ pub enum Error {
     #[error("items: the order's total is too large")]
     TotalTooLarge,
     /// No product has this id.
-    #[error("product {0} not found")]
+    #[error("product {} not found", weft_mesh::validate::shown_id(.0))]
     ProductNotFound(String),
     /// No order with this id is visible to the caller.
-    #[error("order {0} not found")]
+    #[error("order {} not found", weft_mesh::validate::shown_id(.0))]
     OrderNotFound(String),
     /// The product has fewer units in stock than the order asks for.
     #[error("insufficient stock for product {0}")]

@@ -1,0 +1,872 @@
+//! Black-box test harness: the real `weft-auth`, `weft-user` and `weft-order` binaries, started
+//! together on ephemeral loopback ports with fresh databases, and called with generated clients.
+//!
+//! ```ignore
+//! let mesh = TestMesh::start(Backend::Sqlite).await;
+//! let alice = mesh.register("alice@example.com", "correct horse", "Alice").await;
+//! let me = mesh.user().get_me(bearer(&alice.access_token, GetMeRequest {})).await?;
+//! mesh.stop().await;
+//! ```
+//!
+//! Every mesh lives in its own temporary directory: the mesh-config TOML, the SQLite files (or,
+//! on [`Backend::Postgres`], three freshly created databases `weft_t_<random>_{auth,user,order}`,
+//! dropped by [`TestMesh::stop`] or on drop) and one log file per service. When a test panics the
+//! directory is kept and the tail of each log is printed, so the failure can be read.
+//!
+//! The binaries are looked up next to the test executable (`target/<profile>/`), or in
+//! `WEFT_BIN_DIR`; build them first with `cargo build --bins`.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sqlx::{Connection as _, Row as _};
+use tokio::process::{Child, Command};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+/// A `grpc.health.v1` status, as [`TestMesh::health`] reports it.
+pub use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use weft_proto::{
+    auth::{AuthTokens, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+    order::order_service_client::OrderServiceClient,
+    user::user_service_client::UserServiceClient,
+};
+
+use crate::{auth::Claims, config::ServiceName};
+
+/// Environment variable holding a PostgreSQL URL (to a database the tests may create databases
+/// from, e.g. `postgres://postgres@127.0.0.1:5432/postgres`).
+pub const POSTGRES_URL_ENV: &str = "WEFT_TEST_POSTGRES_URL";
+/// Environment variable naming the folder of the binaries, when not next to the test executable.
+pub const BIN_DIR_ENV: &str = "WEFT_BIN_DIR";
+/// The admin email every test mesh is configured with by default.
+pub const ADMIN_EMAIL: &str = "admin@weft.test";
+/// The password [`TestMesh::admin`] registers the admin with.
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+/// How long a service may take to report SERVING.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a service may take to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-call deadline of the harness's clients, so a hung service fails a test instead of
+/// hanging it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The three services, in start order.
+pub const SERVICES: [ServiceName; 3] = [ServiceName::Auth, ServiceName::User, ServiceName::Order];
+
+/// Where the services keep their data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file per service in the mesh's temporary directory.
+    Sqlite,
+    /// Fresh databases on the PostgreSQL server at this URL.
+    Postgres(String),
+}
+
+impl Backend {
+    /// SQLite, plus PostgreSQL when [`POSTGRES_URL_ENV`] is set (see [`Backend::postgres`]).
+    pub fn all() -> Vec<Backend> {
+        let mut all = vec![Backend::Sqlite];
+        all.extend(Backend::postgres());
+        all
+    }
+
+    /// PostgreSQL at [`POSTGRES_URL_ENV`]. When unset: panics under `CI=true` (CI must run the
+    /// suite on both engines), otherwise prints a skip note and returns `None`.
+    pub fn postgres() -> Option<Backend> {
+        match std::env::var(POSTGRES_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Some(Backend::Postgres(url.trim().to_string())),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+                "{POSTGRES_URL_ENV} is not set, but CI=true: CI must run the black-box tests on \
+                 PostgreSQL too (e.g. {POSTGRES_URL_ENV}=postgres://postgres@127.0.0.1:5432/postgres)"
+            ),
+            _ => {
+                eprintln!(
+                    "note: skipping the PostgreSQL run: set {POSTGRES_URL_ENV} \
+                     (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run it"
+                );
+                None
+            }
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Extra settings of a test mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// `auth.admin_emails`; default `[ADMIN_EMAIL]`.
+    pub admin_emails: Vec<String>,
+    /// TOML merged over the generated mesh-config (section by section), e.g.
+    /// `"[jwt]\naccess_ttl_secs = 2\n"`.
+    pub toml: String,
+    /// Environment variables for every service process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            admin_emails: vec![ADMIN_EMAIL.to_string()],
+            toml: String::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running mesh of the three real binaries. Kills its children (and drops its PostgreSQL
+/// databases) when dropped; [`TestMesh::stop`] does it gracefully.
+pub struct TestMesh {
+    backend: Backend,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    config_path: PathBuf,
+    options: MeshOptions,
+    addrs: HashMap<ServiceName, SocketAddr>,
+    database_urls: HashMap<ServiceName, String>,
+    pg_databases: Vec<String>,
+    children: Mutex<HashMap<ServiceName, Child>>,
+    channels: Mutex<HashMap<ServiceName, Channel>>,
+    admin: tokio::sync::Mutex<Option<AuthTokens>>,
+    databases_dropped: bool,
+}
+
+// === impl TestMesh ===
+
+impl TestMesh {
+    /// Starts the mesh on `backend` with default options and waits until every service is
+    /// SERVING. Panics with the services' logs when one does not come up.
+    pub async fn start(backend: Backend) -> TestMesh {
+        Self::start_with(backend, MeshOptions::default()).await
+    }
+
+    /// Starts the mesh with `options`.
+    pub async fn start_with(backend: Backend, options: MeshOptions) -> TestMesh {
+        // Fail early and clearly when the binaries are missing.
+        for name in SERVICES {
+            binary(name);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("weft-test-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let path = dir.path().to_path_buf();
+        let addrs = free_addrs();
+
+        let mut pg_databases = Vec::new();
+        let database_urls: HashMap<ServiceName, String> = match &backend {
+            Backend::Sqlite => SERVICES
+                .iter()
+                .map(|&name| {
+                    let file = path.join(format!("{}.db", name.key()));
+                    (name, format!("sqlite://{}", file.display()))
+                })
+                .collect(),
+            Backend::Postgres(base) => {
+                let prefix = format!(
+                    "weft_t_{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                );
+                let mut conn = sqlx::PgConnection::connect(base).await.unwrap_or_else(|e| {
+                    panic!(
+                        "cannot connect to PostgreSQL at {}: {e}",
+                        crate::db::redact(base)
+                    )
+                });
+                let mut urls = HashMap::new();
+                for name in SERVICES {
+                    let db = format!("{prefix}_{}", name.key());
+                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap_or_else(|e| panic!("cannot create database {db}: {e}"));
+                    urls.insert(name, database_url(base, &db));
+                    pg_databases.push(db);
+                }
+                let _ = conn.close().await;
+                urls
+            }
+        };
+
+        let config_path = path.join("mesh.toml");
+        let config = mesh_config(&addrs, &database_urls, &options);
+        std::fs::write(&config_path, config).expect("cannot write the mesh config");
+
+        let mesh = TestMesh {
+            backend,
+            dir: Some(dir),
+            path,
+            config_path,
+            options,
+            addrs,
+            database_urls,
+            pg_databases,
+            children: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            admin: tokio::sync::Mutex::new(None),
+            databases_dropped: false,
+        };
+        for name in SERVICES {
+            mesh.spawn(name);
+        }
+        for name in SERVICES {
+            mesh.wait_serving(name).await;
+        }
+        mesh
+    }
+
+    /// The backend the mesh runs on.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The mesh's temporary directory (config, SQLite files, logs).
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// The mesh-config file the services were started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Where `name` listens.
+    pub fn addr(&self, name: ServiceName) -> SocketAddr {
+        self.addrs[&name]
+    }
+
+    /// The database URL of `name`.
+    pub fn database_url(&self, name: ServiceName) -> &str {
+        &self.database_urls[&name]
+    }
+
+    /// The path of `name`'s log file (stdout and stderr of every run).
+    pub fn log_path(&self, name: ServiceName) -> PathBuf {
+        self.path.join(format!("{}.log", name.as_str()))
+    }
+
+    /// A channel to `name` (reconnects by itself; replaced on [`TestMesh::restart`]).
+    pub fn channel(&self, name: ServiceName) -> Channel {
+        lock(&self.channels)
+            .entry(name)
+            .or_insert_with(|| channel_to(self.addrs[&name]))
+            .clone()
+    }
+
+    /// A client of weft-auth.
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel(ServiceName::Auth))
+    }
+
+    /// A client of weft-user.
+    pub fn user(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel(ServiceName::User))
+    }
+
+    /// A client of weft-order.
+    pub fn order(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::new(self.channel(ServiceName::Order))
+    }
+
+    /// Registers a user and returns their tokens; panics when registration fails.
+    pub async fn register(&self, email: &str, password: &str, display_name: &str) -> AuthTokens {
+        self.auth()
+            .register(RegisterRequest {
+                email: email.to_string(),
+                password: password.to_string(),
+                display_name: display_name.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Register({email}) failed: {:?} {}", s.code(), s.message()))
+            .into_inner()
+    }
+
+    /// Registers a new user with a random email (`user-<random>@weft.test`).
+    pub async fn new_user(&self) -> AuthTokens {
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        self.register(
+            &format!("user-{tag}@weft.test"),
+            "password-123",
+            &format!("User {tag}"),
+        )
+        .await
+    }
+
+    /// Signs in the first configured admin email, registering it on first use.
+    pub async fn admin(&self) -> AuthTokens {
+        let mut cached = self.admin.lock().await;
+        if let Some(tokens) = cached.as_ref() {
+            return tokens.clone();
+        }
+        let email = self
+            .options
+            .admin_emails
+            .first()
+            .expect("this mesh was started without admin emails")
+            .clone();
+        let mut auth = self.auth();
+        let tokens = match auth
+            .register(RegisterRequest {
+                email: email.clone(),
+                password: ADMIN_PASSWORD.into(),
+                display_name: "Admin".into(),
+            })
+            .await
+        {
+            Ok(tokens) => tokens.into_inner(),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => auth
+                .login(LoginRequest {
+                    email,
+                    password: ADMIN_PASSWORD.into(),
+                })
+                .await
+                .unwrap_or_else(|s| panic!("admin Login failed: {s:?}"))
+                .into_inner(),
+            Err(status) => panic!("admin Register failed: {status:?}"),
+        };
+        *cached = Some(tokens.clone());
+        tokens
+    }
+
+    /// The health of `service` (`""` for the whole server) as reported by `name`.
+    pub async fn health(&self, name: ServiceName, service: &str) -> Result<ServingStatus, Status> {
+        let mut client = HealthClient::new(self.channel(name));
+        let response = client
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
+    }
+
+    /// Kills `name` with SIGKILL and reaps it.
+    pub async fn kill(&self, name: ServiceName) {
+        let child = lock(&self.children).remove(&name);
+        if let Some(mut child) = child {
+            child.kill().await.expect("cannot kill the child");
+        }
+    }
+
+    /// Sends SIGTERM to `name` and waits for it to exit (bounded by [`STOP_TIMEOUT`], after
+    /// which it is killed and the test panics). Returns its exit status.
+    pub async fn terminate(&self, name: ServiceName) -> ExitStatus {
+        let child = lock(&self.children).remove(&name);
+        let mut child = child.unwrap_or_else(|| panic!("{name} is not running"));
+        terminate_child(name, &mut child).await
+    }
+
+    /// Whether `name`'s process is running (not exited, not killed by the harness).
+    pub fn is_running(&self, name: ServiceName) -> bool {
+        let mut children = lock(&self.children);
+        match children.get_mut(&name) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Restarts `name` with the same config, ports and database: terminates it gracefully if it
+    /// is still running, starts it again, and waits until it is SERVING.
+    pub async fn restart(&self, name: ServiceName) {
+        let child = lock(&self.children).remove(&name);
+        if let Some(mut child) = child
+            && matches!(child.try_wait(), Ok(None))
+        {
+            terminate_child(name, &mut child).await;
+        }
+        // A fresh channel: the old one may hold a broken connection.
+        lock(&self.channels).insert(name, channel_to(self.addrs[&name]));
+        self.spawn(name);
+        self.wait_serving(name).await;
+    }
+
+    /// Everything `name` wrote to stdout and stderr, over all its runs.
+    pub fn logs(&self, name: ServiceName) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// Panics when any service's log contains a panic.
+    pub fn assert_no_panics(&self) {
+        for name in SERVICES {
+            let logs = self.logs(name);
+            if let Some(at) = logs.find("panicked at") {
+                let start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+                let excerpt: String = logs[start..]
+                    .lines()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                panic!("{name} panicked:\n{excerpt}");
+            }
+        }
+    }
+
+    /// The current signing key of weft-auth, read from its database: `(kid, PKCS#8 DER)`.
+    pub async fn signing_key(&self) -> (String, Vec<u8>) {
+        let url = &self.database_urls[&ServiceName::Auth];
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open the auth database: {e}"));
+        let row = sqlx::query(
+            "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL \
+             ORDER BY created_at DESC, kid DESC LIMIT 1",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot read signing_keys: {e}"))
+        .expect("weft-auth has no current signing key");
+        let _ = conn.close().await;
+        let kid: String = row.try_get("kid").expect("signing_keys.kid");
+        let private: String = row
+            .try_get("private_key")
+            .expect("signing_keys.private_key");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(private.trim())
+            .expect("signing_keys.private_key is not standard base64");
+        (kid, der)
+    }
+
+    /// Signs `claims` with weft-auth's real current key (EdDSA, with its `kid`), so tests can
+    /// make tokens the services must refuse (expired, wrong `aud`) or accept (unknown subject).
+    pub async fn sign_token(&self, claims: &Claims) -> String {
+        let (kid, der) = self.signing_key().await;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid);
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&der))
+            .expect("cannot sign the token")
+    }
+
+    /// Rotates weft-auth's signing key with `weft-auth --config <mesh config> rotate-key` (the
+    /// running service picks it up within `auth.key_reload_interval_ms`) and returns the new
+    /// key id.
+    pub async fn rotate_signing_key(&self) -> String {
+        let mut command = Command::new(binary(ServiceName::Auth));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("rotate-key")
+            .current_dir(&self.path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        clean_env(&mut command);
+        let output = tokio::time::timeout(START_TIMEOUT, command.output())
+            .await
+            .expect("weft-auth rotate-key did not finish")
+            .expect("cannot run weft-auth rotate-key");
+        assert!(
+            output.status.success(),
+            "weft-auth rotate-key failed with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let kid = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        assert!(!kid.is_empty(), "weft-auth rotate-key printed no key id");
+        kid
+    }
+
+    /// Claims of a valid access token for `subject` with `role` (`user`, `admin`, `service`),
+    /// issued now, expiring in 5 minutes, for the default issuer and audience.
+    pub fn claims(&self, subject: &str, role: &str) -> Claims {
+        let now = unix_now();
+        Claims {
+            iss: "weft-auth".into(),
+            aud: "weft".into(),
+            sub: subject.to_string(),
+            role: role.to_string(),
+            iat: now,
+            exp: now + 300,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Stops every service with SIGTERM (waiting for each to exit) and drops the PostgreSQL
+    /// databases.
+    pub async fn stop(mut self) {
+        let children: Vec<(ServiceName, Child)> = lock(&self.children).drain().collect();
+        for (name, mut child) in children {
+            terminate_child(name, &mut child).await;
+        }
+        lock(&self.channels).clear();
+        if let Backend::Postgres(base) = &self.backend {
+            drop_databases(base, &self.pg_databases).await;
+        }
+        self.databases_dropped = true;
+    }
+
+    fn spawn(&self, name: ServiceName) {
+        let log_path = self.log_path(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
+        let stderr = log.try_clone().expect("cannot clone the log file handle");
+        let mut command = Command::new(binary(name));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(&self.path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .kill_on_drop(true);
+        clean_env(&mut command);
+        command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary(name).display()));
+        lock(&self.children).insert(name, child);
+    }
+
+    async fn wait_serving(&self, name: ServiceName) {
+        let started = Instant::now();
+        loop {
+            {
+                let mut children = lock(&self.children);
+                let child = children
+                    .get_mut(&name)
+                    .unwrap_or_else(|| panic!("{name} is not running"));
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{name} exited during start-up with {status}; its log:\n{}",
+                        self.logs(name)
+                    );
+                }
+            }
+            let last =
+                match tokio::time::timeout(Duration::from_secs(2), self.health(name, "")).await {
+                    Ok(Ok(ServingStatus::Serving)) => return,
+                    Ok(Ok(status)) => format!("{status:?}"),
+                    Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                    Err(_) => "health check timed out".into(),
+                };
+            if started.elapsed() > START_TIMEOUT {
+                panic!(
+                    "{name} did not report SERVING within {START_TIMEOUT:?} (last: {last}); its log:\n{}",
+                    self.logs(name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        let children: Vec<(ServiceName, Child)> = lock(&self.children).drain().collect();
+        for (_, mut child) in children {
+            let _ = child.start_kill();
+            // Reap it so no zombie outlives the test; SIGKILL makes this quick.
+            for _ in 0..100 {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- test mesh in {} ({}) ---",
+                self.path.display(),
+                self.backend
+            );
+            for name in SERVICES {
+                let logs = self.logs(name);
+                let lines: Vec<&str> = logs.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("--- last lines of {name} ---\n{}", tail.join("\n"));
+            }
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("--- kept {} for inspection ---", kept.display());
+            }
+        }
+        if !self.databases_dropped
+            && let Backend::Postgres(base) = &self.backend
+        {
+            let base = base.clone();
+            let databases = std::mem::take(&mut self.pg_databases);
+            // Drop runs inside the test's runtime, which must not be blocked on: use a thread.
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(drop_databases(&base, &databases));
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// `authorization: Bearer <token>` on a request.
+pub fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {token}"))
+        .expect("a token must be a valid header value");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// The path of a service binary; panics when it is missing.
+pub fn binary(name: ServiceName) -> PathBuf {
+    let dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("cannot find the test executable");
+            let mut dir = exe
+                .parent()
+                .expect("the test executable has no folder")
+                .to_path_buf();
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(format!("{}{}", name.as_str(), std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        panic!(
+            "{} not found: run `cargo build --bins` first (or set {BIN_DIR_ENV})",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Keeps the test's own environment from reconfiguring a service process.
+fn clean_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with(crate::config::ENV_PREFIX)
+            || key.starts_with("OTEL_")
+            || key == "RUST_LOG"
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn channel_to(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a loopback address is a valid endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// Three free loopback ports: bound together (so they differ), then released for the services.
+fn free_addrs() -> HashMap<ServiceName, SocketAddr> {
+    let listeners: Vec<(ServiceName, TcpListener)> = SERVICES
+        .iter()
+        .map(|&name| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
+            (name, listener)
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|(name, l)| {
+            (
+                *name,
+                l.local_addr().expect("a bound listener has an address"),
+            )
+        })
+        .collect()
+}
+
+/// The mesh-config TOML of a test mesh.
+fn mesh_config(
+    addrs: &HashMap<ServiceName, SocketAddr>,
+    database_urls: &HashMap<ServiceName, String>,
+    options: &MeshOptions,
+) -> String {
+    let mut root = toml::Table::new();
+    root.insert("environment".into(), "test".into());
+    let mut telemetry = toml::Table::new();
+    telemetry.insert("log_format".into(), "json".into());
+    telemetry.insert("log_filter".into(), "info".into());
+    root.insert("telemetry".into(), telemetry.into());
+    let mut auth = toml::Table::new();
+    auth.insert(
+        "admin_emails".into(),
+        toml::Value::Array(
+            options
+                .admin_emails
+                .iter()
+                .map(|e| e.as_str().into())
+                .collect(),
+        ),
+    );
+    root.insert("auth".into(), auth.into());
+    let mut services = toml::Table::new();
+    let mut upstreams = toml::Table::new();
+    for name in SERVICES {
+        let mut service = toml::Table::new();
+        service.insert("listen".into(), addrs[&name].to_string().into());
+        service.insert("database_url".into(), database_urls[&name].as_str().into());
+        services.insert(name.key().into(), service.into());
+        let mut upstream = toml::Table::new();
+        upstream.insert("endpoint".into(), format!("http://{}", addrs[&name]).into());
+        upstreams.insert(name.key().into(), upstream.into());
+    }
+    root.insert("services".into(), services.into());
+    root.insert("upstreams".into(), upstreams.into());
+    if !options.toml.trim().is_empty() {
+        let extra: toml::Table = options
+            .toml
+            .parse()
+            .unwrap_or_else(|e| panic!("MeshOptions::toml is not valid TOML: {e}"));
+        merge(&mut root, extra);
+    }
+    toml::to_string(&root).expect("a TOML table serialises")
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `base` (a PostgreSQL URL) pointing at database `db` instead, query string kept.
+fn database_url(base: &str, db: &str) -> String {
+    let (main, query) = match base.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (base, None),
+    };
+    let authority = main.find("://").map_or(0, |i| i + 3);
+    let path = main[authority..]
+        .find('/')
+        .map_or(main.len(), |i| authority + i);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{}/{db}{query}", &main[..path])
+}
+
+async fn terminate_child(name: ServiceName, child: &mut Child) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => panic!("cannot wait for {name}: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("{name} did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+        }
+    }
+}
+
+async fn drop_databases(base: &str, databases: &[String]) {
+    if databases.is_empty() {
+        return;
+    }
+    let Ok(mut conn) = sqlx::PgConnection::connect(base).await else {
+        eprintln!("warning: cannot connect to PostgreSQL to drop the test databases {databases:?}");
+        return;
+    };
+    for db in databases {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        {
+            eprintln!("warning: cannot drop the test database {db}: {e}");
+        }
+    }
+    let _ = conn.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_swap_the_path_only() {
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            database_url("postgres://h:5432", "x"),
+            "postgres://h:5432/x"
+        );
+    }
+
+    #[test]
+    fn options_merge_over_the_generated_config() {
+        let addrs = free_addrs();
+        let urls = SERVICES
+            .iter()
+            .map(|&n| (n, format!("sqlite://{}.db", n.key())))
+            .collect();
+        let options = MeshOptions {
+            toml: "[jwt]\naccess_ttl_secs = 2\n[auth]\nkey_reload_interval_ms = 100\n".into(),
+            ..MeshOptions::default()
+        };
+        let text = mesh_config(&addrs, &urls, &options);
+        let config: crate::MeshConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.jwt.access_ttl_secs, 2);
+        assert_eq!(config.auth.key_reload_interval_ms, 100);
+        assert_eq!(config.auth.admin_emails, [ADMIN_EMAIL]);
+        assert_eq!(config.services.order.listen, addrs[&ServiceName::Order]);
+        assert_eq!(
+            config.upstreams.user.endpoint,
+            format!("http://{}", addrs[&ServiceName::User])
+        );
+    }
+}
