@@ -290,11 +290,37 @@ impl Gateway {
     }
 
     async fn builtin(&self, req: &Request<Incoming>) -> Option<Result<HttpResponse, ApiError>> {
+        /// The docs page's vendored assets (see assets/README.md), served under `/docs/`.
+        const DOCS_ASSETS: [(&str, &str, &[u8]); 4] = [
+            (
+                "/docs/swagger-ui-bundle.js",
+                "text/javascript; charset=utf-8",
+                include_bytes!("../assets/swagger-ui-bundle.js"),
+            ),
+            (
+                "/docs/swagger-ui.css",
+                "text/css; charset=utf-8",
+                include_bytes!("../assets/swagger-ui.css"),
+            ),
+            (
+                "/docs/docs.js",
+                "text/javascript; charset=utf-8",
+                include_bytes!("../assets/docs.js"),
+            ),
+            (
+                "/docs/swagger-ui-bundle.js.LICENSE.txt",
+                "text/plain; charset=utf-8",
+                include_bytes!("../assets/swagger-ui-bundle.js.LICENSE.txt"),
+            ),
+        ];
         let path = req.uri().path();
-        if !matches!(
-            path,
-            "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
-        ) {
+        let asset = DOCS_ASSETS.iter().find(|(asset, _, _)| *asset == path);
+        if asset.is_none()
+            && !matches!(
+                path,
+                "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" | "/docs/"
+            )
+        {
             return None;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -304,6 +330,20 @@ impl Gateway {
                 format!("{path} answers GET only"),
             )
             .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))));
+        }
+        if let Some((_, content_type, bytes)) = asset {
+            let mut response = Response::new(Full::new(Bytes::from_static(bytes)));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            );
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            return Some(Ok(response));
         }
         Some(Ok(match path {
             "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
@@ -317,6 +357,15 @@ impl Gateway {
                 response
             }
             "/openapi.json" => json_response(StatusCode::OK, self.openapi.clone()),
+            "/docs/" => {
+                // The page's URLs are relative to `/docs`; relative so it works behind a prefix.
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                response
+                    .headers_mut()
+                    .insert(header::LOCATION, HeaderValue::from_static("../docs"));
+                response
+            }
             _ => {
                 let mut response =
                     Response::new(Full::new(Bytes::from_static(DOCS_HTML.as_bytes())));
