@@ -93,10 +93,6 @@ mod tests {
     #[test]
     fn every_contract_method_declares_its_access() {
         assert_eq!(METHOD_ACCESS.len(), 5 + 5 + 8);
-        assert!(
-            METHOD_ACCESS
-                .iter()
-                .all(|(_, a)| *a != Access::Unspecified)
-        );
+        assert!(METHOD_ACCESS.iter().all(|(_, a)| *a != Access::Unspecified));
     }
 }
