@@ -1,8 +1,13 @@
 //! Ed25519 signing keys: generated, persisted in `signing_keys`, held in memory, and published.
 //!
-//! The current key is the newest row not yet retired. [`KeyRing`] keeps the current key and the
-//! published JWKS in memory and is reloaded from the database periodically, so a `rotate-key`
-//! run by another process is picked up without a restart.
+//! A rotation publishes before it signs: `rotate-key` stores the new key at once but schedules the
+//! old key's retirement [`KeyTiming::activation_delay_micros`] later, and only a key that has been
+//! published that long signs. Verifiers cache the JWKS and refetch it at most once per
+//! `jwt.jwks_min_refresh_interval_ms`, and this service notices the new row within
+//! `auth.key_reload_interval_ms`; waiting out both before signing with the new key means no
+//! verifier ever meets a `kid` it cannot fetch. [`KeyRing`] keeps the signing key and the published
+//! JWKS in memory and is reloaded from the database periodically, so a `rotate-key` run by another
+//! process is picked up without a restart.
 
 use std::{
     sync::{Arc, RwLock},
@@ -113,19 +118,48 @@ pub struct KeySet {
     jwks: Vec<Jwk>,
 }
 
+/// How long keys take to come into use and to leave the JWKS.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyTiming {
+    /// How long a retired key stays published: the access-token lifetime.
+    pub access_ttl_micros: i64,
+    /// How long a new key is published before it signs.
+    pub activation_delay_micros: i64,
+}
+
+impl KeyTiming {
+    /// The timing that `config` implies.
+    pub fn new(config: &weft_mesh::MeshConfig) -> Self {
+        let millis = config
+            .auth
+            .key_reload_interval_ms
+            .saturating_add(config.jwt.jwks_min_refresh_interval_ms)
+            .saturating_add(1_000);
+        Self {
+            access_ttl_micros: crate::domain::secs_to_micros(config.jwt.access_ttl_secs),
+            activation_delay_micros: i64::try_from(millis.saturating_mul(1_000))
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
 impl KeySet {
-    /// Builds the set from every stored key at `now`: the newest unretired key signs; unretired
-    /// keys and keys retired less than `access_ttl_micros` ago are published. `None` when no
-    /// usable unretired key exists.
-    pub fn from_rows(mut rows: Vec<StoredKey>, now: i64, access_ttl_micros: i64) -> Option<KeySet> {
+    /// Builds the set from every stored key at `now`. Keys not retired by `now` are published,
+    /// and so are keys retired less than an access-token lifetime ago. The newest unretired key
+    /// that has been published for the activation delay signs; when none has (the very first
+    /// key, or a rotation right after it), the oldest unretired key does, being the one
+    /// published longest. `None` when no usable unretired key exists.
+    pub fn from_rows(mut rows: Vec<StoredKey>, now: i64, timing: KeyTiming) -> Option<KeySet> {
         rows.sort_by(|a, b| (b.created_at, &b.kid).cmp(&(a.created_at, &a.kid)));
         let mut current = None;
+        let mut oldest_unretired = None;
         let mut jwks = Vec::new();
         for row in &rows {
-            let published = match row.retired_at {
-                None => true,
-                Some(retired) => retired.saturating_add(access_ttl_micros) > now,
-            };
+            let unretired = row.retired_at.is_none_or(|retired| retired > now);
+            let published = unretired
+                || row
+                    .retired_at
+                    .is_some_and(|retired| retired.saturating_add(timing.access_ttl_micros) > now);
             if !published {
                 continue;
             }
@@ -137,12 +171,20 @@ impl KeySet {
                     continue;
                 }
             };
-            if current.is_none() && row.retired_at.is_none() {
-                current = Some((row.kid.clone(), EncodingKey::from_ed_der(&der)));
+            if unretired {
+                let active = row
+                    .created_at
+                    .saturating_add(timing.activation_delay_micros)
+                    <= now;
+                if current.is_none() && active {
+                    current = Some((row.kid.clone(), EncodingKey::from_ed_der(&der)));
+                }
+                // Rows run newest first: the last unretired one seen is the oldest.
+                oldest_unretired = Some((row.kid.clone(), EncodingKey::from_ed_der(&der)));
             }
             jwks.push(jwk(row));
         }
-        let (kid, encoding) = current?;
+        let (kid, encoding) = current.or(oldest_unretired)?;
         Some(KeySet {
             kid,
             encoding,
@@ -175,18 +217,17 @@ impl KeySet {
 /// The signing keys in memory, shared by every call.
 pub struct KeyRing {
     set: RwLock<Arc<KeySet>>,
-    access_ttl_micros: i64,
+    timing: KeyTiming,
 }
 
 impl KeyRing {
     /// Loads the keys from `db`, creating the first key when none can sign.
-    pub async fn load(db: &Database, access_ttl_secs: u64) -> Result<Self, Error> {
-        let access_ttl_micros = crate::domain::secs_to_micros(access_ttl_secs);
-        let set = load_or_create(db, access_ttl_micros).await?;
+    pub async fn load(db: &Database, timing: KeyTiming) -> Result<Self, Error> {
+        let set = load_or_create(db, timing).await?;
         tracing::info!(kid = %set.kid, published = set.jwks.len(), "signing keys loaded");
         Ok(Self {
             set: RwLock::new(Arc::new(set)),
-            access_ttl_micros,
+            timing,
         })
     }
 
@@ -197,7 +238,7 @@ impl KeyRing {
 
     /// Re-reads the keys from `db`.
     pub async fn reload(&self, db: &Database) -> Result<(), Error> {
-        let set = load_or_create(db, self.access_ttl_micros).await?;
+        let set = load_or_create(db, self.timing).await?;
         let previous = self.current();
         if previous.kid != set.kid || previous.jwks.len() != set.jwks.len() {
             tracing::info!(kid = %set.kid, published = set.jwks.len(), "signing keys changed");
@@ -225,10 +266,9 @@ impl KeyRing {
     }
 }
 
-async fn load_or_create(db: &Database, access_ttl_micros: i64) -> Result<KeySet, Error> {
+async fn load_or_create(db: &Database, timing: KeyTiming) -> Result<KeySet, Error> {
     let now = weft_mesh::clock::now_micros();
-    if let Some(set) = KeySet::from_rows(store::load_keys(&db.read).await?, now, access_ttl_micros)
-    {
+    if let Some(set) = KeySet::from_rows(store::load_keys(&db.read).await?, now, timing) {
         return Ok(set);
     }
     let key = generate_key(now)?;
@@ -236,7 +276,7 @@ async fn load_or_create(db: &Database, access_ttl_micros: i64) -> Result<KeySet,
         tracing::info!(kid = %key.kid, "created a signing key: none was current");
     }
     // Another process may have won the race: whichever key is now current is the one to use.
-    KeySet::from_rows(store::load_keys(&db.write).await?, now, access_ttl_micros)
+    KeySet::from_rows(store::load_keys(&db.write).await?, now, timing)
         .ok_or_else(|| Error::internal("no usable signing key after creating one"))
 }
 
@@ -245,6 +285,11 @@ mod tests {
     use super::*;
     use jsonwebtoken::{DecodingKey, Validation};
     use weft_mesh::auth::Claims;
+
+    const TIMING: KeyTiming = KeyTiming {
+        access_ttl_micros: 900_000_000,
+        activation_delay_micros: 0,
+    };
 
     fn claims(exp: u64) -> Claims {
         Claims {
@@ -282,7 +327,7 @@ mod tests {
     #[test]
     fn tokens_verify_with_the_published_key() {
         let key = generate_key(1).unwrap();
-        let set = KeySet::from_rows(vec![key.clone()], 2, 900_000_000).unwrap();
+        let set = KeySet::from_rows(vec![key.clone()], 2, TIMING).unwrap();
         let token = set.sign(&claims(now_secs() + 600)).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
@@ -313,13 +358,54 @@ mod tests {
         previous.retired_at = Some(now - 60_000_000);
         let current = generate_key(now - 60_000_000).unwrap();
         let rows = vec![old.clone(), current.clone(), previous.clone()];
-        let set = KeySet::from_rows(rows, now, 900_000_000).unwrap();
+        let set = KeySet::from_rows(rows, now, TIMING).unwrap();
         assert_eq!(set.kid(), current.kid);
         let kids: Vec<&str> = set.jwks().iter().map(|k| k.kid.as_str()).collect();
         assert_eq!(kids, [current.kid.as_str(), previous.kid.as_str()]);
 
-        assert!(KeySet::from_rows(vec![old], now, 900_000_000).is_none());
-        assert!(KeySet::from_rows(Vec::new(), now, 900_000_000).is_none());
+        assert!(KeySet::from_rows(vec![old], now, TIMING).is_none());
+        assert!(KeySet::from_rows(Vec::new(), now, TIMING).is_none());
+    }
+
+    #[test]
+    fn a_rotated_in_key_is_published_before_it_signs() {
+        let second = 1_000_000;
+        let timing = KeyTiming {
+            access_ttl_micros: 900 * second,
+            activation_delay_micros: 10 * second,
+        };
+        // Rotation at t=100 s: the old key retires at 110 s, when the new key becomes active.
+        let mut old = generate_key(0).unwrap();
+        old.retired_at = Some(110 * second);
+        let new = generate_key(100 * second).unwrap();
+        let rows = vec![old.clone(), new.clone()];
+
+        let during = KeySet::from_rows(rows.clone(), 105 * second, timing).unwrap();
+        assert_eq!(
+            during.kid(),
+            old.kid,
+            "the old key signs while the new one spreads"
+        );
+        assert_eq!(during.jwks().len(), 2, "the new key is already published");
+
+        let after = KeySet::from_rows(rows, 111 * second, timing).unwrap();
+        assert_eq!(after.kid(), new.kid);
+        assert_eq!(
+            after.jwks().len(),
+            2,
+            "the old key verifies until its tokens expire"
+        );
+
+        // The first key of all signs at once: nothing could have cached an older JWKS.
+        let first = KeySet::from_rows(vec![new.clone()], 100 * second, timing).unwrap();
+        assert_eq!(first.kid(), new.kid);
+
+        // A rotation before even the first key is active: the first key goes on signing.
+        let young = generate_key(99 * second).unwrap();
+        let mut young_retiring = young.clone();
+        young_retiring.retired_at = Some(110 * second);
+        let early = KeySet::from_rows(vec![young_retiring, new.clone()], 101 * second, timing);
+        assert_eq!(early.unwrap().kid(), young.kid);
     }
 
     #[test]
@@ -327,7 +413,7 @@ mod tests {
         let mut bad = generate_key(5).unwrap();
         bad.private_key = "not base64!".into();
         let good = generate_key(1).unwrap();
-        let set = KeySet::from_rows(vec![bad, good.clone()], 6, 900_000_000).unwrap();
+        let set = KeySet::from_rows(vec![bad, good.clone()], 6, TIMING).unwrap();
         assert_eq!(set.kid(), good.kid);
         assert_eq!(set.jwks().len(), 1);
     }

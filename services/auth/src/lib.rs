@@ -39,7 +39,7 @@ pub async fn open_database(config: &MeshConfig) -> anyhow::Result<Database> {
 pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthServiceServer<AuthApi>>> {
     let db = open_database(&config).await?;
     let keys = Arc::new(
-        KeyRing::load(&db, config.jwt.access_ttl_secs)
+        KeyRing::load(&db, keys::KeyTiming::new(&config))
             .await
             .context("cannot load the signing keys")?,
     );
@@ -66,12 +66,14 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
     })
 }
 
-/// Creates a new signing key and retires the current one; returns the new key's id. Running
-/// services pick it up within `auth.key_reload_interval_ms`.
+/// Creates a new signing key, published at once, which replaces the current one for signing
+/// after the activation delay (see [`keys`]); returns the new key's id.
 pub async fn rotate_key(config: &MeshConfig) -> anyhow::Result<String> {
     let db = open_database(config).await?;
-    let key = keys::generate_key(weft_mesh::clock::now_micros())?;
-    let result = store::rotate_key(&db.write, &key).await;
+    let now = weft_mesh::clock::now_micros();
+    let key = keys::generate_key(now)?;
+    let retire_at = now.saturating_add(keys::KeyTiming::new(config).activation_delay_micros);
+    let result = store::rotate_key(&db.write, &key, retire_at).await;
     db.close().await;
     result.context("cannot store the new signing key")?;
     tracing::info!(kid = %key.kid, "signing key rotated");

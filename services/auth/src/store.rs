@@ -49,11 +49,12 @@ pub async fn insert_first_key(pool: &AnyPool, key: &StoredKey) -> Result<bool, E
     }
 }
 
-/// Retires every unretired key at `key.created_at` and stores `key` as the current one.
-pub async fn rotate_key(pool: &AnyPool, key: &StoredKey) -> Result<(), Error> {
+/// Schedules every unretired key to retire at `retire_at` and stores `key`, which takes over
+/// signing then.
+pub async fn rotate_key(pool: &AnyPool, key: &StoredKey, retire_at: i64) -> Result<(), Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
-        .bind(key.created_at)
+        .bind(retire_at)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -425,7 +426,7 @@ mod tests {
             );
 
             let next = generate_key(20).unwrap();
-            rotate_key(&db.write, &next).await.unwrap();
+            rotate_key(&db.write, &next, 20).await.unwrap();
             let keys = load_keys(&db.read).await.unwrap();
             let kids: Vec<(&str, Option<i64>)> = keys
                 .iter()
