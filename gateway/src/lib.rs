@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod route;
 pub mod serve;
 pub mod table;
+pub mod tls;
 pub mod transcode;
 pub mod upstream;
 
@@ -41,7 +42,8 @@ pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "gateway serving");
+    let tls = tls::acceptor(&config.gateway.tls)?;
+    tracing::info!(addr = %local, tls = tls.is_some(), "gateway serving");
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -69,10 +71,36 @@ pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
                 let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
+                    let result = match tls {
+                        None => {
+                            let connection = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(
+                                tls::HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
