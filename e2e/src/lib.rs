@@ -3,8 +3,14 @@
 //! with the generated clients. The tests live in `tests/`, one file per area; each test runs
 //! once on SQLite and once on PostgreSQL (`<test>::sqlite`, `<test>::postgres`).
 //!
+//! The `gateway_*` tests start `weft-gateway` in front of the three services
+//! (`MeshOptions::gateway`) and call it over HTTP/1.1, h2c and TLS with the small hyper client
+//! of `tests/common/rest.rs`; `gateway_foreign` also fronts a test-only gRPC API (`proto/`,
+//! compiled by `build.rs`) served in-process. `/openapi.json` is checked with
+//! `scripts/validate-openapi.sh` when `CI=true` or `WEFT_VALIDATE_OPENAPI=1`.
+//!
 //! ```text
-//! cargo build --bins
+//! cargo build --workspace --bins --features weft-mesh/testing
 //! WEFT_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo nextest run -p weft-e2e
 //! ```
 //!

@@ -1,5 +1,7 @@
 //! Black-box test harness: the real `weft-auth`, `weft-user` and `weft-order` binaries, started
-//! together on ephemeral loopback ports with fresh databases, and called with generated clients.
+//! together on ephemeral loopback ports with fresh databases, and called with generated clients;
+//! optionally with `weft-gateway` in front of them ([`MeshOptions::gateway`]), called over HTTP
+//! at [`TestMesh::gateway_url`].
 //!
 //! ```ignore
 //! let mesh = TestMesh::start(Backend::Sqlite).await;
@@ -15,6 +17,14 @@
 //!
 //! The binaries are looked up next to the test executable (`target/<profile>/`), or in
 //! `WEFT_BIN_DIR`; build them first with `cargo build --bins`.
+//!
+//! ```ignore
+//! let options = MeshOptions { gateway: true, ..MeshOptions::default() };
+//! let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
+//! // GET {mesh.gateway_url()}/v1/products ...
+//! mesh.kill_gateway().await;
+//! mesh.restart_gateway().await;
+//! ```
 
 use std::{
     collections::HashMap,
@@ -29,7 +39,10 @@ use std::{
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sqlx::{Connection as _, Row as _};
-use tokio::process::{Child, Command};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    process::{Child, Command},
+};
 use tonic::{
     Request, Status,
     metadata::MetadataValue,
@@ -65,6 +78,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The three services, in start order.
 pub const SERVICES: [ServiceName; 3] = [ServiceName::Auth, ServiceName::User, ServiceName::Order];
+/// The REST gateway's process name (its binary, and its log file's stem).
+pub const GATEWAY: &str = "weft-gateway";
 
 /// Where the services keep their data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,8 +140,12 @@ pub struct MeshOptions {
     /// TOML merged over the generated mesh-config (section by section), e.g.
     /// `"[jwt]\naccess_ttl_secs = 2\n"`.
     pub toml: String,
-    /// Environment variables for every service process.
+    /// Environment variables for every service process (the gateway's too).
     pub env: Vec<(String, String)>,
+    /// Also start `weft-gateway` (after the services are SERVING), with `[gateway] listen` on a
+    /// free loopback port, and wait until its `/healthz` and `/readyz` answer 200 (only until it
+    /// accepts connections when `toml` configures `[gateway.tls]`); default false.
+    pub gateway: bool,
 }
 
 impl Default for MeshOptions {
@@ -135,6 +154,7 @@ impl Default for MeshOptions {
             admin_emails: vec![ADMIN_EMAIL.to_string()],
             toml: String::new(),
             env: Vec::new(),
+            gateway: false,
         }
     }
 }
@@ -151,6 +171,9 @@ pub struct TestMesh {
     database_urls: HashMap<ServiceName, String>,
     pg_databases: Vec<String>,
     children: Mutex<HashMap<ServiceName, Child>>,
+    /// Where the gateway listens, and whether over TLS; `None` without [`MeshOptions::gateway`].
+    gateway: Option<(SocketAddr, bool)>,
+    gateway_child: Mutex<Option<Child>>,
     channels: Mutex<HashMap<ServiceName, Channel>>,
     admin: tokio::sync::Mutex<Option<AuthTokens>>,
     databases_dropped: bool,
@@ -171,12 +194,18 @@ impl TestMesh {
         for name in SERVICES {
             binary(name);
         }
+        if options.gateway {
+            gateway_binary();
+        }
         let dir = tempfile::Builder::new()
             .prefix("weft-test-")
             .tempdir()
             .expect("cannot create a temporary directory");
         let path = dir.path().to_path_buf();
-        let addrs = free_addrs();
+        let mut free = free_loopback_addrs(SERVICES.len() + 1);
+        let gateway_addr = free.pop().expect("one address per process");
+        let addrs: HashMap<ServiceName, SocketAddr> = SERVICES.into_iter().zip(free).collect();
+        let gateway_addr = options.gateway.then_some(gateway_addr);
 
         let mut pg_databases = Vec::new();
         let database_urls: HashMap<ServiceName, String> = match &backend {
@@ -214,7 +243,8 @@ impl TestMesh {
         };
 
         let config_path = path.join("mesh.toml");
-        let config = mesh_config(&addrs, &database_urls, &options);
+        let config = mesh_config(&addrs, gateway_addr, &database_urls, &options);
+        let gateway = gateway_addr.map(|addr| (addr, gateway_tls(&config)));
         std::fs::write(&config_path, config).expect("cannot write the mesh config");
 
         let mesh = TestMesh {
@@ -227,6 +257,8 @@ impl TestMesh {
             database_urls,
             pg_databases,
             children: Mutex::new(HashMap::new()),
+            gateway,
+            gateway_child: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(None),
             databases_dropped: false,
@@ -236,6 +268,10 @@ impl TestMesh {
         }
         for name in SERVICES {
             mesh.wait_serving(name).await;
+        }
+        if mesh.gateway.is_some() {
+            mesh.spawn_gateway();
+            mesh.wait_gateway_ready().await;
         }
         mesh
     }
@@ -410,10 +446,13 @@ impl TestMesh {
         std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
     }
 
-    /// Panics when any service's log contains a panic.
+    /// Panics when any service's (or the gateway's) log contains a panic.
     pub fn assert_no_panics(&self) {
-        for name in SERVICES {
-            let logs = self.logs(name);
+        let logs = SERVICES
+            .iter()
+            .map(|&name| (name.as_str(), self.logs(name)))
+            .chain(self.gateway.map(|_| (GATEWAY, self.gateway_logs())));
+        for (name, logs) in logs {
             if let Some(at) = logs.find("panicked at") {
                 let start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
                 let excerpt: String = logs[start..]
@@ -505,9 +544,76 @@ impl TestMesh {
         }
     }
 
-    /// Stops every service with SIGTERM (waiting for each to exit) and drops the PostgreSQL
-    /// databases.
+    /// Where the gateway listens; panics when the mesh was started without it.
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway
+            .expect("this mesh was started without the gateway (MeshOptions::gateway)")
+            .0
+    }
+
+    /// The gateway's base URL, `http://127.0.0.1:<port>` (`https://` when `[gateway.tls]` is
+    /// configured), without a trailing slash; panics when the mesh was started without it.
+    pub fn gateway_url(&self) -> String {
+        let (addr, tls) = self
+            .gateway
+            .expect("this mesh was started without the gateway (MeshOptions::gateway)");
+        format!("{}://{addr}", if tls { "https" } else { "http" })
+    }
+
+    /// The path of the gateway's log file (stdout and stderr of every run).
+    pub fn gateway_log_path(&self) -> PathBuf {
+        self.path.join(format!("{GATEWAY}.log"))
+    }
+
+    /// Everything the gateway wrote to stdout and stderr, over all its runs.
+    pub fn gateway_logs(&self) -> String {
+        std::fs::read_to_string(self.gateway_log_path()).unwrap_or_default()
+    }
+
+    /// Whether the gateway's process is running (not exited, not killed by the harness).
+    pub fn gateway_running(&self) -> bool {
+        match lock(&self.gateway_child).as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the gateway with SIGKILL and reaps it.
+    pub async fn kill_gateway(&self) {
+        let child = lock(&self.gateway_child).take();
+        if let Some(mut child) = child {
+            child.kill().await.expect("cannot kill the gateway");
+        }
+    }
+
+    /// Sends SIGTERM to the gateway and waits for it to exit (bounded by [`STOP_TIMEOUT`]).
+    pub async fn terminate_gateway(&self) -> ExitStatus {
+        let child = lock(&self.gateway_child).take();
+        let mut child = child.unwrap_or_else(|| panic!("{GATEWAY} is not running"));
+        terminate_child(GATEWAY, &mut child).await
+    }
+
+    /// Restarts the gateway with the same config and port: terminates it gracefully if it is
+    /// still running, starts it again, and waits until it is ready.
+    pub async fn restart_gateway(&self) {
+        self.gateway_addr();
+        let child = lock(&self.gateway_child).take();
+        if let Some(mut child) = child
+            && matches!(child.try_wait(), Ok(None))
+        {
+            terminate_child(GATEWAY, &mut child).await;
+        }
+        self.spawn_gateway();
+        self.wait_gateway_ready().await;
+    }
+
+    /// Stops every service (and the gateway, first) with SIGTERM, waiting for each to exit, and
+    /// drops the PostgreSQL databases.
     pub async fn stop(mut self) {
+        let gateway = lock(&self.gateway_child).take();
+        if let Some(mut child) = gateway {
+            terminate_child(GATEWAY, &mut child).await;
+        }
         let children: Vec<(ServiceName, Child)> = lock(&self.children).drain().collect();
         for (name, mut child) in children {
             terminate_child(name, &mut child).await;
@@ -520,14 +626,24 @@ impl TestMesh {
     }
 
     fn spawn(&self, name: ServiceName) {
-        let log_path = self.log_path(name);
+        let child = self.spawn_process(&binary(name), &self.log_path(name));
+        lock(&self.children).insert(name, child);
+    }
+
+    fn spawn_gateway(&self) {
+        let child = self.spawn_process(&gateway_binary(), &self.gateway_log_path());
+        *lock(&self.gateway_child) = Some(child);
+    }
+
+    /// Starts `binary --config <mesh config>` in the mesh's folder, appending to `log_path`.
+    fn spawn_process(&self, binary: &Path, log_path: &Path) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
+            .open(log_path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
         let stderr = log.try_clone().expect("cannot clone the log file handle");
-        let mut command = Command::new(binary(name));
+        let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(&self.config_path)
@@ -538,10 +654,47 @@ impl TestMesh {
             .kill_on_drop(true);
         clean_env(&mut command);
         command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
-        let child = command
+        command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary(name).display()));
-        lock(&self.children).insert(name, child);
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
+    }
+
+    /// Waits until the gateway answers 200 on `/healthz` and `/readyz` (over TLS: until it
+    /// accepts connections, as the harness has no TLS client).
+    async fn wait_gateway_ready(&self) {
+        let (addr, tls) = self.gateway.expect("the gateway is configured");
+        let started = Instant::now();
+        loop {
+            if let Some(child) = lock(&self.gateway_child).as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "{GATEWAY} exited during start-up with {status}; its log:\n{}",
+                    self.gateway_logs()
+                );
+            }
+            let last = if tls {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(_) => return,
+                    Err(e) => format!("cannot connect: {e}"),
+                }
+            } else {
+                match (
+                    http_get_status(addr, "/healthz").await,
+                    http_get_status(addr, "/readyz").await,
+                ) {
+                    (Ok(200), Ok(200)) => return,
+                    (healthz, readyz) => format!("/healthz: {healthz:?}, /readyz: {readyz:?}"),
+                }
+            };
+            if started.elapsed() > START_TIMEOUT {
+                panic!(
+                    "{GATEWAY} was not ready within {START_TIMEOUT:?} (last: {last}); its log:\n{}",
+                    self.gateway_logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_serving(&self, name: ServiceName) {
@@ -579,8 +732,12 @@ impl TestMesh {
 
 impl Drop for TestMesh {
     fn drop(&mut self) {
-        let children: Vec<(ServiceName, Child)> = lock(&self.children).drain().collect();
-        for (_, mut child) in children {
+        let mut children: Vec<Child> = lock(&self.children)
+            .drain()
+            .map(|(_, child)| child)
+            .collect();
+        children.extend(lock(&self.gateway_child).take());
+        for mut child in children {
             let _ = child.start_kill();
             // Reap it so no zombie outlives the test; SIGKILL makes this quick.
             for _ in 0..100 {
@@ -596,8 +753,11 @@ impl Drop for TestMesh {
                 self.path.display(),
                 self.backend
             );
-            for name in SERVICES {
-                let logs = self.logs(name);
+            let logs = SERVICES
+                .iter()
+                .map(|&name| (name.as_str(), self.logs(name)))
+                .chain(self.gateway.map(|_| (GATEWAY, self.gateway_logs())));
+            for (name, logs) in logs {
                 let lines: Vec<&str> = logs.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(40)..];
                 eprintln!("--- last lines of {name} ---\n{}", tail.join("\n"));
@@ -637,6 +797,15 @@ pub fn bearer<T>(token: &str, message: T) -> Request<T> {
 
 /// The path of a service binary; panics when it is missing.
 pub fn binary(name: ServiceName) -> PathBuf {
+    binary_named(name.as_str())
+}
+
+/// The path of the `weft-gateway` binary; panics when it is missing.
+pub fn gateway_binary() -> PathBuf {
+    binary_named(GATEWAY)
+}
+
+fn binary_named(name: &str) -> PathBuf {
     let dir = match std::env::var_os(BIN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
         None => {
@@ -651,7 +820,7 @@ pub fn binary(name: ServiceName) -> PathBuf {
             dir
         }
     };
-    let path = dir.join(format!("{}{}", name.as_str(), std::env::consts::EXE_SUFFIX));
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
         panic!(
             "{} not found: run `cargo build --bins` first (or set {BIN_DIR_ENV})",
@@ -696,28 +865,70 @@ fn channel_to(addr: SocketAddr) -> Channel {
 }
 
 /// Three free loopback ports: bound together (so they differ), then released for the services.
+#[cfg(test)]
 fn free_addrs() -> HashMap<ServiceName, SocketAddr> {
-    let listeners: Vec<(ServiceName, TcpListener)> = SERVICES
-        .iter()
-        .map(|&name| {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
-            (name, listener)
-        })
+    SERVICES
+        .into_iter()
+        .zip(free_loopback_addrs(SERVICES.len()))
+        .collect()
+}
+
+/// `n` free loopback ports: bound together (so they differ), then released for the processes.
+fn free_loopback_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port"))
         .collect();
     listeners
         .iter()
-        .map(|(name, l)| {
-            (
-                *name,
-                l.local_addr().expect("a bound listener has an address"),
-            )
-        })
+        .map(|l| l.local_addr().expect("a bound listener has an address"))
         .collect()
+}
+
+/// The status code of `GET path` over plain HTTP/1.1 (bounded by 2 s).
+async fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("cannot send: {e}"))?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("cannot read: {e}"))?;
+        let answer = String::from_utf8_lossy(&answer);
+        let status_line = answer.lines().next().unwrap_or_default();
+        status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {status_line:?}"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Whether a generated mesh-config turns TLS on at the gateway.
+fn gateway_tls(config: &str) -> bool {
+    config
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|root| {
+            let cert = root.get("gateway")?.get("tls")?.get("cert_file")?;
+            Some(cert.as_str().is_some_and(|c| !c.is_empty()))
+        })
+        .unwrap_or(false)
 }
 
 /// The mesh-config TOML of a test mesh.
 fn mesh_config(
     addrs: &HashMap<ServiceName, SocketAddr>,
+    gateway: Option<SocketAddr>,
     database_urls: &HashMap<ServiceName, String>,
     options: &MeshOptions,
 ) -> String {
@@ -752,6 +963,11 @@ fn mesh_config(
     }
     root.insert("services".into(), services.into());
     root.insert("upstreams".into(), upstreams.into());
+    if let Some(addr) = gateway {
+        let mut section = toml::Table::new();
+        section.insert("listen".into(), addr.to_string().into());
+        root.insert("gateway".into(), section.into());
+    }
     if !options.toml.trim().is_empty() {
         let extra: toml::Table = options
             .toml
@@ -787,7 +1003,7 @@ fn database_url(base: &str, db: &str) -> String {
     format!("{}/{db}{query}", &main[..path])
 }
 
-async fn terminate_child(name: ServiceName, child: &mut Child) -> ExitStatus {
+async fn terminate_child(name: impl fmt::Display, child: &mut Child) -> ExitStatus {
     if let Ok(Some(status)) = child.try_wait() {
         return status;
     }
@@ -858,7 +1074,7 @@ mod tests {
             toml: "[jwt]\naccess_ttl_secs = 2\n[auth]\nkey_reload_interval_ms = 100\n".into(),
             ..MeshOptions::default()
         };
-        let text = mesh_config(&addrs, &urls, &options);
+        let text = mesh_config(&addrs, None, &urls, &options);
         let config: crate::MeshConfig = toml::from_str(&text).unwrap();
         assert_eq!(config.jwt.access_ttl_secs, 2);
         assert_eq!(config.auth.key_reload_interval_ms, 100);
@@ -867,6 +1083,45 @@ mod tests {
         assert_eq!(
             config.upstreams.user.endpoint,
             format!("http://{}", addrs[&ServiceName::User])
+        );
+        assert!(
+            !text.contains("[gateway]"),
+            "no gateway section unless asked"
+        );
+    }
+
+    #[test]
+    fn the_gateway_listens_where_the_harness_probes_and_tls_is_detected() {
+        let mut free = free_loopback_addrs(4);
+        let gateway = free.pop().unwrap();
+        let addrs: HashMap<_, _> = SERVICES.into_iter().zip(free).collect();
+        assert!(!addrs.values().any(|a| *a == gateway), "ports differ");
+        let urls = SERVICES
+            .iter()
+            .map(|&n| (n, format!("sqlite://{}.db", n.key())))
+            .collect();
+        let options = MeshOptions {
+            gateway: true,
+            toml: "[gateway]\nmax_json_depth = 8\n".into(),
+            ..MeshOptions::default()
+        };
+        let text = mesh_config(&addrs, Some(gateway), &urls, &options);
+        let config: crate::MeshConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.gateway.listen, gateway);
+        assert_eq!(config.gateway.max_json_depth, 8);
+        assert!(!gateway_tls(&text));
+
+        let options = MeshOptions {
+            gateway: true,
+            toml: "[gateway.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n".into(),
+            ..MeshOptions::default()
+        };
+        let text = mesh_config(&addrs, Some(gateway), &urls, &options);
+        assert!(gateway_tls(&text));
+        let config: crate::MeshConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            config.gateway.listen, gateway,
+            "TLS keeps the listen address"
         );
     }
 }

@@ -155,8 +155,12 @@ mod tests {
     #[test]
     fn long_ids_are_cut_when_shown() {
         assert_eq!(shown_id("abc"), "abc");
-        let shown = shown_id(&"é".repeat(1000));
-        assert!(shown.len() <= MAX_ID_LEN + 3 && shown.ends_with("..."), "{shown}");
+        let long = "é".repeat(1000);
+        let shown = shown_id(&long);
+        assert!(
+            shown.len() <= MAX_ID_LEN + 3 && shown.ends_with("..."),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the black-box tests: per-backend test generation, status assertions,
-//! products, and hand-made tokens.
+//! products, hand-made tokens, and (in [`rest`]) the HTTP client of the gateway tests.
 #![allow(dead_code, unused_imports, unused_macros)]
+
+pub mod rest;
 
 use std::fmt::Debug;
 
@@ -240,4 +242,14 @@ pub fn tampered_token(token: &str, claims: &serde_json::Value) -> String {
 /// A random tag for unique names.
 pub fn tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
+}
+
+/// Starts a mesh with the gateway in front, `toml` merged over its mesh-config.
+pub async fn gateway_mesh(backend: Backend, toml: &str) -> TestMesh {
+    let options = MeshOptions {
+        gateway: true,
+        toml: toml.into(),
+        ..MeshOptions::default()
+    };
+    TestMesh::start_with(backend, options).await
 }
