@@ -45,14 +45,14 @@ pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
     let tls = tls::acceptor(&config.gateway.tls)?;
     tracing::info!(addr = %local, tls = tls.is_some(), "gateway serving");
 
+    // hyper refuses heads past its buffer with a bare 431; give it room so that the handler sees
+    // heads up to 4x the limit and answers the contract's JSON 431 for them.
+    let head_room = config.gateway.max_header_bytes.saturating_mul(4);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .max_buf_size(config.gateway.max_header_bytes);
+    builder.http1().keep_alive(true).max_buf_size(head_room);
     builder
         .http2()
-        .max_header_list_size(config.gateway.max_header_bytes as u32);
+        .max_header_list_size(u32::try_from(head_room).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     let shutdown = weft_mesh::server::shutdown_signal();
     tokio::pin!(shutdown);

@@ -79,14 +79,27 @@ impl Upstream {
             })?;
             grpc.unary(request, path, DynamicCodec { output }).await
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(connect_failure_named(status, &self.name)),
-            Err(_) => Err(Status::deadline_exceeded(format!(
+        let started = std::time::Instant::now();
+        let deadline_exceeded = || {
+            Status::deadline_exceeded(format!(
                 "upstream {} did not answer within {} ms",
                 self.name,
                 timeout.as_millis()
-            ))),
+            ))
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            // The channel enforces the `grpc-timeout` it sends too, and reports its own expiry as
+            // CANCELLED "Timeout expired"; to the client that is the route's deadline passing.
+            Ok(Err(status))
+                if status.code() == tonic::Code::Cancelled
+                    && status.message() == "Timeout expired"
+                    && started.elapsed() >= timeout =>
+            {
+                Err(deadline_exceeded())
+            }
+            Ok(Err(status)) => Err(connect_failure_named(status, &self.name)),
+            Err(_) => Err(deadline_exceeded()),
         }
     }
 }
