@@ -15,9 +15,10 @@ build:
 test:
 	scripts/test.sh
 
-## Start weft-auth, weft-user and weft-order locally on SQLite under ./data/.
+## Start the whole mesh locally (weft up): weft-auth, weft-user, weft-order and weft-gateway on
+## http://127.0.0.1:8080, SQLite under ./data/, demo products on first start; Ctrl-C stops it.
 run: build
-	scripts/run-local.sh
+	target/debug/weft up --config mesh-config/local.toml
 
 ## Formatting and lints, as CI checks them.
 lint:

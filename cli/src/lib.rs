@@ -1,4 +1,66 @@
-//! `weft`: the mesh's command-line tool (placeholder).
+//! `weft`: the mesh's command-line tool.
 //!
-//! `weft up` (start the whole mesh locally, with progress and crash reports) arrives with the
-//! gateway issue; until then `make run` starts the services with `scripts/run-local.sh`.
+//! `weft up` runs the whole mesh on one machine: weft-auth, weft-user, weft-order and
+//! weft-gateway as child processes sharing one mesh-config, each started once the previous one
+//! is healthy, their logs interleaved behind a `[weft-order]`-style prefix. A child that exits
+//! on its own is reported with its exit status and last log lines while the others keep
+//! running (`--restart` restarts it); Ctrl-C or SIGTERM stops them all gracefully.
+//!
+//! - [`up`]: the supervisor;
+//! - [`child`]: one child process, its output and its exit;
+//! - [`probe`]: gRPC and HTTP health checks;
+//! - [`output`]: prefixed, optionally coloured lines.
+
+pub mod child;
+pub mod output;
+pub mod probe;
+pub mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use up::UpArgs;
+
+/// Command line of `weft`.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "Weft's command-line tool")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `weft`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start weft-auth, weft-user, weft-order and weft-gateway locally and watch over them until
+    /// Ctrl-C.
+    Up(UpArgs),
+}
+
+/// Runs a parsed command line; errors are printed as one readable message, never a panic.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Up(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("weft up: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let output = output::Output::detect();
+            match runtime.block_on(up::run(args, output)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("weft up: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

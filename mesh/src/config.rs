@@ -55,6 +55,8 @@ pub struct MeshConfig {
     pub jwt: JwtConfig,
     /// Rules of the auth service.
     pub auth: AuthConfig,
+    /// Rules of the order service.
+    pub order: OrderConfig,
     /// Where each service listens and keeps its data.
     pub services: ServicesConfig,
     /// How each service is reached by its callers.
@@ -199,6 +201,15 @@ pub struct AuthConfig {
     pub key_reload_interval_ms: u64,
 }
 
+/// Rules of the order service.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrderConfig {
+    /// On the first start with an empty catalogue, add a few demo products (once, ever); default
+    /// false (`mesh-config/local.toml` turns it on so that a new user can order at once).
+    pub seed_demo_products: bool,
+}
+
 /// Argon2id cost parameters; the defaults are OWASP's minimums.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -319,6 +330,7 @@ impl Default for MeshConfig {
             server: ServerConfig::default(),
             jwt: JwtConfig::default(),
             auth: AuthConfig::default(),
+            order: OrderConfig::default(),
             services: ServicesConfig::default(),
             upstreams: UpstreamsConfig::default(),
             gateway: GatewayConfig::default(),
@@ -715,6 +727,7 @@ fn env_key(name: &str) -> Option<Vec<String>> {
         "server",
         "jwt",
         "auth",
+        "order",
         "services",
         "upstreams",
         "gateway",
@@ -780,6 +793,15 @@ mod tests {
         assert_eq!(config.services.order.listen.port(), 50053);
         assert_eq!(config.upstreams.user.endpoint, "http://127.0.0.1:50052");
         assert_eq!(config.server.max_concurrent_requests, 1024);
+        assert!(!config.order.seed_demo_products);
+    }
+
+    #[test]
+    fn the_order_section_is_read_from_file_and_env() {
+        let config = load_text("[order]\nseed_demo_products = true\n", &[]).unwrap();
+        assert!(config.order.seed_demo_products);
+        let config = load_text("", &[("WEFT_ORDER__SEED_DEMO_PRODUCTS", "true")]).unwrap();
+        assert!(config.order.seed_demo_products);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! - [`api`]: the tonic `OrderService` (validation, owner checks, mapping to the proto);
 //! - [`domain`]: the rules (input limits, request hashing) and the crate's [`domain::Error`];
 //! - [`store`]: the SQL, on SQLite or PostgreSQL, with stock taken in one transaction.
+//! - [`seed`]: the demo products of the local run (`order.seed_demo_products`), added once.
 //!
 //! Placing an order asks `weft-user` (over gRPC, with the caller's own token, which the mesh
 //! forwards) that the caller's profile exists.
 
 pub mod api;
 pub mod domain;
+pub mod seed;
 pub mod store;
 
 use std::sync::Arc;
@@ -34,6 +36,10 @@ pub async fn init(
         &MIGRATOR,
     )
     .await?;
+    if config.order.seed_demo_products {
+        let seeding = seed::seed_demo_products(&database).await?;
+        tracing::info!(?seeding, "demo products (order.seed_demo_products)");
+    }
     let users = UserServiceClient::new(weft_mesh::client::channel(&config.upstreams.user)?);
     let api = OrderApi::new(Store::new(database.clone()), users);
     let service = OrderServiceServer::new(api)

@@ -1,0 +1,7 @@
+//! The `weft` command.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    weft::run(weft::Cli::parse())
+}
