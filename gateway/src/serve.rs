@@ -113,13 +113,7 @@ impl Gateway {
         {
             Ok(Match::Found {
                 value, bindings, ..
-            }) => (
-                value.clone(),
-                bindings
-                    .into_iter()
-                    .map(|(field, value)| (field.to_vec(), value))
-                    .collect::<Vec<_>>(),
-            ),
+            }) => (value.clone(), bindings),
             Ok(Match::MethodNotAllowed { allowed }) => {
                 let allow = allowed
                     .iter()
@@ -164,7 +158,7 @@ impl Gateway {
     async fn call(
         &self,
         endpoint: &Endpoint,
-        bindings: Vec<(Vec<String>, String)>,
+        bindings: Vec<(&[String], String)>,
         req: Request<Incoming>,
     ) -> Result<HttpResponse, ApiError> {
         self.authenticate(endpoint, req.headers()).await?;
@@ -173,10 +167,6 @@ impl Gateway {
             BodyRule::None => Bytes::new(),
             _ => self.read_body(&parts.headers, body).await?,
         };
-        let bindings = bindings
-            .iter()
-            .map(|(field, value)| (field.as_slice(), value.clone()))
-            .collect();
         let message = transcode::build_request(
             endpoint,
             bindings,
@@ -476,7 +466,38 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|id| is_valid_request_id(id))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        .unwrap_or_else(new_request_id)
+}
+
+/// A new request id: 32 hex digits, a per-thread random prefix (drawn once from the OS) and a
+/// counter scrambled by a bijection, so ids never repeat within a thread and collide across
+/// threads and processes only if 64 random bits do. Ids correlate logs and are no secret;
+/// `Uuid::new_v4` cost a `getrandom` system call on every request without a client id.
+fn new_request_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<(u64, u64)> = Cell::new({
+            let seed = uuid::Uuid::new_v4().as_u128();
+            ((seed >> 64) as u64, seed as u64)
+        });
+    }
+    let (prefix, count) = STATE.with(|state| {
+        let (prefix, count) = state.get();
+        state.set((prefix, count.wrapping_add(1)));
+        (prefix, count)
+    });
+    // splitmix64's finaliser: a bijection on u64, so distinct counts give distinct ids.
+    let mut z = count.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let value = (u128::from(prefix) << 64) | u128::from(z);
+    let mut id = String::with_capacity(32);
+    for shift in (0..32).rev() {
+        let digit = ((value >> (shift * 4)) & 0xf) as u32;
+        id.push(char::from_digit(digit, 16).unwrap_or('0'));
+    }
+    id
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {
@@ -500,4 +521,33 @@ fn json_response(status: StatusCode, body: Bytes) -> HttpResponse {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_valid_and_distinct() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && is_valid_request_id(id))
+        );
+        // Another thread draws another prefix.
+        let other = std::thread::spawn(new_request_id).join().unwrap();
+        let mine = new_request_id();
+        assert_ne!(other[..16], mine[..16]);
+    }
+
+    #[test]
+    fn a_valid_client_request_id_is_kept() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("bad id!"));
+        assert_eq!(request_id(&headers).len(), 32);
+    }
 }

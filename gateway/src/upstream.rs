@@ -5,7 +5,10 @@
 //! and a second connection measurably raises throughput (see `shared/perf-notes.md`).
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        LazyLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,7 +18,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::{MetadataMap, MetadataValue},
+    metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue},
     transport::Channel,
 };
 
@@ -113,12 +116,30 @@ fn connect_failure_named(status: Status, upstream: &str) -> Status {
     }
 }
 
+/// Copies [`FORWARDED_HEADERS`] onto the call, marked sensitive: HPACK then sends them as
+/// never-indexed literals. A token must not enter the compression table (RFC 7541, section
+/// 7.1.3), and ids and trace contexts are new on every call, so indexing them only churned the
+/// table: each new `x-request-id` was compared with every one still in it, then evicted an
+/// entry worth keeping, on both ends of the connection.
 fn copy_headers(headers: &http::HeaderMap, metadata: &mut MetadataMap) {
-    for name in FORWARDED_HEADERS {
+    // Names parsed once, not on every call.
+    static NAMES: LazyLock<Vec<(http::HeaderName, MetadataKey<Ascii>)>> = LazyLock::new(|| {
+        FORWARDED_HEADERS
+            .iter()
+            .map(|name| {
+                (
+                    http::HeaderName::from_static(name),
+                    MetadataKey::from_static(name),
+                )
+            })
+            .collect()
+    });
+    for (name, key) in NAMES.iter() {
         if let Some(value) = headers.get(name)
-            && let Ok(value) = MetadataValue::try_from(value.as_bytes())
+            && let Ok(mut value) = MetadataValue::try_from(value.as_bytes())
         {
-            metadata.insert(name, value);
+            value.set_sensitive(true);
+            metadata.insert(key.clone(), value);
         }
     }
 }
@@ -171,5 +192,27 @@ impl Decoder for DynamicDecoder {
         DynamicMessage::decode(self.output.clone(), src)
             .map(Some)
             .map_err(|e| Status::internal(format!("cannot decode upstream response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_are_copied_as_sensitive_and_others_are_not() {
+        let mut headers = http::HeaderMap::new();
+        for name in FORWARDED_HEADERS {
+            headers.insert(name, http::HeaderValue::from_static("v1"));
+        }
+        headers.insert("cookie", http::HeaderValue::from_static("secret"));
+        let mut metadata = MetadataMap::new();
+        copy_headers(&headers, &mut metadata);
+        for name in FORWARDED_HEADERS {
+            let value = metadata.get(name).unwrap();
+            assert_eq!(value, "v1");
+            assert!(value.is_sensitive(), "{name}");
+        }
+        assert!(metadata.get("cookie").is_none());
     }
 }

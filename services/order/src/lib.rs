@@ -3,6 +3,7 @@
 //! - [`api`]: the tonic `OrderService` (validation, owner checks, mapping to the proto);
 //! - [`domain`]: the rules (input limits, request hashing) and the crate's [`domain::Error`];
 //! - [`store`]: the SQL, on SQLite or PostgreSQL, with stock taken in one transaction.
+//! - [`read`]: `GetProduct` on SQLite through rusqlite, inline on the runtime thread.
 //! - [`seed`]: the demo products of the local run (`order.seed_demo_products`), added once.
 //!
 //! Placing an order asks `weft-user` (over gRPC, with the caller's own token, which the mesh
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod read;
 pub mod seed;
 pub mod store;
 

@@ -14,14 +14,17 @@ use weft_mesh::{
     page::{Cursor, PageRequest},
 };
 
-use crate::domain::{
-    self, Error, NewProduct, Order, OrderItem, OrderRequest, OrderStatus, Product,
+use crate::{
+    domain::{self, Error, NewProduct, Order, OrderItem, OrderRequest, OrderStatus, Product},
+    read::SqliteReader,
 };
 
 /// The order service's tables.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
+    /// On a SQLite file, `GetProduct`'s read path (see [`crate::read`]).
+    sqlite: Option<SqliteReader>,
 }
 
 /// What one attempt to place an order did.
@@ -38,13 +41,23 @@ pub(crate) enum Placed {
 impl Store {
     /// A store over `db` (already migrated).
     pub fn new(db: Database) -> Self {
-        Self { db }
+        let sqlite = SqliteReader::for_database(&db);
+        Self { db, sqlite }
     }
 
     // --- products ---
 
-    /// The product with this id. One primary-key lookup: this is the hot read path.
+    /// The product with this id. One primary-key lookup: this is the hot read path, read
+    /// through rusqlite on SQLite and through sqlx on PostgreSQL.
     pub async fn product(&self, id: &str) -> Result<Option<Product>, Error> {
+        match &self.sqlite {
+            Some(reader) => reader.product(id),
+            None => self.product_via_sqlx(id).await,
+        }
+    }
+
+    /// [`Store::product`] through the sqlx read pool.
+    async fn product_via_sqlx(&self, id: &str) -> Result<Option<Product>, Error> {
         let row = sqlx::query(
             "SELECT id, name, description, unit_price_cents, currency, stock, create_time, \
              update_time FROM products WHERE id = $1",
@@ -604,6 +617,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use weft_mesh::db::Engine;
+
     use super::testing::temp_store;
     use super::*;
     use crate::domain::order_request;
@@ -655,6 +670,82 @@ mod tests {
             t.store.restock("nope", 1).await,
             Err(Error::ProductNotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn get_product_reads_through_rusqlite_on_sqlite_and_sqlx_on_postgres() {
+        let t = temp_store().await;
+        let store = &t.store;
+        match store.db.engine {
+            Engine::Sqlite => assert!(store.sqlite.is_some(), "SQLite must read via rusqlite"),
+            Engine::Postgres => assert!(store.sqlite.is_none(), "PostgreSQL stays on sqlx"),
+        }
+        let a = product(store, "a", "EUR", 3).await;
+        // Both paths give the same product, and the same absence.
+        assert_eq!(store.product(&a.id).await.unwrap().as_ref(), Some(&a));
+        assert_eq!(
+            store.product_via_sqlx(&a.id).await.unwrap().as_ref(),
+            Some(&a)
+        );
+        assert_eq!(store.product("nope").await.unwrap(), None);
+        assert_eq!(store.product_via_sqlx("nope").await.unwrap(), None);
+        // A committed write is visible to the very next read (WAL: a new snapshot per read).
+        let restocked = store.restock(&a.id, 4).await.unwrap();
+        assert_eq!(store.product(&a.id).await.unwrap(), Some(restocked.clone()));
+        assert_eq!(
+            store.product_via_sqlx(&a.id).await.unwrap(),
+            Some(restocked)
+        );
+    }
+
+    #[tokio::test]
+    async fn one_thread_reads_several_databases() {
+        // Each store's reads go to its own file, though they share this thread's connections.
+        let (t1, t2) = (temp_store().await, temp_store().await);
+        let a = product(&t1.store, "a", "USD", 1).await;
+        let b = product(&t2.store, "b", "USD", 2).await;
+        for _ in 0..3 {
+            assert_eq!(t1.store.product(&a.id).await.unwrap().as_ref(), Some(&a));
+            assert_eq!(t2.store.product(&b.id).await.unwrap().as_ref(), Some(&b));
+            assert_eq!(t1.store.product(&b.id).await.unwrap(), None);
+            assert_eq!(t2.store.product(&a.id).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_beside_concurrent_orders_see_committed_stock_only() {
+        let t = temp_store().await;
+        let a = product(&t.store, "a", "USD", 40).await;
+        let writers: Vec<_> = (0..40)
+            .map(|n| {
+                let store = t.store.clone();
+                let req = request("", &[(&a.id, 1)]);
+                tokio::spawn(async move { store.create_order(&format!("u{n}"), &req).await })
+            })
+            .collect();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = t.store.clone();
+                let id = a.id.clone();
+                tokio::spawn(async move {
+                    let mut last = i64::MAX;
+                    for _ in 0..200 {
+                        let stock = store.product(&id).await.unwrap().unwrap().stock;
+                        // Stock only goes down here, and never below zero.
+                        assert!((0..=last).contains(&stock), "stock {stock} after {last}");
+                        last = stock;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        assert_eq!(stock(&t.store, &a.id).await, 0);
     }
 
     #[tokio::test]
