@@ -37,6 +37,7 @@ pub use serve::Gateway;
 /// Serves the gateway as configured until SIGINT or SIGTERM, then drains.
 pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(config.clone())?);
+    gateway.spawn_upkeep();
     let addr = config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

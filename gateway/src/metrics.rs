@@ -83,6 +83,12 @@ impl Metrics {
         route.latency.record(elapsed.as_secs_f64());
     }
 
+    /// Folds recorded samples into the histograms' buckets. The exporter keeps raw samples until
+    /// then, so without a periodic upkeep memory grows with every request between two scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let _ = &self.recorder;

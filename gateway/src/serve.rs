@@ -10,7 +10,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tonic::Code;
 use weft_mesh::{
@@ -70,6 +70,22 @@ impl Gateway {
         })
     }
 
+    /// Runs the metrics upkeep every few seconds for as long as the gateway lives.
+    pub fn spawn_upkeep(self: &Arc<Self>) {
+        let gateway = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(std::time::Duration::from_secs(5));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match gateway.upgrade() {
+                    Some(gateway) => gateway.metrics.upkeep(),
+                    None => break,
+                }
+            }
+        });
+    }
+
     /// Answers one HTTP request. Never fails: every problem becomes an error response.
     pub async fn handle(
         self: Arc<Self>,
@@ -102,6 +118,15 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
     ) -> (Option<Arc<Endpoint>>, Result<HttpResponse, ApiError>) {
+        let limit = self.config.gateway.max_header_bytes;
+        if head_size(&req) > limit {
+            let error = ApiError::with_status(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Code::ResourceExhausted,
+                format!("request line and headers larger than {limit} bytes"),
+            );
+            return (None, Err(error));
+        }
         if let Some(response) = self.builtin(&req).await {
             return (None, response);
         }
@@ -252,23 +277,33 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A client answered before it has sent its body often reports a write error instead of
+        // our 413; so an oversized body is read and thrown away, up to a bound, before answering.
+        let drain_cap = limit.saturating_mul(DRAIN_FACTOR) as u64;
         if declared.is_some_and(|len| len > limit as u64) {
+            if declared.is_some_and(|len| len <= drain_cap) {
+                discard(body, drain_cap).await;
+            }
             return Err(too_large());
         }
-        let bytes = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
-                    ApiError::new(
-                        Code::InvalidArgument,
-                        format!("cannot read request body: {e}"),
-                    )
+        let mut body = body;
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    Code::InvalidArgument,
+                    format!("cannot read request body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limit {
+                    discard(body, drain_cap).await;
+                    return Err(too_large());
                 }
-            })?
-            .to_bytes();
+                bytes.extend_from_slice(&data);
+            }
+        }
+        let bytes = bytes.freeze();
         if !bytes.iter().all(u8::is_ascii_whitespace) && !is_json(headers) {
             return Err(ApiError::with_status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -457,6 +492,33 @@ impl Gateway {
         }
         response
     }
+}
+
+/// An oversized body is drained (read and dropped) up to this many times the body limit.
+const DRAIN_FACTOR: usize = 8;
+
+/// Reads and drops the rest of `body`, up to `cap` bytes, so the connection can carry our answer.
+async fn discard(mut body: Incoming, cap: u64) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > cap {
+                break;
+            }
+        }
+    }
+}
+
+/// Bytes of the request line and headers, as HTTP/1.1 would carry them.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// The incoming request id if acceptable, else a new one.

@@ -88,7 +88,8 @@ where
         .add_service(reflection)
         .add_service(Gate { slot: slot.clone() })
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small unary answers must not wait for Nagle's algorithm.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = stop_rx.await;
             },
