@@ -5,7 +5,10 @@ CARGO ?= cargo
 # One feature set for every build, so `build`, `test` and `run` share compiled artefacts.
 FEATURES := --features weft-mesh/testing
 
-.PHONY: build test run lint fmt release clean-data
+# `docker compose` (the plugin) where installed, else the standalone `docker-compose`.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+.PHONY: build test run up down lint fmt release clean-data
 
 ## Build every binary (debug).
 build:
@@ -19,6 +22,17 @@ test:
 ## http://127.0.0.1:8080, SQLite under ./data/, demo products on first start; Ctrl-C stops it.
 run: build
 	target/debug/weft up --config mesh-config/local.toml
+
+## Start the whole stack in containers (docker-compose.yml): the four Weft processes configured
+## from mesh-config/compose.toml, PostgreSQL, Jaeger (UI on http://localhost:16686) and
+## Prometheus (http://localhost:9090); the API on http://localhost:8080. Needs Docker.
+up:
+	$(COMPOSE) up --build -d
+
+## Stop the stack started by `make up` (the PostgreSQL volume is kept; `$(COMPOSE) down -v`
+## deletes it).
+down:
+	$(COMPOSE) down
 
 ## Formatting and lints, as CI checks them.
 lint:

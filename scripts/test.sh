@@ -24,6 +24,12 @@ if [[ -z "${WEFT_TEST_POSTGRES_URL:-}" ]]; then
 fi
 [[ -n "${WEFT_TEST_POSTGRES_URL:-}" ]] && echo "==> PostgreSQL tests use ${WEFT_TEST_POSTGRES_URL%%\?*}"
 
+echo "==> Python tools for the validators (.venv)"
+# shellcheck source=venv.sh
+source scripts/venv.sh
+ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
+ensure_python_module yaml 'PyYAML>=6,<7'
+
 echo "==> building binaries"
 cargo build --workspace --bins "${FEATURES[@]}"
 echo "==> running tests"

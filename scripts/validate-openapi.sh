@@ -18,16 +18,9 @@ if [[ ! -f "$1" ]]; then
 fi
 # Resolve the file before leaving the caller's directory.
 file="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-venv="${WEFT_VENV:-$root/.venv}"
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    python3 -m venv "$venv"
-fi
-if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        'openapi-spec-validator>=0.7,<1'
-fi
+# shellcheck source=venv.sh
+source "$(dirname "$0")/venv.sh"
+ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 
 "$venv/bin/python" - "$file" <<'PY'
 import json

@@ -9,9 +9,11 @@
 //! - [`up`]: the supervisor;
 //! - [`child`]: one child process, its output and its exit;
 //! - [`probe`]: gRPC and HTTP health checks;
+//! - [`health`]: `weft health <target>`, one check for a container's health check;
 //! - [`output`]: prefixed, optionally coloured lines.
 
 pub mod child;
+pub mod health;
 pub mod output;
 pub mod probe;
 pub mod up;
@@ -37,11 +39,15 @@ pub enum Command {
     /// Start weft-auth, weft-user, weft-order and weft-gateway locally and watch over them until
     /// Ctrl-C.
     Up(UpArgs),
+    /// Check one process's health once and exit 0 (healthy) or 1: `weft health 127.0.0.1:50051`
+    /// (gRPC health) or `weft health http://127.0.0.1:8080/readyz` (HTTP 200).
+    Health(health::HealthArgs),
 }
 
 /// Runs a parsed command line; errors are printed as one readable message, never a panic.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Health(args) => health::run(args),
         Command::Up(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -674,7 +674,9 @@ mod tests {
     #[test]
     fn the_command_line_has_local_defaults() {
         let cli = crate::Cli::try_parse_from(["weft", "up"]).unwrap();
-        let crate::Command::Up(args) = cli.command;
+        let crate::Command::Up(args) = cli.command else {
+            panic!("`weft up` parses as Command::Up");
+        };
         if std::env::var_os(weft_mesh::config::CONFIG_ENV).is_none() {
             assert_eq!(args.config, Path::new("mesh-config/local.toml"));
         }
@@ -690,7 +692,9 @@ mod tests {
             "target/release",
         ])
         .unwrap();
-        let crate::Command::Up(args) = cli.command;
+        let crate::Command::Up(args) = cli.command else {
+            panic!("`weft up` parses as Command::Up");
+        };
         assert_eq!(args.config, Path::new("x.toml"));
         assert!(args.restart);
         assert_eq!(args.bin_dir.as_deref(), Some(Path::new("target/release")));

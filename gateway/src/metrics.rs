@@ -1,13 +1,17 @@
-//! The gateway's Prometheus metrics: request counts by route, method and status, and latency.
+//! The gateway's Prometheus metrics: request counts by route, method and status, latency,
+//! requests in flight, and the outcome of each upstream call.
 //!
-//! Handles are registered once per route at start, so recording a request costs a few atomic
-//! operations and no allocation or label hashing on the request path.
+//! The series live in the process-wide [`weft_mesh::metrics::registry`], so `/metrics` also
+//! shows the process's CPU and memory and the mesh client's own calls (JWKS fetches). Handles
+//! are registered once per route at start (upstream series on their first use), so recording a
+//! request costs a few atomic operations and no allocation or label hashing on the request path.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
-use metrics::{Counter, Histogram, Key, Label, Recorder};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Recorder, SharedString};
+use metrics_exporter_prometheus::PrometheusRecorder;
+use weft_mesh::metrics::{ClientSeries, Registry};
 
 use crate::table::{Endpoint, RouteTable};
 
@@ -15,18 +19,19 @@ use crate::table::{Endpoint, RouteTable};
 const STATUSES: [u16; 18] = [
     200, 204, 400, 401, 403, 404, 405, 409, 413, 415, 429, 431, 499, 500, 501, 503, 504, 502,
 ];
-/// Latency buckets in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const REQUESTS: &str = "http_server_requests_total";
+const DURATION: &str = "http_server_request_duration_seconds";
+const ACTIVE: &str = "http_server_active_requests";
 
 /// Pre-registered metric handles.
 pub struct Metrics {
-    recorder: Arc<PrometheusRecorder>,
-    handle: PrometheusHandle,
+    registry: &'static Registry,
     /// Per route, indexed by [`Endpoint::slot`].
     routes: Vec<RouteMetrics>,
     unmatched: RouteMetrics,
+    /// Upstream calls per route, indexed by [`Endpoint::slot`].
+    upstream_calls: Vec<Option<ClientSeries>>,
+    active: Gauge,
 }
 
 struct RouteMetrics {
@@ -38,30 +43,53 @@ struct RouteMetrics {
 impl Metrics {
     /// Registers the handles of every route in `table`.
     pub fn new(table: &RouteTable) -> anyhow::Result<Self> {
-        let recorder = Arc::new(
-            PrometheusBuilder::new()
-                .set_buckets(&BUCKETS)?
-                .build_recorder(),
-        );
-        let handle = recorder.handle();
+        let registry = weft_mesh::metrics::registry();
+        let recorder = registry.recorder();
+        describe(recorder);
         let routes = table
             .router
             .routes()
             .map(|route| {
-                RouteMetrics::register(
-                    &recorder,
-                    route.template().as_str(),
-                    route.method().as_str(),
-                )
+                RouteMetrics::register(recorder, route.template().as_str(), route.method().as_str())
             })
             .collect();
-        let unmatched = RouteMetrics::register(&recorder, "unmatched", "any");
+        let unmatched = RouteMetrics::register(recorder, "unmatched", "any");
+        let mut upstream_calls: Vec<Option<ClientSeries>> = Vec::new();
+        for route in table.router.routes() {
+            let endpoint = route.value();
+            let upstream = table
+                .upstreams
+                .get(endpoint.upstream)
+                .map_or("unknown", |u| u.name.as_str());
+            if upstream_calls.len() <= endpoint.slot {
+                upstream_calls.resize_with(endpoint.slot + 1, || None);
+            }
+            upstream_calls[endpoint.slot] =
+                Some(ClientSeries::new(upstream, endpoint.grpc_path.path()));
+        }
+        let active = recorder.register_gauge(&Key::from_static_name(ACTIVE), &metadata());
         Ok(Self {
-            recorder,
-            handle,
+            registry,
             routes,
             unmatched,
+            upstream_calls,
+            active,
         })
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn start(&self) -> InFlight<'_> {
+        self.active.increment(1.0);
+        InFlight(&self.active)
+    }
+
+    /// Records one upstream call made for `endpoint`: its gRPC status and duration, as
+    /// `rpc_client_requests_total{upstream,rpc_method,code}` and
+    /// `rpc_client_request_duration_seconds`.
+    pub fn record_upstream(&self, endpoint: &Endpoint, code: tonic::Code, elapsed: Duration) {
+        if let Some(Some(series)) = self.upstream_calls.get(endpoint.slot) {
+            series.record(code, elapsed);
+        }
     }
 
     /// Records one answered request.
@@ -86,19 +114,50 @@ impl Metrics {
     /// Folds recorded samples into the histograms' buckets. The exporter keeps raw samples until
     /// then, so without a periodic upkeep memory grows with every request between two scrapes.
     pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+        self.registry.upkeep();
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, with the process's figures.
     pub fn render(&self) -> String {
-        let _ = &self.recorder;
-        self.handle.render()
+        self.registry.render()
     }
+}
+
+/// A request in flight, counted in `http_server_active_requests` until dropped.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn metadata() -> metrics::Metadata<'static> {
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, None)
+}
+
+/// The `# HELP` lines of the gateway's series.
+fn describe(recorder: &PrometheusRecorder) {
+    recorder.describe_counter(
+        KeyName::from(REQUESTS),
+        None,
+        SharedString::from("HTTP requests answered, by route, method and status code."),
+    );
+    recorder.describe_histogram(
+        KeyName::from(DURATION),
+        Some(metrics::Unit::Seconds),
+        SharedString::from("Time to answer an HTTP request."),
+    );
+    recorder.describe_gauge(
+        KeyName::from(ACTIVE),
+        None,
+        SharedString::from("HTTP requests being answered."),
+    );
 }
 
 impl RouteMetrics {
     fn register(recorder: &PrometheusRecorder, template: &str, method: &str) -> Self {
-        let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
+        let metadata = metadata();
         let labels = |status: Option<String>| {
             let mut labels = vec![
                 Label::new("http_route", template.to_owned()),
@@ -110,10 +169,7 @@ impl RouteMetrics {
             labels
         };
         let counter = |status: String| {
-            recorder.register_counter(
-                &Key::from_parts("http_server_requests_total", labels(Some(status))),
-                &metadata,
-            )
+            recorder.register_counter(&Key::from_parts(REQUESTS, labels(Some(status))), &metadata)
         };
         Self {
             by_status: STATUSES
@@ -121,10 +177,8 @@ impl RouteMetrics {
                 .map(|s| (*s, counter(s.to_string())))
                 .collect(),
             other_status: counter("other".into()),
-            latency: recorder.register_histogram(
-                &Key::from_parts("http_server_request_duration_seconds", labels(None)),
-                &metadata,
-            ),
+            latency: recorder
+                .register_histogram(&Key::from_parts(DURATION, labels(None)), &metadata),
         }
     }
 }

@@ -13,10 +13,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tonic::Code;
+use tracing::{Instrument as _, Span, field::Empty};
 use weft_mesh::{
     auth::{JwtVerifier, Role, bearer_token},
     config::MeshConfig,
-    propagate::{REQUEST_ID, is_valid_request_id},
+    propagate::{self, CallContext, REQUEST_ID, is_valid_request_id},
+    telemetry::{self, SPAN_TARGET},
 };
 use weft_proto::Access;
 
@@ -37,6 +39,8 @@ pub struct Gateway {
     config: Arc<MeshConfig>,
     openapi: Bytes,
     metrics: Metrics,
+    /// Server span names (`POST /v1/orders`), by [`Endpoint::slot`], made once.
+    span_names: Vec<String>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -59,8 +63,16 @@ impl Gateway {
         );
         let openapi = Bytes::from(crate::openapi::document(&table).to_string());
         let metrics = Metrics::new(&table)?;
+        let mut span_names = vec![String::new(); table.router.len()];
+        for route in table.router.routes() {
+            let endpoint = route.value();
+            if let Some(name) = span_names.get_mut(endpoint.slot) {
+                *name = format!("{} {}", endpoint.http_method.as_str(), endpoint.template);
+            }
+        }
         tracing::info!(routes = table.router.len(), "route table built");
         Ok(Self {
+            span_names,
             table,
             upstreams,
             verifier,
@@ -93,14 +105,18 @@ impl Gateway {
         _peer: SocketAddr,
     ) -> Result<HttpResponse, Infallible> {
         let started = Instant::now();
-        let request_id = request_id(req.headers());
-        let id_value = HeaderValue::from_str(&request_id).expect("request ids are header-safe");
+        let _in_flight = self.metrics.start();
+        let context = CallContext::at_edge(request_id(req.headers()), req.headers());
+        let id_value =
+            HeaderValue::from_str(&context.request_id).expect("request ids are header-safe");
         req.headers_mut().insert(REQUEST_ID, id_value.clone());
         let origin = req.headers().get(header::ORIGIN).cloned();
         let method = req.method().clone();
 
-        let (endpoint, result) = self.dispatch(req).await;
-        let mut response = result.unwrap_or_else(|e| e.into_response(&request_id));
+        // The request's context is the task's while it is served: for its logs and its spans.
+        let (endpoint, result) = context.scope(self.dispatch(req)).await;
+        let request_id = id_value.to_str().unwrap_or_default();
+        let mut response = result.unwrap_or_else(|e| e.into_response(request_id));
         response.headers_mut().insert(REQUEST_ID, id_value);
         if let Some(origin) = origin {
             self.cors_headers(&origin, &mut response);
@@ -114,31 +130,60 @@ impl Gateway {
         Ok(response)
     }
 
+    /// Routes the request and answers it; an API request (routed or refused) is traced as an
+    /// HTTP server span, the gateway's own endpoints and CORS preflights are not.
     async fn dispatch(
         &self,
         req: Request<Incoming>,
     ) -> (Option<Arc<Endpoint>>, Result<HttpResponse, ApiError>) {
+        match self.route(&req) {
+            Routed::Builtin => match self.builtin(&req).await {
+                Some(response) => (None, response),
+                None => (
+                    None,
+                    Err(ApiError::new(Code::Internal, "built-in route lost")),
+                ),
+            },
+            Routed::Preflight => (None, Ok(self.preflight(&req))),
+            Routed::Refused(error) => {
+                let span = self.server_span(&req, None);
+                let result = Err(error);
+                record_http_status(&span, &result);
+                (None, result)
+            }
+            Routed::Endpoint(endpoint, bindings) => {
+                let span = self.server_span(&req, Some(&endpoint));
+                let result = self
+                    .call(&endpoint, bindings, req)
+                    .instrument(span.clone())
+                    .await;
+                record_http_status(&span, &result);
+                (Some(endpoint), result)
+            }
+        }
+    }
+
+    /// Where a request goes; no I/O, so the span can be named after the route before it starts.
+    fn route(&self, req: &Request<Incoming>) -> Routed<'_> {
         let limit = self.config.gateway.max_header_bytes;
-        if head_size(&req) > limit {
-            let error = ApiError::with_status(
+        if head_size(req) > limit {
+            return Routed::Refused(ApiError::with_status(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Code::ResourceExhausted,
                 format!("request line and headers larger than {limit} bytes"),
-            );
-            return (None, Err(error));
+            ));
         }
-        if let Some(response) = self.builtin(&req).await {
-            return (None, response);
+        if is_builtin(req.uri().path()) {
+            return Routed::Builtin;
         }
         if req.method() == Method::OPTIONS && self.cors_enabled() {
-            return (None, Ok(self.preflight(&req)));
+            return Routed::Preflight;
         }
-        let path = req.uri().path().to_owned();
-        let (endpoint, bindings) = match self.table.router.match_path(req.method().as_str(), &path)
-        {
+        let path = req.uri().path();
+        match self.table.router.match_path(req.method().as_str(), path) {
             Ok(Match::Found {
                 value, bindings, ..
-            }) => (value.clone(), bindings),
+            }) => Routed::Endpoint(value.clone(), bindings),
             Ok(Match::MethodNotAllowed { allowed }) => {
                 let allow = allowed
                     .iter()
@@ -153,31 +198,44 @@ impl Gateway {
                         req.method()
                     ),
                 );
-                let error = match HeaderValue::from_str(&allow) {
+                Routed::Refused(match HeaderValue::from_str(&allow) {
                     Ok(value) => error.header(header::ALLOW, value),
                     Err(_) => error,
-                };
-                return (None, Err(error));
+                })
             }
-            Ok(Match::NotFound) => {
-                return (
-                    None,
-                    Err(ApiError::with_status(
-                        StatusCode::NOT_FOUND,
-                        Code::NotFound,
-                        format!("no route for {} {path}", req.method()),
-                    )),
-                );
-            }
-            Err(e) => {
-                return (
-                    None,
-                    Err(ApiError::new(Code::InvalidArgument, e.to_string())),
-                );
-            }
+            Ok(Match::NotFound) => Routed::Refused(ApiError::with_status(
+                StatusCode::NOT_FOUND,
+                Code::NotFound,
+                format!("no route for {} {path}", req.method()),
+            )),
+            Err(e) => Routed::Refused(ApiError::new(Code::InvalidArgument, e.to_string())),
+        }
+    }
+
+    /// The HTTP server span of a request: `{method} {route}` (just `{method}` when no route
+    /// matched), continuing the caller's `traceparent`, with the request id in its baggage.
+    /// None when spans are not exported.
+    fn server_span(&self, req: &Request<Incoming>, endpoint: Option<&Endpoint>) -> Span {
+        if !telemetry::spans_on() {
+            return Span::none();
+        }
+        let name = match endpoint.and_then(|e| self.span_names.get(e.slot)) {
+            Some(name) => name.as_str(),
+            None => req.method().as_str(),
         };
-        let result = self.call(&endpoint, bindings, req).await;
-        (Some(endpoint), result)
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "http.server",
+            otel.name = name,
+            otel.kind = "server",
+            http.request.method = req.method().as_str(),
+            http.route = endpoint.map(|e| e.template.as_str()),
+            url.path = req.uri().path(),
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        propagate::with_current(|call| propagate::start(&span, call));
+        span
     }
 
     async fn call(
@@ -201,6 +259,7 @@ impl Gateway {
         )
         .map_err(|e| ApiError::new(Code::InvalidArgument, e.to_string()))?;
         let upstream = &self.upstreams[endpoint.upstream];
+        let call_started = Instant::now();
         let reply = upstream
             .unary(
                 endpoint.grpc_path.clone(),
@@ -209,8 +268,13 @@ impl Gateway {
                 &parts.headers,
                 endpoint.timeout,
             )
-            .await
-            .map_err(|status| ApiError::from_status(&status))?;
+            .await;
+        let code = reply
+            .as_ref()
+            .map_or_else(|status| status.code(), |_| Code::Ok);
+        self.metrics
+            .record_upstream(endpoint, code, call_started.elapsed());
+        let reply = reply.map_err(|status| ApiError::from_status(&status))?;
         let mut response = Response::new(Full::new(Bytes::from(transcode::render_response(
             endpoint, &reply,
         ))));
@@ -316,7 +380,7 @@ impl Gateway {
 
     async fn builtin(&self, req: &Request<Incoming>) -> Option<Result<HttpResponse, ApiError>> {
         /// The docs page's vendored assets (see assets/README.md), served under `/docs/`.
-        const DOCS_ASSETS: [(&str, &str, &[u8]); 4] = [
+        const DOCS_ASSETS: [(&str, &str, &[u8]); DOCS_ASSET_PATHS.len()] = [
             (
                 "/docs/swagger-ui-bundle.js",
                 "text/javascript; charset=utf-8",
@@ -339,15 +403,10 @@ impl Gateway {
             ),
         ];
         let path = req.uri().path();
-        let asset = DOCS_ASSETS.iter().find(|(asset, _, _)| *asset == path);
-        if asset.is_none()
-            && !matches!(
-                path,
-                "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" | "/docs/"
-            )
-        {
+        if !is_builtin(path) {
             return None;
         }
+        let asset = DOCS_ASSETS.iter().find(|(asset, _, _)| *asset == path);
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Some(Err(ApiError::with_status(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -491,6 +550,46 @@ impl Gateway {
             headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(max_age));
         }
         response
+    }
+}
+
+/// Where a request goes.
+enum Routed<'a> {
+    /// A built-in endpoint (`/healthz`, `/metrics`, the documents).
+    Builtin,
+    /// A CORS preflight.
+    Preflight,
+    /// An API route, with its path variables.
+    Endpoint(Arc<Endpoint>, Vec<(&'a [String], String)>),
+    /// Refused before routing finished (431, 404, 405, a malformed path).
+    Refused(ApiError),
+}
+
+/// Paths of the docs page's assets (the bytes are in [`Gateway::builtin`]).
+const DOCS_ASSET_PATHS: [&str; 4] = [
+    "/docs/swagger-ui-bundle.js",
+    "/docs/swagger-ui.css",
+    "/docs/docs.js",
+    "/docs/swagger-ui-bundle.js.LICENSE.txt",
+];
+
+/// Whether `path` is one of the gateway's own endpoints.
+fn is_builtin(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" | "/docs/"
+    ) || DOCS_ASSET_PATHS.contains(&path)
+}
+
+/// Records the answer's status on the request's span; a 5xx is an error of the server span.
+fn record_http_status(span: &Span, result: &Result<HttpResponse, ApiError>) {
+    let status = match result {
+        Ok(response) => response.status(),
+        Err(error) => error.status,
+    };
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
     }
 }
 

@@ -18,20 +18,18 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue},
+    metadata::MetadataMap,
     transport::Channel,
 };
 
+use weft_mesh::propagate::{self, Side};
+
 use crate::table::UpstreamSpec;
 
-/// Headers copied from the HTTP request onto the gRPC call.
-pub const FORWARDED_HEADERS: [&str; 5] = [
-    "authorization",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "baggage",
-];
+/// Headers copied from the HTTP request onto the gRPC call. The trace context is not copied:
+/// the call carries its own client span's (`traceparent`, `tracestate`, `baggage` with the
+/// request id), a child of the caller's.
+pub const FORWARDED_HEADERS: [&str; 2] = ["authorization", "x-request-id"];
 
 /// An upstream's channels.
 pub struct Upstream {
@@ -63,7 +61,9 @@ impl Upstream {
         self.channels[i].clone()
     }
 
-    /// Calls `path` with `message`; the answer is decoded as `output`.
+    /// Calls `path` with `message`, traced as a gRPC client span (a child of the current span),
+    /// on behalf of the task's request (see `Gateway::handle`); the answer is decoded as
+    /// `output`.
     pub async fn unary(
         &self,
         path: PathAndQuery,
@@ -72,8 +72,33 @@ impl Upstream {
         headers: &http::HeaderMap,
         timeout: Duration,
     ) -> Result<DynamicMessage, Status> {
+        let span = propagate::grpc_span(Side::Client, path.as_str());
+        let result = self
+            .traced_unary(&span, path, message, output, headers, timeout)
+            .await;
+        let code = match &result {
+            Ok(_) => 0,
+            Err(status) => status.code() as i32,
+        };
+        propagate::record_grpc_status(&span, Side::Client, code);
+        result
+    }
+
+    async fn traced_unary(
+        &self,
+        span: &tracing::Span,
+        path: PathAndQuery,
+        message: DynamicMessage,
+        output: MessageDescriptor,
+        headers: &http::HeaderMap,
+        timeout: Duration,
+    ) -> Result<DynamicMessage, Status> {
+        let mut metadata = http::HeaderMap::with_capacity(FORWARDED_HEADERS.len() + 3);
+        copy_headers(headers, &mut metadata);
+        // The request's context is the task's (see `Gateway::handle`).
+        propagate::inject_current(span, &mut propagate::insert_absent(&mut metadata));
         let mut request = tonic::Request::new(message);
-        copy_headers(headers, request.metadata_mut());
+        *request.metadata_mut() = MetadataMap::from_headers(metadata);
         request.set_timeout(timeout);
         let mut grpc = tonic::client::Grpc::new(self.channel());
         let call = async {
@@ -121,25 +146,19 @@ fn connect_failure_named(status: Status, upstream: &str) -> Status {
 /// 7.1.3), and ids and trace contexts are new on every call, so indexing them only churned the
 /// table: each new `x-request-id` was compared with every one still in it, then evicted an
 /// entry worth keeping, on both ends of the connection.
-fn copy_headers(headers: &http::HeaderMap, metadata: &mut MetadataMap) {
+fn copy_headers(headers: &http::HeaderMap, metadata: &mut http::HeaderMap) {
     // Names parsed once, not on every call.
-    static NAMES: LazyLock<Vec<(http::HeaderName, MetadataKey<Ascii>)>> = LazyLock::new(|| {
+    static NAMES: LazyLock<Vec<http::HeaderName>> = LazyLock::new(|| {
         FORWARDED_HEADERS
             .iter()
-            .map(|name| {
-                (
-                    http::HeaderName::from_static(name),
-                    MetadataKey::from_static(name),
-                )
-            })
+            .map(|name| http::HeaderName::from_static(name))
             .collect()
     });
-    for (name, key) in NAMES.iter() {
-        if let Some(value) = headers.get(name)
-            && let Ok(mut value) = MetadataValue::try_from(value.as_bytes())
-        {
+    for name in NAMES.iter() {
+        if let Some(value) = headers.get(name) {
+            let mut value = value.clone();
             value.set_sensitive(true);
-            metadata.insert(key.clone(), value);
+            metadata.insert(name.clone(), value);
         }
     }
 }
@@ -206,7 +225,8 @@ mod tests {
             headers.insert(name, http::HeaderValue::from_static("v1"));
         }
         headers.insert("cookie", http::HeaderValue::from_static("secret"));
-        let mut metadata = MetadataMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_static("v1"));
+        let mut metadata = http::HeaderMap::new();
         copy_headers(&headers, &mut metadata);
         for name in FORWARDED_HEADERS {
             let value = metadata.get(name).unwrap();
@@ -214,5 +234,9 @@ mod tests {
             assert!(value.is_sensitive(), "{name}");
         }
         assert!(metadata.get("cookie").is_none());
+        assert!(
+            metadata.get("traceparent").is_none(),
+            "made per call, not copied"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! An upstream is named in `[upstreams.<name>]` of mesh-config. Its channel connects lazily
 //! (a service starts even when its upstreams are down), bounds connecting and each call by the
-//! configured timeouts, and carries the current call's context (see [`crate::propagate`]).
+//! configured timeouts, carries the current call's context (see [`crate::propagate`]), and
+//! counts its calls by method and outcome (see [`crate::metrics`]).
 //! Generated tonic clients take a [`MeshChannel`] directly:
 //! `UserServiceClient::new(weft_mesh::client::channel(&config.upstreams.user)?)`.
 
@@ -13,11 +14,12 @@ use tower_layer::Layer;
 
 use crate::{
     config::UpstreamConfig,
+    metrics::{ClientMetricsLayer, Metered},
     propagate::{Propagate, PropagateLayer},
 };
 
 /// A channel to an upstream with the mesh's client layers.
-pub type MeshChannel = Propagate<Channel>;
+pub type MeshChannel = Propagate<Metered<Channel>>;
 
 /// An upstream address that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,8 @@ pub struct ClientError {
 /// A lazily connecting channel to the upstream described by `config`.
 pub fn channel(config: &UpstreamConfig) -> Result<MeshChannel, ClientError> {
     let endpoint = endpoint(&config.endpoint, config.connect_timeout())?.timeout(config.timeout());
-    Ok(PropagateLayer.layer(endpoint.connect_lazy()))
+    let metered = ClientMetricsLayer::new(&config.endpoint).layer(endpoint.connect_lazy());
+    Ok(PropagateLayer.layer(metered))
 }
 
 /// A lazily connecting channel with no per-call timeout and no context propagation: for a

@@ -143,6 +143,27 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter used when `RUST_LOG` is unset; default `info`.
     pub log_filter: String,
+    /// OTLP collector to export spans to, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318` (HTTP); empty (default): no export, trace ids only in the logs.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    pub otlp_endpoint: String,
+    /// `grpc` (default) or `http/protobuf`; `OTEL_EXPORTER_OTLP_PROTOCOL` wins.
+    pub otlp_protocol: OtlpProtocol,
+    /// Share of new traces recorded, 0.0 to 1.0 (a caller's decision is followed); default 1.0.
+    /// `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` win.
+    pub sampler_ratio: f64,
+}
+
+/// How spans travel to the OTLP collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 /// How log lines are written.
@@ -243,6 +264,10 @@ pub struct ServicesConfig {
 pub struct ServiceConfig {
     /// gRPC listen address; defaults 127.0.0.1:50051 (auth), :50052 (user), :50053 (order).
     pub listen: SocketAddr,
+    /// HTTP listen address of the admin endpoint (`/metrics`); defaults 127.0.0.1:9101 (auth),
+    /// :9102 (user), :9103 (order). Port 0 picks a free port.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
     /// `sqlite://path` (created if missing) or `postgres://...`; default `sqlite://data/<service>.db`.
     pub database_url: String,
     /// Connections in the pool (PostgreSQL, or SQLite readers); default 8.
@@ -372,6 +397,9 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Json,
             log_filter: "info".into(),
+            otlp_endpoint: String::new(),
+            otlp_protocol: OtlpProtocol::Grpc,
+            sampler_ratio: 1.0,
         }
     }
 }
@@ -435,6 +463,8 @@ impl ServiceConfig {
     fn local(port: u16, name: &str) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            // 50051 -> 9101, 50052 -> 9102, 50053 -> 9103.
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], port - 50051 + 9101)),
             database_url: format!("sqlite://data/{name}.db"),
             database_max_connections: default_db_connections(),
         }
@@ -491,6 +521,10 @@ impl UpstreamConfig {
 
 fn default_db_connections() -> u32 {
     8
+}
+/// Only used when a services table is read without the built-in defaults under it.
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 fn default_connect_timeout_ms() -> u64 {
     1_000
@@ -598,6 +632,20 @@ impl MeshConfig {
                 "token lifetimes must be at least 1 second",
             );
         }
+        let telemetry = &self.telemetry;
+        if !(0.0..=1.0).contains(&telemetry.sampler_ratio) {
+            return err("telemetry.sampler_ratio", "must be between 0.0 and 1.0");
+        }
+        if !telemetry.otlp_endpoint.is_empty()
+            && (telemetry.otlp_endpoint.parse::<http::Uri>().is_err()
+                || !(telemetry.otlp_endpoint.starts_with("http://")
+                    || telemetry.otlp_endpoint.starts_with("https://")))
+        {
+            return err(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URI",
+            );
+        }
         if self.jwt.issuer.is_empty() {
             return err("jwt.issuer", "must not be empty");
         }
@@ -633,6 +681,12 @@ impl MeshConfig {
                 return err(
                     &format!("services.{key}.database_url"),
                     "must start with sqlite:, postgres:// or postgresql://",
+                );
+            }
+            if service.admin_listen == service.listen && service.listen.port() != 0 {
+                return err(
+                    &format!("services.{key}.admin_listen"),
+                    &format!("must differ from services.{key}.listen"),
                 );
             }
             if service.database_max_connections == 0 {
@@ -849,6 +903,43 @@ mod tests {
     fn invalid_toml_says_where() {
         let err = load_text("[server\n", &[]).unwrap_err();
         assert!(err.reason.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn the_telemetry_section_is_read_and_checked() {
+        let config = load_text(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n\
+             otlp_protocol = \"http/protobuf\"\nsampler_ratio = 0.25\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.telemetry.sampler_ratio, 0.25);
+        let defaults = MeshConfig::load_from(None, []).unwrap();
+        assert_eq!(defaults.telemetry.otlp_endpoint, "");
+        assert_eq!(defaults.telemetry.otlp_protocol, OtlpProtocol::Grpc);
+        let err = load_text("[telemetry]\nsampler_ratio = 1.5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("telemetry.sampler_ratio"));
+        let err = load_text("[telemetry]\notlp_endpoint = \"localhost:4317\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("telemetry.otlp_endpoint"));
+        let err = load_text("[telemetry]\notlp_protocol = \"http/json\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("telemetry.otlp_protocol"));
+    }
+
+    #[test]
+    fn admin_listeners_default_per_service_and_must_not_share_the_grpc_port() {
+        let config = MeshConfig::load_from(None, []).unwrap();
+        assert_eq!(config.services.auth.admin_listen.port(), 9101);
+        assert_eq!(config.services.user.admin_listen.port(), 9102);
+        assert_eq!(config.services.order.admin_listen.port(), 9103);
+        let config = load_text("[services.user]\nadmin_listen = \"0.0.0.0:0\"\n", &[]).unwrap();
+        assert_eq!(config.services.user.admin_listen.port(), 0);
+        let err = load_text(
+            "[services.order]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7000\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("services.order.admin_listen"));
     }
 
     #[test]

@@ -54,6 +54,59 @@ pub struct Database {
 
 static DRIVERS: Once = Once::new();
 
+impl Engine {
+    /// The engine behind `pool`.
+    pub fn of_pool(pool: &AnyPool) -> Self {
+        if pool
+            .connect_options()
+            .database_url
+            .scheme()
+            .starts_with("sqlite")
+        {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        }
+    }
+
+    /// The engine behind `conn` (a transaction's connection, say).
+    pub fn of_connection(conn: &sqlx::AnyConnection) -> Self {
+        if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        }
+    }
+
+    /// The OpenTelemetry `db.system` of the engine.
+    pub fn system(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgresql",
+        }
+    }
+}
+
+/// A span for one statement or transaction, named `{operation} {collection}` with the
+/// OpenTelemetry database attributes (`db.system`, `db.operation.name`, `db.collection.name`),
+/// never the statement's values: `query.fetch_one(..).instrument(db::span(engine, "SELECT",
+/// "products"))`. None when spans are not exported, and none outside a span: start-up work and
+/// background chores (a key reload every few seconds) make no traces of their own.
+pub fn span(engine: Engine, operation: &'static str, collection: &'static str) -> tracing::Span {
+    if !crate::telemetry::spans_on() || tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "db",
+        otel.name = format_args!("{operation} {collection}"),
+        otel.kind = "client",
+        db.system = engine.system(),
+        db.operation.name = operation,
+        db.collection.name = collection,
+    )
+}
+
 // === impl Database ===
 
 impl Database {

@@ -11,6 +11,7 @@
 //! - [`db`]: sqlx pools on SQLite or PostgreSQL, with migrations;
 //! - [`page`], [`validate`], [`clock`]: the API conventions every service follows;
 //! - [`telemetry`]: logs and traces;
+//! - [`metrics`]: Prometheus metrics, and the services' admin listener serving them;
 //! - `testing` (feature `testing`): start the real binaries for black-box tests.
 //!
 //! A service's `main` is a few lines:
@@ -29,6 +30,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod page;
 pub mod propagate;
 pub mod server;
@@ -67,7 +69,6 @@ where
             return ExitCode::from(2);
         }
     };
-    telemetry::init(name, &config.telemetry);
     let runtime = match build_runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -75,7 +76,18 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    // The span exporter's connections belong to this runtime: set it up inside, and flush it
+    // before the runtime stops.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        telemetry::init(name, &config)
+    };
+    let result = runtime.block_on(async {
+        let result = run(config).await;
+        telemetry.shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "{name} failed");

@@ -7,7 +7,9 @@
 //! in-flight calls get up to `server.drain_timeout_ms` to finish, and the pools are closed.
 //!
 //! Every call passes the mesh's server stack, outermost first: call context and span
-//! ([`crate::propagate`]), load shedding ([`crate::shed`]), access control ([`crate::auth`]).
+//! ([`crate::propagate`]), metrics ([`crate::metrics`]), load shedding ([`crate::shed`]),
+//! access control ([`crate::auth`]). Next to the gRPC listener, an admin HTTP listener on
+//! `services.<name>.admin_listen` serves `/metrics` until the server exits.
 
 use std::{
     convert::Infallible,
@@ -60,6 +62,8 @@ where
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // `/metrics` on the admin port, from start to exit (stopped when dropped).
+    let admin = crate::metrics::AdminServer::start(config.service(name).admin_listen).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -78,6 +82,7 @@ where
     );
     let stack = ServiceBuilder::new()
         .layer(ServerContextLayer)
+        .layer(crate::metrics::ServerMetricsLayer::new(name))
         .layer(LoadShedLayer::new(config.server.max_concurrent_requests))
         .layer(AuthLayer::new(verifier));
     let slot = Arc::new(OnceLock::new());
@@ -95,7 +100,12 @@ where
             },
         );
     let mut server = tokio::spawn(server);
-    tracing::info!(service = %name, addr = %local, "listening; initialising");
+    tracing::info!(
+        service = %name,
+        addr = %local,
+        admin = %admin.local_addr(),
+        "listening; initialising"
+    );
 
     let started = tokio::select! {
         started = init => started?,
@@ -109,6 +119,7 @@ where
         }
     };
     let _ = slot.set(started.service);
+    crate::metrics::registry().observe_database(&started.database);
     health.set_serving::<S>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(service = %name, addr = %local, "serving");

@@ -204,6 +204,7 @@ impl KeySet {
 
     /// Signs `claims` as an EdDSA JWT with the current key's `kid` in the header.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, Error> {
+        let _span = weft_mesh::telemetry::span("jwt.sign").entered();
         let header = Header {
             alg: Algorithm::EdDSA,
             kid: Some(self.kid.clone()),

@@ -49,7 +49,8 @@ impl Passwords {
 
     /// Whether `password` matches the PHC string `hash`.
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, Error> {
-        tokio::task::spawn_blocking(move || verify_sync(&password, &hash))
+        let span = weft_mesh::telemetry::span("argon2.verify");
+        tokio::task::spawn_blocking(move || span.in_scope(|| verify_sync(&password, &hash)))
             .await
             .map_err(|e| Error::internal(format!("password task failed: {e}")))?
     }
@@ -67,11 +68,14 @@ fn argon2(params: Params) -> Argon2<'static> {
 }
 
 async fn hash_blocking(params: Params, password: String) -> Result<String, Error> {
+    let span = weft_mesh::telemetry::span("argon2.hash");
     tokio::task::spawn_blocking(move || {
-        argon2(params)
-            .hash_password(password.as_bytes())
-            .map(|hash| hash.to_string())
-            .map_err(|e| Error::internal(format!("cannot hash password: {e}")))
+        span.in_scope(|| {
+            argon2(params)
+                .hash_password(password.as_bytes())
+                .map(|hash| hash.to_string())
+                .map_err(|e| Error::internal(format!("cannot hash password: {e}")))
+        })
     })
     .await
     .map_err(|e| Error::internal(format!("password task failed: {e}")))?

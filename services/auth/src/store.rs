@@ -3,6 +3,8 @@
 //! Writes and transactions run on the `write` pool; the caller picks the pool for reads.
 
 use sqlx::{AnyPool, Row as _, any::AnyRow};
+use tracing::Instrument as _;
+use weft_mesh::db::{self, Engine};
 
 use crate::{domain::Error, keys::StoredKey};
 
@@ -15,6 +17,7 @@ pub async fn load_keys(pool: &AnyPool) -> Result<Vec<StoredKey>, Error> {
          ORDER BY created_at DESC, kid DESC",
     )
     .fetch_all(pool)
+    .instrument(db::span(Engine::of_pool(pool), "SELECT", "signing_keys"))
     .await?;
     rows.iter().map(key_from_row).collect()
 }
@@ -41,6 +44,7 @@ pub async fn insert_first_key(pool: &AnyPool, key: &StoredKey) -> Result<bool, E
     .bind(&key.public_x)
     .bind(key.created_at)
     .execute(pool)
+    .instrument(db::span(Engine::of_pool(pool), "INSERT", "signing_keys"))
     .await;
     match result {
         Ok(done) => Ok(done.rows_affected() == 1),
@@ -52,10 +56,12 @@ pub async fn insert_first_key(pool: &AnyPool, key: &StoredKey) -> Result<bool, E
 /// Schedules every unretired key to retire at `retire_at` and stores `key`, which takes over
 /// signing then.
 pub async fn rotate_key(pool: &AnyPool, key: &StoredKey, retire_at: i64) -> Result<(), Error> {
+    let engine = Engine::of_pool(pool);
     let mut tx = pool.begin().await?;
     sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
         .bind(retire_at)
         .execute(&mut *tx)
+        .instrument(db::span(engine, "UPDATE", "signing_keys"))
         .await?;
     sqlx::query(
         "INSERT INTO signing_keys (kid, private_key, public_x, created_at, retired_at) \
@@ -66,6 +72,7 @@ pub async fn rotate_key(pool: &AnyPool, key: &StoredKey, retire_at: i64) -> Resu
     .bind(&key.public_x)
     .bind(key.created_at)
     .execute(&mut *tx)
+    .instrument(db::span(engine, "INSERT", "signing_keys"))
     .await?;
     tx.commit().await?;
     Ok(())
@@ -100,6 +107,7 @@ pub async fn completed_credential(
     )
     .bind(email)
     .fetch_optional(pool)
+    .instrument(db::span(Engine::of_pool(pool), "SELECT", "credentials"))
     .await?;
     row.map(|row| {
         Ok(Credential {
@@ -120,6 +128,7 @@ pub async fn begin_registration(
     now: i64,
 ) -> Result<String, Error> {
     let creation_key = uuid::Uuid::new_v4().simple().to_string();
+    let engine = Engine::of_pool(pool);
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO credentials (email, password_hash, user_id, creation_key, created_at, updated_at) \
@@ -130,6 +139,7 @@ pub async fn begin_registration(
     .bind(&creation_key)
     .bind(now)
     .execute(&mut *tx)
+    .instrument(db::span(engine, "INSERT", "credentials"))
     .await?
     .rows_affected();
     if inserted == 1 {
@@ -144,6 +154,7 @@ pub async fn begin_registration(
     .bind(now)
     .bind(email)
     .fetch_optional(&mut *tx)
+    .instrument(db::span(engine, "UPDATE", "credentials"))
     .await?;
     tx.commit().await?;
     match pending {
@@ -170,6 +181,7 @@ pub async fn complete_registration(
     .bind(email)
     .bind(password_hash)
     .execute(pool)
+    .instrument(db::span(Engine::of_pool(pool), "UPDATE", "credentials"))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -200,6 +212,7 @@ pub async fn start_family(
     expires_at: i64,
 ) -> Result<(), Error> {
     let family_id = uuid::Uuid::new_v4().simple().to_string();
+    let engine = Engine::of_pool(pool);
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO refresh_families (id, user_id, created_at, revoked_at) VALUES ($1, $2, $3, NULL)",
@@ -208,6 +221,7 @@ pub async fn start_family(
     .bind(user_id)
     .bind(now)
     .execute(&mut *tx)
+    .instrument(db::span(engine, "INSERT", "refresh_families"))
     .await?;
     insert_token(&mut tx, token_hash, &family_id, now, expires_at).await?;
     tx.commit().await?;
@@ -221,6 +235,7 @@ async fn insert_token(
     now: i64,
     expires_at: i64,
 ) -> Result<(), Error> {
+    let engine = Engine::of_connection(tx);
     sqlx::query(
         "INSERT INTO refresh_tokens (token_hash, family_id, created_at, expires_at, used_at) \
          VALUES ($1, $2, $3, $4, NULL)",
@@ -230,6 +245,7 @@ async fn insert_token(
     .bind(now)
     .bind(expires_at)
     .execute(&mut **tx)
+    .instrument(db::span(engine, "INSERT", "refresh_tokens"))
     .await?;
     Ok(())
 }
@@ -243,6 +259,7 @@ pub async fn find_refresh(pool: &AnyPool, token_hash: &str) -> Result<Option<Ref
     )
     .bind(token_hash)
     .fetch_optional(pool)
+    .instrument(db::span(Engine::of_pool(pool), "SELECT", "refresh_tokens"))
     .await?;
     row.map(|row| {
         Ok(RefreshToken {
@@ -277,6 +294,7 @@ pub async fn rotate_refresh(
     now: i64,
     expires_at: i64,
 ) -> Result<Rotation, Error> {
+    let engine = Engine::of_pool(pool);
     let mut tx = pool.begin().await?;
     let marked = sqlx::query(
         "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
@@ -284,6 +302,7 @@ pub async fn rotate_refresh(
     .bind(now)
     .bind(old_hash)
     .execute(&mut *tx)
+    .instrument(db::span(engine, "UPDATE", "refresh_tokens"))
     .await?
     .rows_affected();
     let row = sqlx::query(
@@ -293,6 +312,7 @@ pub async fn rotate_refresh(
     )
     .bind(old_hash)
     .fetch_optional(&mut *tx)
+    .instrument(db::span(engine, "SELECT", "refresh_tokens"))
     .await?;
     let Some(row) = row else {
         return Ok(Rotation::Dead);
@@ -319,10 +339,12 @@ async fn revoke_family_in(
     family_id: &str,
     now: i64,
 ) -> Result<(), Error> {
+    let engine = Engine::of_connection(tx);
     sqlx::query("UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(now)
         .bind(family_id)
         .execute(&mut **tx)
+        .instrument(db::span(engine, "UPDATE", "refresh_families"))
         .await?;
     Ok(())
 }
@@ -333,6 +355,11 @@ pub async fn revoke_family(pool: &AnyPool, family_id: &str, now: i64) -> Result<
         .bind(now)
         .bind(family_id)
         .execute(pool)
+        .instrument(db::span(
+            Engine::of_pool(pool),
+            "UPDATE",
+            "refresh_families",
+        ))
         .await?;
     Ok(())
 }
@@ -346,6 +373,11 @@ pub async fn revoke_family_of(pool: &AnyPool, token_hash: &str, now: i64) -> Res
     .bind(now)
     .bind(token_hash)
     .execute(pool)
+    .instrument(db::span(
+        Engine::of_pool(pool),
+        "UPDATE",
+        "refresh_families",
+    ))
     .await?;
     Ok(())
 }

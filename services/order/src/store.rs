@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 
 use sqlx::{AnyConnection, Row, any::AnyRow};
+use tracing::Instrument as _;
 use weft_mesh::{
     clock::now_micros,
-    db::{Database, is_unique_violation},
+    db::{self, Database, Engine, is_unique_violation},
     page::{Cursor, PageRequest},
 };
 
@@ -51,7 +52,9 @@ impl Store {
     /// through rusqlite on SQLite and through sqlx on PostgreSQL.
     pub async fn product(&self, id: &str) -> Result<Option<Product>, Error> {
         match &self.sqlite {
-            Some(reader) => reader.product(id),
+            Some(reader) => {
+                db::span(self.db.engine, "SELECT", "products").in_scope(|| reader.product(id))
+            }
             None => self.product_via_sqlx(id).await,
         }
     }
@@ -64,6 +67,7 @@ impl Store {
         )
         .bind(id)
         .fetch_optional(&self.db.read)
+        .instrument(db::span(self.db.engine, "SELECT", "products"))
         .await?;
         Ok(row.as_ref().map(product_of).transpose()?)
     }
@@ -79,6 +83,7 @@ impl Store {
                 )
                 .bind(page.fetch_limit())
                 .fetch_all(&self.db.read)
+                .instrument(db::span(self.db.engine, "SELECT", "products"))
                 .await?
             }
             Some(after) => {
@@ -92,6 +97,7 @@ impl Store {
                 .bind(after.id.as_str())
                 .bind(page.fetch_limit())
                 .fetch_all(&self.db.read)
+                .instrument(db::span(self.db.engine, "SELECT", "products"))
                 .await?
             }
         };
@@ -128,6 +134,7 @@ impl Store {
         .bind(product.create_time)
         .bind(product.update_time)
         .execute(&self.db.write)
+        .instrument(db::span(self.db.engine, "INSERT", "products"))
         .await?;
         Ok(product)
     }
@@ -144,6 +151,7 @@ impl Store {
         .bind(id)
         .bind(i64::MAX - quantity)
         .fetch_optional(&self.db.write)
+        .instrument(db::span(self.db.engine, "UPDATE", "products"))
         .await?;
         match row {
             Some(row) => Ok(product_of(&row)?),
@@ -165,6 +173,7 @@ impl Store {
         )
         .bind(id)
         .fetch_all(&self.db.read)
+        .instrument(db::span(self.db.engine, "SELECT", "orders"))
         .await?;
         Ok(orders_of(&rows)?.pop().map(|(order, _)| order))
     }
@@ -190,6 +199,7 @@ impl Store {
                 .bind(user_id)
                 .bind(page.fetch_limit())
                 .fetch_all(&self.db.read)
+                .instrument(db::span(self.db.engine, "SELECT", "orders"))
                 .await?
             }
             Some(after) => {
@@ -208,6 +218,7 @@ impl Store {
                 .bind(after.id.as_str())
                 .bind(page.fetch_limit())
                 .fetch_all(&self.db.read)
+                .instrument(db::span(self.db.engine, "SELECT", "orders"))
                 .await?
             }
         };
@@ -237,6 +248,7 @@ impl Store {
         .bind(user_id)
         .bind(key)
         .fetch_all(&self.db.read)
+        .instrument(db::span(self.db.engine, "SELECT", "orders"))
         .await?;
         Ok(orders_of(&rows)?.pop())
     }
@@ -277,23 +289,28 @@ impl Store {
         user_id: &str,
         request: &OrderRequest,
     ) -> Result<Placed, Error> {
-        let mut tx = self.db.write.begin().await?;
-        match write_order(&mut tx, user_id, request).await {
-            Ok(Placed::Order(order)) => {
-                tx.commit().await?;
-                Ok(Placed::Order(order))
-            }
-            Ok(Placed::KeyTaken) => {
-                tx.rollback().await?;
-                Ok(Placed::KeyTaken)
-            }
-            Err(err) => {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "rollback failed");
+        let transaction = async {
+            let mut tx = self.db.write.begin().await?;
+            match write_order(&mut tx, self.db.engine, user_id, request).await {
+                Ok(Placed::Order(order)) => {
+                    tx.commit().await?;
+                    Ok(Placed::Order(order))
                 }
-                Err(err)
+                Ok(Placed::KeyTaken) => {
+                    tx.rollback().await?;
+                    Ok(Placed::KeyTaken)
+                }
+                Err(err) => {
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::warn!(error = %rollback, "rollback failed");
+                    }
+                    Err(err)
+                }
             }
-        }
+        };
+        transaction
+            .instrument(db::span(self.db.engine, "TRANSACTION", "orders"))
+            .await
     }
 
     /// Cancels a confirmed order and puts its stock back, in one transaction. When another
@@ -308,6 +325,7 @@ impl Store {
         .bind(now)
         .bind(order.id.as_str())
         .execute(&mut *tx)
+        .instrument(db::span(self.db.engine, "UPDATE", "orders"))
         .await?;
         if done.rows_affected() == 0 {
             tx.rollback().await?;
@@ -327,6 +345,7 @@ impl Store {
                 .bind(now)
                 .bind(product_id)
                 .execute(&mut *tx)
+                .instrument(db::span(self.db.engine, "UPDATE", "products"))
                 .await?;
         }
         tx.commit().await?;
@@ -339,6 +358,7 @@ impl Store {
 /// The body of [`Store::place_order`]'s transaction; the caller commits or rolls back.
 async fn write_order(
     conn: &mut AnyConnection,
+    engine: Engine,
     user_id: &str,
     request: &OrderRequest,
 ) -> Result<Placed, Error> {
@@ -360,11 +380,13 @@ async fn write_order(
         .bind(now)
         .bind(product_id)
         .fetch_optional(&mut *conn)
+        .instrument(db::span(engine, "UPDATE", "products"))
         .await?;
         let Some(row) = row else {
             let exists = sqlx::query("SELECT stock FROM products WHERE id = $1")
                 .bind(product_id)
                 .fetch_optional(&mut *conn)
+                .instrument(db::span(engine, "SELECT", "products"))
                 .await?
                 .is_some();
             return Err(if exists {
@@ -436,6 +458,7 @@ async fn write_order(
     .bind(order.create_time)
     .bind(order.update_time)
     .execute(&mut *conn)
+    .instrument(db::span(engine, "INSERT", "orders"))
     .await;
     match inserted {
         Ok(_) => {}
@@ -456,6 +479,7 @@ async fn write_order(
         .bind(item.quantity)
         .bind(item.unit_price_cents)
         .execute(&mut *conn)
+        .instrument(db::span(engine, "INSERT", "order_items"))
         .await?;
     }
     Ok(Placed::Order(order))

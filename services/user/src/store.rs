@@ -1,7 +1,11 @@
 //! The `users` table, with SQL that runs alike on SQLite and PostgreSQL.
 
 use sqlx::{Row, any::AnyRow};
-use weft_mesh::{db::Database, page::Cursor};
+use tracing::Instrument as _;
+use weft_mesh::{
+    db::{self, Database},
+    page::Cursor,
+};
 
 use crate::domain::{Changes, NewUser, UserError, UserRecord, role_from_db, role_to_db};
 
@@ -65,6 +69,7 @@ impl Store {
         .bind(&new.creation_key)
         .bind(now)
         .fetch_one(&self.db.write)
+        .instrument(db::span(self.db.engine, "INSERT", "users"))
         .await;
         match inserted {
             Ok(row) => Ok(Created::New(record(&row)?)),
@@ -94,6 +99,7 @@ impl Store {
         )
         .bind(key)
         .fetch_optional(pool)
+        .instrument(db::span(self.db.engine, "SELECT", "users"))
         .await?;
         row.as_ref().map(record).transpose()
     }
@@ -106,6 +112,7 @@ impl Store {
         )
         .bind(id)
         .fetch_optional(&self.db.read)
+        .instrument(db::span(self.db.engine, "SELECT", "users"))
         .await?;
         row.as_ref().map(record).transpose()
     }
@@ -131,6 +138,7 @@ impl Store {
         .bind(weft_mesh::clock::now_micros())
         .bind(id)
         .fetch_optional(&self.db.write)
+        .instrument(db::span(self.db.engine, "UPDATE", "users"))
         .await?;
         row.as_ref().map(record).transpose()
     }
@@ -149,6 +157,7 @@ impl Store {
                 )
                 .bind(limit)
                 .fetch_all(&self.db.read)
+                .instrument(db::span(self.db.engine, "SELECT", "users"))
                 .await?
             }
             Some(cursor) => {
@@ -161,6 +170,7 @@ impl Store {
                 .bind(&cursor.id)
                 .bind(limit)
                 .fetch_all(&self.db.read)
+                .instrument(db::span(self.db.engine, "SELECT", "users"))
                 .await?
             }
         };
