@@ -17,7 +17,7 @@ use std::{
 };
 
 use common::{
-    rest::{Findings, Gateway, Reply, grpc, raw_exchange, shorten},
+    rest::{Findings, Gateway, Reply, grpc, raw_exchange, shorten, unauthenticated},
     *,
 };
 use prost_reflect::{DescriptorPool, Value as ProtoValue};
@@ -722,20 +722,6 @@ async fn cors_when_configured_and_across_restarts() {
 
     mesh.assert_no_panics();
     mesh.stop().await;
-}
-
-/// 401 UNAUTHENTICATED with a `WWW-Authenticate: Bearer` challenge.
-#[track_caller]
-fn unauthenticated(reply: &Reply) {
-    reply.error(401, grpc::UNAUTHENTICATED, &[]);
-    let challenge = reply.header("www-authenticate").unwrap_or_else(|| {
-        panic!("{}: a 401 without WWW-Authenticate", reply.call);
-    });
-    assert!(
-        challenge.starts_with("Bearer"),
-        "{}: WWW-Authenticate is {challenge:?}",
-        reply.call
-    );
 }
 
 /// The `Allow` header lists exactly `methods` (in any order).

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{
-    rest::{Findings, Gateway, Reply, encode, grpc},
+    rest::{Findings, Gateway, encode, grpc, unauthenticated},
     *,
 };
 use serde_json::{Value, json};
@@ -785,20 +785,6 @@ async fn stock(gw: &Gateway, id: &str) -> String {
         .as_str()
         .expect("stock is a JSON string")
         .to_string()
-}
-
-/// 401 UNAUTHENTICATED with a `WWW-Authenticate: Bearer` challenge.
-#[track_caller]
-fn unauthenticated(reply: &Reply) {
-    reply.error(401, grpc::UNAUTHENTICATED, &[]);
-    let challenge = reply.header("www-authenticate").unwrap_or_else(|| {
-        panic!("{}: a 401 without WWW-Authenticate", reply.call);
-    });
-    assert!(
-        challenge.starts_with("Bearer"),
-        "{}: WWW-Authenticate is {challenge:?}",
-        reply.call
-    );
 }
 
 #[track_caller]

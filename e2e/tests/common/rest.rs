@@ -579,3 +579,17 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawReply {
         error,
     }
 }
+
+/// 401 UNAUTHENTICATED with a `WWW-Authenticate: Bearer` challenge.
+#[track_caller]
+pub fn unauthenticated(reply: &Reply) {
+    reply.error(401, grpc::UNAUTHENTICATED, &[]);
+    let challenge = reply.header("www-authenticate").unwrap_or_else(|| {
+        panic!("{}: a 401 without WWW-Authenticate", reply.call);
+    });
+    assert!(
+        challenge.starts_with("Bearer"),
+        "{}: WWW-Authenticate is {challenge:?}",
+        reply.call
+    );
+}
