@@ -340,6 +340,46 @@ async fn one_request_is_one_trace(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_spans_are_flushed_on_graceful_shutdown() {
+    let collector = Collector::start().await;
+    let mut env = collector.env();
+    // Batches would wait ten minutes: only the shutdown can send these spans in time.
+    for (key, value) in &mut env {
+        if key == "OTEL_BSP_SCHEDULE_DELAY" {
+            *value = "600000".into();
+        }
+    }
+    let options = MeshOptions {
+        gateway: true,
+        env,
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
+    let gw = Gateway::of(&mesh);
+    let reply = gw.get("/v1/products?pageSize=1").send().await;
+    reply.ok();
+    let rid = reply.request_id().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        of_request(&collector.spans(), &rid).is_empty(),
+        "nothing is sent before the batch delay"
+    );
+    assert!(mesh.terminate_gateway().await.success());
+    mesh.terminate(ServiceName::Order).await;
+    let spans = collector
+        .wait_for("the spans flushed at shutdown", |spans| {
+            let mine = of_request(spans, &rid);
+            find(&mine, "weft-gateway", SPAN_KIND_SERVER, None).is_some()
+                && find(&mine, "weft-order", SPAN_KIND_SERVER, Some("ListProducts")).is_some()
+        })
+        .await;
+    let mine = of_request(&spans, &rid);
+    let gw_server = get(&mine, "weft-gateway", SPAN_KIND_SERVER, None);
+    assert_eq!(gw_server.name, "GET /v1/products");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_the_requests_nothing() {
     let options = MeshOptions {
         gateway: true,

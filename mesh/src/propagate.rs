@@ -73,9 +73,11 @@ pub struct CallContext {
     pub request_id: String,
     /// The caller's trace headers.
     pub trace: TraceHeaders,
-    /// The trace and span ids of this process's part of the call, when it makes no spans (no
-    /// exporter): what its logs and its outgoing `traceparent` headers use.
-    pub ids: Option<TraceIds>,
+    /// Whether the process makes no spans (no exporter): then [`CallContext::ids`] are the
+    /// call's trace and span ids.
+    lite: bool,
+    /// Made on first use: a call that neither logs nor calls out never needs them.
+    ids: std::sync::OnceLock<TraceIds>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -102,13 +104,19 @@ impl TraceIds {
     }
 
     /// `00-<trace id>-<span id>-<flags>`.
-    fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-0{}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+    fn traceparent(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, slot) in text[3..35].iter_mut().enumerate() {
+            *slot = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in text[36..52].iter_mut().enumerate() {
+            *slot = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        if self.sampled {
+            text[54] = b'1';
+        }
+        HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
     }
 }
 
@@ -136,7 +144,8 @@ impl CallContext {
         }
         Self {
             request_id,
-            ids: (mode == Mode::Lite).then(|| TraceIds::for_call(&trace)),
+            lite: mode == Mode::Lite,
+            ids: std::sync::OnceLock::new(),
             trace,
             headers: forwarded,
         }
@@ -148,10 +157,18 @@ impl CallContext {
         let trace = TraceHeaders::of(headers);
         Self {
             request_id,
-            ids: (telemetry::mode() == Mode::Lite).then(|| TraceIds::for_call(&trace)),
+            lite: telemetry::mode() == Mode::Lite,
+            ids: std::sync::OnceLock::new(),
             trace,
             headers: Vec::new(),
         }
+    }
+
+    /// The trace and span ids of this process's part of the call when it makes no spans (no
+    /// exporter): what its logs and its outgoing `traceparent` headers use.
+    pub fn ids(&self) -> Option<TraceIds> {
+        self.lite
+            .then(|| *self.ids.get_or_init(|| TraceIds::for_call(&self.trace)))
     }
 
     /// The context of the call being served by the current task, if any.
@@ -373,10 +390,11 @@ fn inject_outgoing_in(
             }
         }
         Mode::Lite => {
-            if let Some(ids) = call.and_then(|c| c.ids) {
-                if let Ok(value) = HeaderValue::try_from(ids.traceparent()) {
-                    set(HeaderName::from_static("traceparent"), sensitive(value));
-                }
+            if let Some(ids) = call.and_then(CallContext::ids) {
+                set(
+                    HeaderName::from_static("traceparent"),
+                    sensitive(ids.traceparent()),
+                );
                 pass_on(inbound, request_id, false, set);
                 return;
             }
@@ -880,7 +898,8 @@ mod tests {
         inbound.insert("tracestate", HeaderValue::from_static("vendor=1"));
         inbound.insert(REQUEST_ID, HeaderValue::from_static("req-2"));
         let call = CallContext::from_headers_in(Mode::Lite, &inbound);
-        let ids = call.ids.unwrap();
+        let ids = call.ids().unwrap();
+        assert_eq!(call.ids(), Some(ids), "made once");
         assert_eq!(ids.trace_id, 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c);
         assert_ne!(ids.span_id, 0xb7ad_6b71_6920_3331, "a span id of its own");
         let mut sent = HeaderMap::new();
@@ -898,11 +917,24 @@ mod tests {
             )
         );
         assert_eq!(sent["tracestate"], "vendor=1");
+        let again = TraceIds {
+            trace_id: 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c,
+            span_id: 0xb7ad_6b71_6920_3331,
+            sampled: true,
+        };
+        assert_eq!(again.traceparent(), TRACEPARENT);
+        assert_eq!(
+            parse_traceparent(again.traceparent().to_str().unwrap()),
+            Some((again.trace_id, again.span_id, true))
+        );
         assert_eq!(sent["baggage"], "request_id=req-2");
         // A new trace when none came in.
         let fresh = CallContext::from_headers_in(Mode::Lite, &HeaderMap::new());
-        assert_ne!(fresh.ids.unwrap().trace_id, ids.trace_id);
-        assert_eq!(CallContext::from_headers_in(Mode::Off, &inbound).ids, None);
+        assert_ne!(fresh.ids().unwrap().trace_id, ids.trace_id);
+        assert_eq!(
+            CallContext::from_headers_in(Mode::Off, &inbound).ids(),
+            None
+        );
     }
 
     #[test]

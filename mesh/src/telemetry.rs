@@ -13,7 +13,10 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), `OTEL_EXPORTER_OTLP_PROTOCOL` (and `_TRACES_`),
 //! `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_SCHEDULE_DELAY`,
 //! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_EXPORT_TIMEOUT`.
-//! Without an endpoint nothing is exported, but trace ids are still made, propagated and logged.
+//! Without an endpoint (or with a collector that cannot be set up) the process makes no spans
+//! at all, which keeps the hot path as cheap as before tracing: each call's context
+//! ([`crate::propagate::CallContext`]) then carries a trace id (the caller's, or a new one) and a
+//! span id of its own, which its log lines show and its outgoing calls send as `traceparent`.
 //!
 //! An exporter that cannot reach its collector never slows or fails a request: finished spans go
 //! into a bounded queue that is drained by its own thread, and a span that finds the queue full
@@ -760,7 +763,7 @@ impl LineContext {
     fn of_call() -> Self {
         propagate::with_current(|call| Self {
             request_id: Some(call.request_id.clone()),
-            ids: call.ids.map(|ids| (ids.trace_id, ids.span_id)),
+            ids: call.ids().map(|ids| (ids.trace_id, ids.span_id)),
         })
         .unwrap_or(Self {
             request_id: None,
@@ -1058,7 +1061,7 @@ mod tests {
             http::HeaderValue::from_static("req-8"),
         );
         let call = propagate::CallContext::from_headers_in(Mode::Lite, &headers);
-        let ids = call.ids.unwrap();
+        let ids = call.ids().unwrap();
         call.scope(async { tracing::info!("inside") }).await;
         tracing::info!("outside");
         let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
@@ -1083,6 +1086,72 @@ mod tests {
     fn no_db_or_internal_span_outside_a_request() {
         assert!(span("x").is_none());
         assert!(crate::db::span(crate::db::Engine::Sqlite, "SELECT", "t").is_none());
+    }
+
+    /// The OTLP/HTTP exporter, driven by the export queue on the process's runtime, posts
+    /// protobuf batches to `/v1/traces`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_are_posted_over_http_protobuf() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and the body it announces.
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\n\
+                      content-length: 0\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let settings = Settings::resolve(
+            "weft-http",
+            &TelemetryConfig {
+                otlp_endpoint: format!("http://{addr}"),
+                otlp_protocol: OtlpProtocol::HttpProtobuf,
+                ..TelemetryConfig::default()
+            },
+            |_| None,
+        );
+        let (provider, problem) = tracer_provider(&settings, "test");
+        assert_eq!(problem, None);
+        let provider = provider.unwrap();
+        let tracer = provider.tracer("test");
+        opentelemetry::trace::Tracer::start(&tracer, "over-http").end();
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown())
+            .await
+            .unwrap();
+        assert!(flushed.is_ok(), "{flushed:?}");
+        let request = tokio::time::timeout(Duration::from_secs(10), received)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(request.starts_with("POST /v1/traces HTTP/1.1"), "{request}");
+        assert!(
+            request.to_lowercase().contains("application/x-protobuf"),
+            "{request}"
+        );
+        assert!(request.contains("over-http") && request.contains("weft-http"));
     }
 
     /// An exporter that never answers in time.
