@@ -190,8 +190,8 @@ async fn a_foreign_grpc_api_is_fronted_from_its_descriptor_set() {
     let timeout = metadata["grpc-timeout"].as_str().unwrap_or_default();
     let millis = grpc_timeout_millis(timeout);
     assert!(
-        millis.is_some_and(|ms| (5_000.0..=10_000.0).contains(&ms)),
-        "grpc-timeout from the default route timeout (10 s): {timeout:?}"
+        millis.is_some_and(|ms| (4_000.0..=5_000.0).contains(&ms)),
+        "grpc-timeout from the default route timeout (5 s): {timeout:?}"
     );
 
     // Enums by number, defaults emitted for what was not sent.

@@ -4,6 +4,10 @@
 //! gRPC codes map to HTTP statuses as grpc-gateway maps them; errors the gateway finds itself
 //! (unknown route, bad JSON, body too large) use the gRPC code a service would have used, so a
 //! client handles both alike.
+//!
+//! Every 429 and 503 carries `Retry-After` in whole seconds: the upstream's
+//! `grpc-retry-pushback-ms` rounded up when it sent one (a shedding server asks for 1 s), else
+//! 1, so that clients back off instead of retrying at once.
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -51,13 +55,15 @@ impl ApiError {
         self
     }
 
-    /// The upstream's answer, as the client should see it.
+    /// The upstream's answer, as the client should see it; an UNAVAILABLE or
+    /// RESOURCE_EXHAUSTED one carries `Retry-After` (see [`retry_after_secs`]).
     pub fn from_status(status: &tonic::Status) -> Self {
         let mut error = Self::new(status.code(), status.message());
         if status.code() == Code::Unavailable || status.code() == Code::ResourceExhausted {
-            error
-                .headers
-                .push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            error.headers.push((
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(status)),
+            ));
         }
         error
     }
@@ -80,7 +86,23 @@ impl ApiError {
         for (name, value) in self.headers {
             headers.append(name, value);
         }
+        let busy = self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE;
+        if busy && !headers.contains_key(header::RETRY_AFTER) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
+    }
+}
+
+/// Seconds a client should wait before retrying after `status`: the upstream's
+/// `grpc-retry-pushback-ms` (trailers-only metadata) rounded up to whole seconds, at least 1;
+/// 1 when it sent none or a negative one ("do not retry" is for gRPC clients; an HTTP client
+/// is still better off waiting than hammering).
+pub fn retry_after_secs(status: &tonic::Status) -> u64 {
+    match weft_mesh::grpc::retry_pushback(status.metadata().as_ref()) {
+        Some(Some(wait)) => weft_mesh::ratelimit::whole_seconds(wait),
+        _ => 1,
     }
 }
 
@@ -134,6 +156,83 @@ mod tests {
         for (code, status) in table {
             assert_eq!(http_status(code).as_u16(), status, "{code:?}");
         }
+    }
+
+    fn status_with_pushback(code: Code, pushback: &'static str) -> tonic::Status {
+        let mut status = tonic::Status::new(code, "overloaded: 8 calls already in flight");
+        status.metadata_mut().insert(
+            weft_mesh::grpc::RETRY_PUSHBACK,
+            tonic::metadata::MetadataValue::from_static(pushback),
+        );
+        status
+    }
+
+    #[test]
+    fn overload_answers_carry_the_upstreams_pushback_as_retry_after() {
+        let retry_after = |status: &tonic::Status| {
+            let response = ApiError::from_status(status).into_response("r");
+            let values: Vec<_> = response
+                .headers()
+                .get_all(header::RETRY_AFTER)
+                .iter()
+                .cloned()
+                .collect();
+            assert_eq!(values.len(), 1, "one Retry-After");
+            (
+                response.status().as_u16(),
+                values[0].to_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(
+            retry_after(&status_with_pushback(Code::Unavailable, "2500")),
+            (503, "3".into()),
+            "2.5 s rounds up to 3"
+        );
+        assert_eq!(
+            retry_after(&status_with_pushback(Code::ResourceExhausted, "1000")),
+            (429, "1".into())
+        );
+        assert_eq!(
+            retry_after(&status_with_pushback(Code::Unavailable, "0")),
+            (503, "1".into())
+        );
+        assert_eq!(
+            retry_after(&status_with_pushback(Code::Unavailable, "-1")),
+            (503, "1".into()),
+            "do-not-retry still asks HTTP clients to wait"
+        );
+        assert_eq!(
+            retry_after(&tonic::Status::unavailable("down")),
+            (503, "1".into())
+        );
+        let timeout =
+            ApiError::from_status(&tonic::Status::deadline_exceeded("slow")).into_response("r");
+        assert_eq!(timeout.status(), 504);
+        assert!(timeout.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn every_429_and_503_the_gateway_makes_itself_carries_retry_after() {
+        let response = ApiError::new(Code::Unavailable, "cannot verify tokens").into_response("r");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::new(Code::ResourceExhausted, "limited")
+            .header(header::RETRY_AFTER, HeaderValue::from_static("7"))
+            .into_response("r");
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            "7",
+            "an explicit value is kept"
+        );
+        let response = ApiError::with_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            "big",
+        )
+        .into_response("r");
+        assert!(
+            response.headers().get(header::RETRY_AFTER).is_none(),
+            "413 is no overload"
+        );
     }
 
     #[tokio::test]

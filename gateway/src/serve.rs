@@ -1,12 +1,25 @@
 //! The gateway's HTTP server: edge policies around the transcoder.
 //!
 //! For each request, in order: request id; built-in endpoints (`/healthz`, `/readyz`,
-//! `/metrics`, `/openapi.json`, `/docs`); CORS preflight; routing (404, 405 with `Allow`);
-//! authentication of non-public routes (401 with `WWW-Authenticate: Bearer`, before any
-//! upstream call); body limits and content type (413, 415); transcoding (400); the upstream
-//! call; the JSON answer. Every answer carries `X-Request-Id`, and errors the contract's JSON.
+//! `/metrics`, `/openapi.json`, `/docs`); the gateway-wide cap on requests in flight (503 with
+//! `Retry-After: 1` at once past `gateway.max_concurrent_requests`); CORS preflight; routing
+//! (404, 405 with `Allow`); authentication of non-public routes (401 with
+//! `WWW-Authenticate: Bearer`, before any upstream call); rate limits (429 with `Retry-After`
+//! and `RateLimit-*`, keyed by the token's subject or the client IP, see
+//! [`weft_mesh::ratelimit`]); body limits and content type (413, 415); transcoding (400); the
+//! upstream call; the JSON answer. Every answer carries `X-Request-Id`, and errors the
+//! contract's JSON; answers on rate-limited routes carry `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -15,9 +28,12 @@ use hyper::body::Incoming;
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
 use weft_mesh::{
-    auth::{JwtVerifier, Role, bearer_token},
-    config::MeshConfig,
+    auth::{JwtVerifier, Principal, Role, bearer_token},
+    config::{GatewayConfig, MeshConfig},
+    live::Live,
     propagate::{self, CallContext, REQUEST_ID, is_valid_request_id},
+    ratelimit::{ANY_ROUTE, Decision, RateLimitPolicy, RateLimiter},
+    reload,
     telemetry::{self, SPAN_TARGET},
 };
 use weft_proto::Access;
@@ -36,11 +52,21 @@ pub struct Gateway {
     table: RouteTable,
     upstreams: Vec<Upstream>,
     verifier: JwtVerifier,
-    config: Arc<MeshConfig>,
+    /// `[gateway]` as mesh-config says now: limits and CORS follow reloads.
+    settings: Live<GatewayConfig>,
+    /// Each route's upstream timeout, by [`Endpoint::slot`], as mesh-config says now.
+    route_timeouts: Live<Vec<Duration>>,
     openapi: Bytes,
     metrics: Metrics,
-    /// Server span names (`POST /v1/orders`), by [`Endpoint::slot`], made once.
+    /// Server span names (`POST /v1/orders`), by [`Endpoint::slot`], made once; also the
+    /// route names of rate limit rules.
     span_names: Vec<String>,
+    /// The rate limit policy (`gateway.rate_limit`); replacing its value applies at once.
+    rate_limits: Live<RateLimitPolicy>,
+    /// Buckets of the rate limits.
+    rate_limiter: RateLimiter,
+    /// API requests being answered, against `gateway.max_concurrent_requests`.
+    in_flight: AtomicUsize,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -54,10 +80,10 @@ impl Gateway {
         let upstreams = table
             .upstreams
             .iter()
-            .map(|spec| Upstream::new(spec, config.gateway.upstream_connections))
+            .map(|spec| Upstream::new(spec, &config))
             .collect::<Result<Vec<_>, _>>()?;
         let verifier = JwtVerifier::new(
-            weft_mesh::client::channel(&config.upstreams.auth)?,
+            weft_mesh::client::channel(&config, weft_mesh::ServiceName::Auth)?,
             &config.jwt,
             "weft-gateway",
         );
@@ -71,18 +97,54 @@ impl Gateway {
             }
         }
         tracing::info!(routes = table.router.len(), "route table built");
+        let rate_limits = reload::policy(&config, |config| config.gateway.rate_limit.clone());
+        let settings = reload::policy(&config, |config| config.gateway.clone());
+        let mut methods = vec![String::new(); table.router.len()];
+        for route in table.router.routes() {
+            let endpoint = route.value();
+            if let Some(method) = methods.get_mut(endpoint.slot) {
+                method.clone_from(&endpoint.full_method);
+            }
+        }
+        let route_timeouts = reload::policy(&config, move |config| {
+            methods
+                .iter()
+                .map(|method| config.gateway.route_timeout(method))
+                .collect()
+        });
+        warn_unknown_routes(&rate_limits.get(), &span_names);
         Ok(Self {
             span_names,
             table,
             upstreams,
             verifier,
-            config,
+            settings,
+            route_timeouts,
             openapi,
             metrics,
+            rate_limiter: RateLimiter::new(rate_limits.clone()),
+            rate_limits,
+            in_flight: AtomicUsize::new(0),
         })
     }
 
-    /// Runs the metrics upkeep every few seconds for as long as the gateway lives.
+    /// The upstream timeout of `endpoint`'s route, as mesh-config says now.
+    fn route_timeout(&self, endpoint: &Endpoint) -> Duration {
+        self.route_timeouts
+            .get()
+            .get(endpoint.slot)
+            .copied()
+            .unwrap_or(endpoint.timeout)
+    }
+
+    /// The live rate limit policy: [`Live::set`] applies a new one to the next requests
+    /// (changed rules start with full buckets).
+    pub fn rate_limits(&self) -> &Live<RateLimitPolicy> {
+        &self.rate_limits
+    }
+
+    /// Runs the metrics and rate limit upkeep every few seconds for as long as the gateway
+    /// lives.
     pub fn spawn_upkeep(self: &Arc<Self>) {
         let gateway = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -91,7 +153,10 @@ impl Gateway {
             loop {
                 ticker.tick().await;
                 match gateway.upgrade() {
-                    Some(gateway) => gateway.metrics.upkeep(),
+                    Some(gateway) => {
+                        gateway.metrics.upkeep();
+                        gateway.rate_limiter.upkeep();
+                    }
                     None => break,
                 }
             }
@@ -102,7 +167,7 @@ impl Gateway {
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        _peer: SocketAddr,
+        peer: SocketAddr,
     ) -> Result<HttpResponse, Infallible> {
         let started = Instant::now();
         let _in_flight = self.metrics.start();
@@ -114,7 +179,10 @@ impl Gateway {
         let method = req.method().clone();
 
         // The request's context is the task's while it is served: for its logs and its spans.
-        let (endpoint, result) = context.scope(self.dispatch(req)).await;
+        let (endpoint, result) = match self.admit(req.uri().path()) {
+            Ok(_admitted) => context.scope(self.dispatch(req, peer)).await,
+            Err(error) => (None, Err(error)),
+        };
         let request_id = id_value.to_str().unwrap_or_default();
         let mut response = result.unwrap_or_else(|e| e.into_response(request_id));
         response.headers_mut().insert(REQUEST_ID, id_value);
@@ -135,6 +203,7 @@ impl Gateway {
     async fn dispatch(
         &self,
         req: Request<Incoming>,
+        peer: SocketAddr,
     ) -> (Option<Arc<Endpoint>>, Result<HttpResponse, ApiError>) {
         match self.route(&req) {
             Routed::Builtin => match self.builtin(&req).await {
@@ -154,7 +223,7 @@ impl Gateway {
             Routed::Endpoint(endpoint, bindings) => {
                 let span = self.server_span(&req, Some(&endpoint));
                 let result = self
-                    .call(&endpoint, bindings, req)
+                    .call(&endpoint, bindings, req, peer)
                     .instrument(span.clone())
                     .await;
                 record_http_status(&span, &result);
@@ -165,7 +234,7 @@ impl Gateway {
 
     /// Where a request goes; no I/O, so the span can be named after the route before it starts.
     fn route(&self, req: &Request<Incoming>) -> Routed<'_> {
-        let limit = self.config.gateway.max_header_bytes;
+        let limit = self.settings.get().max_header_bytes;
         if head_size(req) > limit {
             return Routed::Refused(ApiError::with_status(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -238,13 +307,58 @@ impl Gateway {
         span
     }
 
+    /// Counts an API request in flight, or refuses it (503) past
+    /// `gateway.max_concurrent_requests`; the gateway's own endpoints are always admitted.
+    fn admit(&self, path: &str) -> Result<Option<Admitted<'_>>, ApiError> {
+        if is_builtin(path) {
+            return Ok(None);
+        }
+        let limit = self.settings.get().max_concurrent_requests;
+        Admitted::take(&self.in_flight, limit)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::Unavailable,
+                    format!("overloaded: {limit} requests already in flight at the gateway"),
+                )
+                .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            })
+    }
+
+    /// Authenticates, applies the rate limits, then forwards; answers after the rate limit
+    /// check carry its `RateLimit-*` headers, errors included.
     async fn call(
         &self,
         endpoint: &Endpoint,
         bindings: Vec<(&[String], String)>,
         req: Request<Incoming>,
+        peer: SocketAddr,
     ) -> Result<HttpResponse, ApiError> {
-        self.authenticate(endpoint, req.headers()).await?;
+        let principal = self.authenticate(endpoint, req.headers()).await?;
+        let route = self
+            .span_names
+            .get(endpoint.slot)
+            .map_or("", String::as_str);
+        let decision = self.rate_limiter.check(
+            route,
+            peer.ip(),
+            req.headers(),
+            principal.as_ref().map(|p| p.subject.as_str()),
+        );
+        if decision.is_denied() {
+            return Err(rate_limited(route, &decision));
+        }
+        let result = self.forward(endpoint, bindings, req).await;
+        with_headers(result, decision.headers())
+    }
+
+    /// Reads, transcodes and forwards the request to its upstream; answers its reply.
+    async fn forward(
+        &self,
+        endpoint: &Endpoint,
+        bindings: Vec<(&[String], String)>,
+        req: Request<Incoming>,
+    ) -> Result<HttpResponse, ApiError> {
         let (parts, body) = req.into_parts();
         let body = match endpoint.body {
             BodyRule::None => Bytes::new(),
@@ -255,7 +369,7 @@ impl Gateway {
             bindings,
             parts.uri.query(),
             &body,
-            self.config.gateway.max_json_depth,
+            self.settings.get().max_json_depth,
         )
         .map_err(|e| ApiError::new(Code::InvalidArgument, e.to_string()))?;
         let upstream = &self.upstreams[endpoint.upstream];
@@ -266,7 +380,7 @@ impl Gateway {
                 message,
                 endpoint.method.output(),
                 &parts.headers,
-                endpoint.timeout,
+                self.route_timeout(endpoint),
             )
             .await;
         let code = reply
@@ -285,14 +399,15 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Checks the bearer token of a non-public route before anything reaches an upstream.
+    /// Checks the bearer token of a non-public route before anything reaches an upstream;
+    /// its principal, None on a public route (whose token, if any, is not verified here).
     async fn authenticate(
         &self,
         endpoint: &Endpoint,
         headers: &http::HeaderMap,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<Principal>, ApiError> {
         if endpoint.access == Access::Public {
-            return Ok(());
+            return Ok(None);
         }
         let unauthorized = |message: String, challenge: &'static str| {
             ApiError::new(Code::Unauthenticated, message).header(
@@ -315,7 +430,7 @@ impl Gateway {
             _ => true,
         };
         if allowed {
-            Ok(())
+            Ok(Some(principal))
         } else {
             Err(ApiError::new(
                 Code::PermissionDenied,
@@ -329,7 +444,7 @@ impl Gateway {
         headers: &http::HeaderMap,
         body: Incoming,
     ) -> Result<Bytes, ApiError> {
-        let limit = self.config.gateway.max_body_bytes;
+        let limit = self.settings.get().max_body_bytes;
         let too_large = || {
             ApiError::with_status(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -502,12 +617,14 @@ impl Gateway {
     }
 
     fn cors_enabled(&self) -> bool {
-        !self.config.gateway.cors.allowed_origins.is_empty()
+        !self.settings.get().cors.allowed_origins.is_empty()
     }
 
     fn origin_allowed(&self, origin: &HeaderValue) -> bool {
-        let allowed = &self.config.gateway.cors.allowed_origins;
-        allowed
+        self.settings
+            .get()
+            .cors
+            .allowed_origins
             .iter()
             .any(|a| a == "*" || a.as_bytes() == origin.as_bytes())
     }
@@ -521,7 +638,10 @@ impl Gateway {
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-request-id, retry-after, www-authenticate"),
+            HeaderValue::from_static(
+                "x-request-id, retry-after, www-authenticate, ratelimit-limit, \
+                 ratelimit-remaining, ratelimit-reset",
+            ),
         );
     }
 
@@ -545,11 +665,72 @@ impl Gateway {
                 "authorization, content-type, x-request-id, traceparent, tracestate, baggage",
             ),
         );
-        let max_age = self.config.gateway.cors.max_age_secs;
+        let max_age = self.settings.get().cors.max_age_secs;
         if max_age > 0 {
             headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(max_age));
         }
         response
+    }
+}
+
+/// An API request counted in flight until dropped.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl<'a> Admitted<'a> {
+    /// Counts one more request unless `limit` are already in flight.
+    fn take(in_flight: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        let before = in_flight.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(in_flight);
+        (before < limit).then_some(admitted)
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The 429 of a request `decision` refused on `route`.
+fn rate_limited(route: &str, decision: &Decision) -> ApiError {
+    let message = decision
+        .message(route)
+        .unwrap_or_else(|| format!("rate limit exceeded for {route}"));
+    let mut error = ApiError::new(Code::ResourceExhausted, message);
+    error.headers.extend(decision.headers());
+    error
+}
+
+/// Adds `headers` to the answer, success or error.
+fn with_headers(
+    result: Result<HttpResponse, ApiError>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok(mut response) => {
+            response.headers_mut().extend(headers);
+            Ok(response)
+        }
+        Err(mut error) => {
+            error.headers.extend(headers);
+            Err(error)
+        }
+    }
+}
+
+/// Warns about rate limit rules naming routes the gateway does not have (a typo would
+/// otherwise silently limit nothing).
+fn warn_unknown_routes(policy: &RateLimitPolicy, route_names: &[String]) {
+    for rule in &policy.rules {
+        for route in &rule.routes {
+            if route != ANY_ROUTE && !route_names.iter().any(|name| name == route) {
+                tracing::warn!(
+                    rule = rule.name,
+                    route,
+                    "rate limit rule names no route of the gateway; it limits nothing there"
+                );
+            }
+        }
     }
 }
 
@@ -687,6 +868,306 @@ fn json_response(status: StatusCode, body: Bytes) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::future::BoxFuture;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+    use tonic::Status;
+
+    type Answer =
+        Arc<dyn Fn(String) -> BoxFuture<'static, Response<tonic::body::Body>> + Send + Sync>;
+
+    /// A gRPC server on loopback answering every call with `answer(path)`.
+    async fn fake_upstream(answer: Answer) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let answer = answer.clone();
+                        async move { Ok::<_, Infallible>(answer(req.uri().path().to_owned()).await) }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A gateway on loopback whose upstreams are all `upstream`, with `env` config overrides.
+    async fn gateway(upstream: SocketAddr, env: &[(&str, &str)]) -> SocketAddr {
+        let endpoint = format!("http://{upstream}");
+        let mut vars: Vec<(String, String)> = ["AUTH", "USER", "ORDER"]
+            .iter()
+            .map(|name| {
+                (
+                    format!("WEFT_UPSTREAMS__{name}__ENDPOINT"),
+                    endpoint.clone(),
+                )
+            })
+            .collect();
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = MeshConfig::load_from(None, vars).expect("test config is valid");
+        let gateway = Arc::new(Gateway::new(Arc::new(config)).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let gateway = gateway.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// An HTTP answer as a client sees it.
+    #[derive(Debug)]
+    struct Answered {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: serde_json::Value,
+    }
+
+    impl Answered {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Sends one HTTP/1.1 request with `headers` (and a JSON body for POST) and reads the answer.
+    async fn send(
+        gateway: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Answered {
+        let mut stream = TcpStream::connect(gateway).await.unwrap();
+        let body = if method == "POST" { "{}" } else { "" };
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers = lines
+            .filter_map(|line| line.split_once(": "))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        Answered {
+            status,
+            headers,
+            body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_on_login_gets_429_with_retry_after_while_another_client_is_unaffected() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let upstream = fake_upstream(Arc::new(move |_path| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async {
+                weft_mesh::grpc::refusal(Status::unauthenticated("wrong email or password"))
+            })
+        }))
+        .await;
+        // Behind a trusted proxy (the test's loopback), X-Forwarded-For names the client.
+        let gateway = gateway(
+            upstream,
+            &[
+                (
+                    "WEFT_GATEWAY__RATE_LIMIT__TRUSTED_PROXIES",
+                    "[\"127.0.0.1\", \"::1\"]",
+                ),
+                (
+                    "WEFT_GATEWAY__RATE_LIMIT__RULES",
+                    "[{ name = \"credentials\", routes = [\"POST /v1/auth/login\", \
+                     \"POST /v1/auth/register\"], burst = 2, per_second = 0.01 }]",
+                ),
+            ],
+        )
+        .await;
+        let stuffer = [("x-forwarded-for", "198.51.100.1")];
+        for remaining in ["1", "0"] {
+            let answer = send(gateway, "POST", "/v1/auth/login", &stuffer).await;
+            assert_eq!(answer.status, 401, "{answer:?}");
+            assert_eq!(answer.header("ratelimit-limit"), Some("2"), "{answer:?}");
+            assert_eq!(
+                answer.header("ratelimit-remaining"),
+                Some(remaining),
+                "{answer:?}"
+            );
+        }
+        let refused = send(gateway, "POST", "/v1/auth/register", &stuffer).await;
+        assert_eq!(
+            refused.status, 429,
+            "the third credential request is over the burst"
+        );
+        assert_eq!(refused.header("retry-after"), Some("100"), "{refused:?}");
+        assert_eq!(refused.header("ratelimit-limit"), Some("2"));
+        assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+        assert_eq!(refused.header("ratelimit-reset"), Some("100"));
+        assert!(refused.header("x-request-id").is_some());
+        assert_eq!(refused.body["code"], 8, "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            refused.body["message"],
+            "rate limit exceeded for POST /v1/auth/register: try again in 100 s"
+        );
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "a refused request reaches no upstream"
+        );
+
+        let other = send(
+            gateway,
+            "POST",
+            "/v1/auth/login",
+            &[("x-forwarded-for", "198.51.100.2")],
+        )
+        .await;
+        assert_eq!(
+            other.status, 401,
+            "another client has its own bucket: {other:?}"
+        );
+        // A route no rule names carries no RateLimit headers.
+        let products = send(gateway, "GET", "/v1/products", &stuffer).await;
+        assert_ne!(products.status, 429);
+        assert!(products.header("ratelimit-limit").is_none(), "{products:?}");
+    }
+
+    #[tokio::test]
+    async fn upstream_overload_answers_carry_its_pushback_as_retry_after() {
+        let upstream = fake_upstream(Arc::new(|path: String| {
+            Box::pin(async move {
+                if path.ends_with("/Login") {
+                    weft_mesh::grpc::refusal_with_pushback(
+                        Status::unavailable("overloaded: 1024 calls already in flight"),
+                        Some(std::time::Duration::from_millis(2500)),
+                    )
+                } else {
+                    weft_mesh::grpc::refusal_with_pushback(
+                        Status::resource_exhausted(
+                            "overloaded: 4 calls of weft.order.v1.OrderService/ListProducts already in flight",
+                        ),
+                        Some(std::time::Duration::from_secs(1)),
+                    )
+                }
+            })
+        }))
+        .await;
+        let gateway = gateway(upstream, &[("WEFT_GATEWAY__RATE_LIMIT__RULES", "[]")]).await;
+        let shed = send(gateway, "POST", "/v1/auth/login", &[]).await;
+        assert_eq!(shed.status, 503, "{shed:?}");
+        assert_eq!(shed.header("retry-after"), Some("3"), "2500 ms rounded up");
+        assert_eq!(shed.body["code"], 14);
+        assert_eq!(
+            shed.body["message"],
+            "overloaded: 1024 calls already in flight"
+        );
+        let limited = send(gateway, "GET", "/v1/products", &[]).await;
+        assert_eq!(limited.status, 429, "{limited:?}");
+        assert_eq!(limited.header("retry-after"), Some("1"));
+        assert_eq!(limited.body["code"], 8);
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_gateway_cap_get_503_at_once_and_probes_still_answer() {
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let notify = arrived.clone();
+        let upstream = fake_upstream(Arc::new(move |_path| {
+            let notify = notify.clone();
+            Box::pin(async move {
+                notify.notify_one();
+                // Never answers: the gateway gives up at the route timeout and resets the call.
+                std::future::pending::<Response<tonic::body::Body>>().await
+            })
+        }))
+        .await;
+        let gateway = gateway(
+            upstream,
+            &[
+                ("WEFT_GATEWAY__MAX_CONCURRENT_REQUESTS", "1"),
+                ("WEFT_GATEWAY__ROUTE_TIMEOUT_MS", "300"),
+            ],
+        )
+        .await;
+        let slow = tokio::spawn(send(gateway, "GET", "/v1/products", &[]));
+        arrived.notified().await;
+
+        let started = Instant::now();
+        let refused = send(gateway, "GET", "/v1/products/p1", &[]).await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(250),
+            "refused at once"
+        );
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(
+            refused.body["message"],
+            "overloaded: 1 requests already in flight at the gateway"
+        );
+        assert_eq!(
+            send(gateway, "GET", "/healthz", &[]).await.status,
+            200,
+            "probes are not counted"
+        );
+
+        // Admitted: it ends at its route timeout (how the timeout is reported is not this test's).
+        let slow = slow.await.unwrap();
+        assert_ne!(
+            slow.status, 503,
+            "the admitted request was served: {slow:?}"
+        );
+        let after = send(gateway, "GET", "/v1/products/p1", &[]).await;
+        assert_ne!(
+            after.status, 503,
+            "admitted again once the slot is free: {after:?}"
+        );
+    }
+
+    #[test]
+    fn admission_counts_up_to_the_limit_and_gives_slots_back_on_drop() {
+        let in_flight = AtomicUsize::new(0);
+        let first = Admitted::take(&in_flight, 2).expect("1 of 2");
+        let second = Admitted::take(&in_flight, 2).expect("2 of 2");
+        assert!(Admitted::take(&in_flight, 2).is_none(), "3 of 2 is refused");
+        assert_eq!(
+            in_flight.load(Ordering::Relaxed),
+            2,
+            "a refusal gives its count back"
+        );
+        drop(first);
+        let _third = Admitted::take(&in_flight, 2).expect("a slot came back");
+        drop(second);
+        assert_eq!(in_flight.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn new_request_ids_are_valid_and_distinct() {

@@ -88,6 +88,9 @@ pub struct UpstreamSpec {
     pub endpoint: String,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// The Weft service it is, whose `[upstreams.<name>]` policies apply; `None` for an API of
+    /// `gateway.descriptor_sets`, called with the default policies.
+    pub service: Option<ServiceName>,
 }
 
 /// The routes and the upstreams they go to.
@@ -127,6 +130,7 @@ impl RouteTable {
                 name: name.as_str().into(),
                 endpoint: upstream_config.endpoint.clone(),
                 connect_timeout: upstream_config.connect_timeout(),
+                service: Some(name),
             });
             let service =
                 weft.get_service_by_name(service_name)
@@ -155,6 +159,7 @@ impl RouteTable {
                 name: file.clone(),
                 endpoint: set.endpoint.clone(),
                 connect_timeout: Duration::from_secs(1),
+                service: None,
             });
             let default_access = match set.default_access {
                 DefaultAccess::Public => Access::Public,

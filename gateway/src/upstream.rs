@@ -1,16 +1,14 @@
-//! Unary gRPC calls with dynamic messages over pooled HTTP/2 connections.
+//! Unary gRPC calls with dynamic messages through the mesh's resilient client stack.
 //!
-//! Each upstream keeps `gateway.upstream_connections` lazily connected channels and spreads
-//! calls over them round-robin: one HTTP/2 connection serialises its frames through one task,
-//! and a second connection measurably raises throughput (see `shared/perf-notes.md`).
+//! Each upstream is one [`ResilientChannel`] (see `weft_mesh::client`): the method's deadline,
+//! retries of idempotent calls within a budget, adaptive throttling, and power-of-two-choices
+//! balancing over the upstream's endpoints with `gateway.upstream_connections` HTTP/2
+//! connections each (one connection serialises its frames through one task, and a second
+//! measurably raises throughput: see `shared/perf-notes.md`). The gateway adds what only it
+//! knows: the route's timeout, and that a call is safe to retry because the request carries
+//! the method's `idempotent_if_field` (an idempotency key).
 
-use std::{
-    sync::{
-        LazyLock,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::LazyLock, time::Duration};
 
 use http::uri::PathAndQuery;
 use prost::Message as _;
@@ -19,10 +17,17 @@ use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::MetadataMap,
-    transport::Channel,
 };
 
-use weft_mesh::propagate::{self, Side};
+use weft_mesh::{
+    MeshConfig,
+    client::{ClientError, ResilientChannel, UpstreamPolicy},
+    config::UpstreamConfig,
+    deadline::Deadline,
+    live::Live,
+    propagate::{self, Side},
+    retry::Retryable,
+};
 
 use crate::table::UpstreamSpec;
 
@@ -31,39 +36,57 @@ use crate::table::UpstreamSpec;
 /// request id), a child of the caller's.
 pub const FORWARDED_HEADERS: [&str; 2] = ["authorization", "x-request-id"];
 
-/// An upstream's channels.
+/// An upstream's channel and policy.
 pub struct Upstream {
     /// Its name, for errors and metrics.
     pub name: String,
-    channels: Vec<Channel>,
-    next: AtomicUsize,
+    channel: ResilientChannel,
+    policy: Live<UpstreamPolicy>,
 }
 
 impl Upstream {
-    /// Lazily connecting channels to `spec` (nothing connects until the first call).
-    pub fn new(
-        spec: &UpstreamSpec,
-        connections: usize,
-    ) -> Result<Self, weft_mesh::client::ClientError> {
-        let channels = (0..connections)
-            .map(|_| weft_mesh::client::raw_channel(&spec.endpoint, spec.connect_timeout))
-            .collect::<Result<_, _>>()?;
+    /// The resilient stack to `spec` (nothing connects until the first call): the policies of
+    /// `[upstreams.<name>]` for a Weft service, the defaults for another API.
+    pub fn new(spec: &UpstreamSpec, config: &MeshConfig) -> Result<Self, ClientError> {
+        let connections = config.gateway.upstream_connections;
+        let (channel, policy) = match spec.service {
+            Some(service) => {
+                weft_mesh::client::resilient(&spec.name, config, connections, move |c| {
+                    c.upstream(service).clone()
+                })?
+            }
+            None => {
+                let mut fixed = UpstreamConfig::with_endpoint(spec.endpoint.clone());
+                fixed.connect_timeout_ms = spec.connect_timeout.as_millis() as u64;
+                // No upstream policy of its own: the routes' timeouts alone bound its calls.
+                weft_mesh::client::resilient(&spec.name, config, connections, move |config| {
+                    let gateway = &config.gateway;
+                    UpstreamConfig {
+                        timeout_ms: gateway
+                            .route_timeouts
+                            .values()
+                            .copied()
+                            .fold(gateway.route_timeout_ms, u64::max),
+                        ..fixed.clone()
+                    }
+                })?
+            }
+        };
         Ok(Self {
             name: spec.name.clone(),
-            channels,
-            next: AtomicUsize::new(0),
+            channel,
+            policy,
         })
     }
 
-    /// The next channel, round-robin.
-    pub fn channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+    /// The upstream's channel, for calls of its own (health checks).
+    pub fn channel(&self) -> ResilientChannel {
+        self.channel.clone()
     }
 
     /// Calls `path` with `message`, traced as a gRPC client span (a child of the current span),
     /// on behalf of the task's request (see `Gateway::handle`); the answer is decoded as
-    /// `output`.
+    /// `output`. The call and its retries end by `timeout`.
     pub async fn unary(
         &self,
         path: PathAndQuery,
@@ -97,38 +120,32 @@ impl Upstream {
         copy_headers(headers, &mut metadata);
         // The request's context is the task's (see `Gateway::handle`).
         propagate::inject_current(span, &mut propagate::insert_absent(&mut metadata));
+        let retry_safe = self.carries_idempotency_field(path.as_str(), &message);
         let mut request = tonic::Request::new(message);
         *request.metadata_mut() = MetadataMap::from_headers(metadata);
-        request.set_timeout(timeout);
-        let mut grpc = tonic::client::Grpc::new(self.channel());
-        let call = async {
-            grpc.ready().await.map_err(|e| {
-                Status::unavailable(format!("upstream {} unavailable: {e}", self.name))
-            })?;
-            grpc.unary(request, path, DynamicCodec { output }).await
-        };
-        let started = std::time::Instant::now();
-        let deadline_exceeded = || {
-            Status::deadline_exceeded(format!(
-                "upstream {} did not answer within {} ms",
-                self.name,
-                timeout.as_millis()
-            ))
-        };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            // The channel enforces the `grpc-timeout` it sends too, and reports its own expiry as
-            // CANCELLED "Timeout expired"; to the client that is the route's deadline passing.
-            Ok(Err(status))
-                if status.code() == tonic::Code::Cancelled
-                    && status.message() == "Timeout expired"
-                    && started.elapsed() >= timeout =>
-            {
-                Err(deadline_exceeded())
-            }
-            Ok(Err(status)) => Err(connect_failure_named(status, &self.name)),
-            Err(_) => Err(deadline_exceeded()),
+        let extensions = request.extensions_mut();
+        extensions.insert(Deadline(tokio::time::Instant::now() + timeout));
+        extensions.insert(propagate::ClientSpan(span.clone()));
+        if retry_safe {
+            extensions.insert(Retryable);
         }
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("upstream {} unavailable: {e}", self.name)))?;
+        match grpc.unary(request, path, DynamicCodec { output }).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(connect_failure_named(status, &self.name)),
+        }
+    }
+
+    /// Whether `message` sets the field that makes calls to `path` safe to retry.
+    fn carries_idempotency_field(&self, path: &str, message: &DynamicMessage) -> bool {
+        let policy = self.policy.get();
+        let Some(field) = policy.rule(path).idempotent_if_field.as_deref() else {
+            return false;
+        };
+        message.has_field_by_name(field)
     }
 }
 

@@ -63,10 +63,12 @@ pub struct MeshConfig {
     pub upstreams: UpstreamsConfig,
     /// The REST gateway.
     pub gateway: GatewayConfig,
+    /// Faults to inject (`[[faults]]`, see [`crate::fault`]); default none.
+    pub faults: Vec<crate::fault::FaultRule>,
 }
 
 /// The REST gateway's listener, limits and extra APIs.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// HTTP listen address (HTTP/1.1 and h2c; TLS when `tls` is set); default 127.0.0.1:8080.
@@ -77,7 +79,8 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// Deepest JSON nesting accepted in a body (deeper: 400); default 64.
     pub max_json_depth: usize,
-    /// Time allowed for an upstream call, in ms, unless `route_timeouts` says otherwise; default 10000.
+    /// Time allowed for an upstream call, in ms, unless `route_timeouts` says otherwise; default
+    /// 5000. A Weft upstream's `timeout_ms` (for the method) caps it.
     pub route_timeout_ms: u64,
     /// Per-method timeouts in ms, keyed by full method name (`weft.order.v1.OrderService.CreateOrder`).
     pub route_timeouts: std::collections::BTreeMap<String, u64>,
@@ -89,10 +92,16 @@ pub struct GatewayConfig {
     pub tls: TlsConfig,
     /// Further gRPC APIs to front, each from a descriptor set file; default none.
     pub descriptor_sets: Vec<DescriptorSetConfig>,
+    /// API requests in flight at the gateway; more are answered 503 with `Retry-After: 1` at
+    /// once (its own endpoints, `/healthz`, `/metrics`, ..., are not counted); default 4096.
+    pub max_concurrent_requests: usize,
+    /// Rate limits per client and route (`[gateway.rate_limit]`); default: the contract's
+    /// limit on the credential routes (see [`crate::ratelimit::RateLimitPolicy`]).
+    pub rate_limit: crate::ratelimit::RateLimitPolicy,
 }
 
 /// Cross-origin resource sharing at the gateway.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     /// Origins allowed (`https://app.example.com`), or `["*"]`; empty (default) turns CORS off.
@@ -102,7 +111,7 @@ pub struct CorsConfig {
 }
 
 /// TLS certificate and key for the gateway listener.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain file; empty (default) means plain HTTP.
@@ -112,7 +121,7 @@ pub struct TlsConfig {
 }
 
 /// A further gRPC API fronted by the gateway, as Envoy's transcoder does.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DescriptorSetConfig {
     /// A `FileDescriptorSet` file (`protoc --include_imports -o`, `buf build -o`).
@@ -186,8 +195,15 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Calls in flight per process; more are refused at once with UNAVAILABLE; default 1024.
     pub max_concurrent_requests: usize,
+    /// Calls in flight per method, keyed by full gRPC method name
+    /// (`"weft.user.v1.UserService/GetMe" = 64`); more are refused at once with
+    /// RESOURCE_EXHAUSTED (429 at the gateway). Each at least 1; default none (only
+    /// `max_concurrent_requests` applies).
+    pub method_concurrency: std::collections::BTreeMap<String, usize>,
     /// Tokio worker threads; 1 (default) runs a single-threaded runtime, the fastest on few cores.
     pub worker_threads: usize,
+    /// Deadline of a call that arrives without `grpc-timeout`, in ms; default 30000.
+    pub default_deadline_ms: u64,
 }
 
 /// Access and service token settings.
@@ -290,18 +306,58 @@ pub struct UpstreamsConfig {
     pub order: UpstreamConfig,
 }
 
-/// How one upstream is reached.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// How one upstream is reached, and the policies of calls to it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `http://host:port`; defaults to the service's local listen address.
+    /// `http://host:port`; defaults to the service's local listen address. Ignored when
+    /// `endpoints` is set.
     pub endpoint: String,
+    /// Several endpoints of the same upstream, balanced (power of two choices over peak-EWMA
+    /// latency); a host name stands for every address it resolves to. Default empty: `endpoint`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// How often host names in the endpoints are resolved again, in ms; default 5000.
+    #[serde(default = "default_resolve_interval_ms")]
+    pub resolve_interval_ms: u64,
     /// Time allowed to open a connection, in ms; default 1000.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Time allowed for one call, in ms; default 5000.
+    /// Time allowed for one call (all its attempts), in ms, unless `methods` says otherwise;
+    /// default 5000. Never more than what is left of the inbound call's deadline.
     #[serde(default = "default_call_timeout_ms")]
     pub timeout_ms: u64,
+    /// Time kept back from an inbound call's remaining deadline when passing it on, in ms, so
+    /// the answer still reaches the caller in time; default 5.
+    #[serde(default = "default_deadline_margin_ms")]
+    pub deadline_margin_ms: u64,
+    /// Per-method policies, keyed by method name (`GetUser`) or full name
+    /// (`weft.user.v1.UserService/GetUser`).
+    #[serde(default)]
+    pub methods: std::collections::BTreeMap<String, MethodConfig>,
+    /// Retries of idempotent calls, within a budget (see [`crate::retry`]).
+    #[serde(default)]
+    pub retry: crate::retry::RetryPolicy,
+    /// Adaptive throttling when the upstream fails (see [`crate::breaker`]).
+    #[serde(default)]
+    pub breaker: crate::breaker::BreakerPolicy,
+    /// Ejection of failing endpoints (see [`crate::balance`]).
+    #[serde(default)]
+    pub outlier: crate::balance::OutlierPolicy,
+}
+
+/// The policy of one method of an upstream; unset keys take the upstream's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    /// Time allowed for one call, in ms; default: the upstream's `timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// Whether a failed call may be retried; default: from the method's
+    /// `idempotency_level` in the proto (`NO_SIDE_EFFECTS` or `IDEMPOTENT`: yes).
+    pub idempotent: Option<bool>,
+    /// A request field that makes the call safe to retry when it is set (the gateway checks it,
+    /// e.g. `idempotency_key` of CreateOrder); default none.
+    pub idempotent_if_field: Option<String>,
 }
 
 /// The three services of the mesh.
@@ -359,6 +415,7 @@ impl Default for MeshConfig {
             services: ServicesConfig::default(),
             upstreams: UpstreamsConfig::default(),
             gateway: GatewayConfig::default(),
+            faults: Vec::new(),
         }
     }
 }
@@ -370,12 +427,14 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
             max_json_depth: 64,
-            route_timeout_ms: 10_000,
+            route_timeout_ms: 5_000,
             route_timeouts: Default::default(),
             upstream_connections: 2,
             cors: CorsConfig::default(),
             tls: TlsConfig::default(),
             descriptor_sets: Vec::new(),
+            max_concurrent_requests: 4096,
+            rate_limit: Default::default(),
         }
     }
 }
@@ -410,7 +469,9 @@ impl Default for ServerConfig {
             drain_timeout_ms: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
+            method_concurrency: Default::default(),
             worker_threads: 1,
+            default_deadline_ms: 30_000,
         }
     }
 }
@@ -492,10 +553,31 @@ impl Default for UpstreamsConfig {
 
 impl UpstreamConfig {
     fn local(port: u16) -> Self {
+        Self::with_endpoint(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// An upstream at `endpoint` with the default policies.
+    pub fn with_endpoint(endpoint: String) -> Self {
         Self {
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint,
+            endpoints: Vec::new(),
+            resolve_interval_ms: default_resolve_interval_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             timeout_ms: default_call_timeout_ms(),
+            deadline_margin_ms: default_deadline_margin_ms(),
+            methods: Default::default(),
+            retry: Default::default(),
+            breaker: Default::default(),
+            outlier: Default::default(),
+        }
+    }
+
+    /// The endpoints to balance over: `endpoints`, or else `endpoint`.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        if self.endpoints.is_empty() {
+            vec![self.endpoint.clone()]
+        } else {
+            self.endpoints.clone()
         }
     }
     fn auth() -> Self {
@@ -505,7 +587,16 @@ impl UpstreamConfig {
         Self::local(50052)
     }
     fn order() -> Self {
-        Self::local(50053)
+        let mut order = Self::local(50053);
+        // An order with an idempotency key is placed once however often it is sent.
+        order.methods.insert(
+            "CreateOrder".into(),
+            MethodConfig {
+                idempotent_if_field: Some("idempotency_key".into()),
+                ..MethodConfig::default()
+            },
+        );
+        order
     }
 
     /// Time allowed to open a connection.
@@ -532,6 +623,12 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_call_timeout_ms() -> u64 {
     5_000
 }
+fn default_resolve_interval_ms() -> u64 {
+    5_000
+}
+fn default_deadline_margin_ms() -> u64 {
+    5
+}
 
 // === loading ===
 
@@ -539,9 +636,13 @@ impl MeshConfig {
     /// Loads the file at `path` (or at `$WEFT_CONFIG`, or none: defaults), then applies
     /// `WEFT_*` environment overrides, then validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(Self::file(path).as_deref(), std::env::vars())
+    }
+
+    /// The file [`MeshConfig::load`] reads: `path`, or `$WEFT_CONFIG`, or none.
+    pub fn file(path: Option<&Path>) -> Option<PathBuf> {
         let from_env = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
-        let path = path.map(Path::to_path_buf).or(from_env);
-        Self::load_from(path.as_deref(), std::env::vars())
+        path.map(Path::to_path_buf).or(from_env)
     }
 
     /// Like [`MeshConfig::load`], with the environment given explicitly (for tests).
@@ -620,11 +721,27 @@ impl MeshConfig {
         if self.server.max_concurrent_requests == 0 {
             return err("server.max_concurrent_requests", "must be at least 1");
         }
+        for (method, limit) in &self.server.method_concurrency {
+            let key = format!("server.method_concurrency.\"{method}\"");
+            if !method.contains('/') {
+                return err(&key, "must be a full method name: package.Service/Method");
+            }
+            if *limit == 0 {
+                return err(&key, "must be at least 1");
+            }
+        }
         if self.server.max_message_bytes < 1024 {
             return err("server.max_message_bytes", "must be at least 1024");
         }
         if self.server.worker_threads == 0 {
             return err("server.worker_threads", "must be at least 1");
+        }
+        if self.server.default_deadline_ms == 0 {
+            return err("server.default_deadline_ms", "must be at least 1");
+        }
+        for (i, rule) in self.faults.iter().enumerate() {
+            rule.validate()
+                .map_err(|(key, reason)| (format!("faults[{i}].{key}"), reason))?;
         }
         if self.jwt.access_ttl_secs == 0 || self.jwt.refresh_ttl_secs == 0 {
             return err(
@@ -695,20 +812,63 @@ impl MeshConfig {
                     "must be at least 1",
                 );
             }
-            let upstream = self.upstream(name);
-            if upstream.endpoint.parse::<http::Uri>().is_err()
-                || !(upstream.endpoint.starts_with("http://")
-                    || upstream.endpoint.starts_with("https://"))
-            {
+            self.upstream(name)
+                .validate()
+                .map_err(|(sub, reason)| (format!("upstreams.{key}.{sub}"), reason))?;
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    /// Checks the upstream's keys; the error names the key relative to the upstream's table.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: String, reason: &str| Err((key, reason.to_string()));
+        let is_uri = |endpoint: &str| {
+            endpoint.parse::<http::Uri>().is_ok()
+                && (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        };
+        if !is_uri(&self.endpoint) {
+            return err("endpoint".into(), "must be an http:// or https:// URI");
+        }
+        if let Some(i) = self.endpoints.iter().position(|e| !is_uri(e)) {
+            return err(
+                format!("endpoints[{i}]"),
+                "must be an http:// or https:// URI",
+            );
+        }
+        for (key, value) in [
+            ("timeout_ms", self.timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("resolve_interval_ms", self.resolve_interval_ms),
+        ] {
+            if value == 0 {
+                return err(key.into(), "must be at least 1 ms");
+            }
+        }
+        let nested = |table: &str, result: Result<(), (String, String)>| {
+            result.map_err(|(key, reason)| (format!("{table}.{key}"), reason))
+        };
+        nested("retry", self.retry.validate())?;
+        nested("breaker", self.breaker.validate())?;
+        nested("outlier", self.outlier.validate())?;
+        for (method, policy) in &self.methods {
+            if method.is_empty() || method.starts_with('/') {
                 return err(
-                    &format!("upstreams.{key}.endpoint"),
-                    "must be an http:// or https:// URI",
+                    format!("methods.\"{method}\""),
+                    "name a method as `Method` or `package.Service/Method`",
                 );
             }
-            if upstream.timeout_ms == 0 || upstream.connect_timeout_ms == 0 {
+            if policy.timeout_ms == Some(0) {
                 return err(
-                    &format!("upstreams.{key}"),
-                    "timeouts must be at least 1 ms",
+                    format!("methods.\"{method}\".timeout_ms"),
+                    "must be at least 1 ms",
+                );
+            }
+            if policy.idempotent_if_field.as_deref() == Some("") {
+                return err(
+                    format!("methods.\"{method}\".idempotent_if_field"),
+                    "must name a field",
                 );
             }
         }
@@ -741,6 +901,13 @@ impl MeshConfig {
         if gateway.upstream_connections == 0 || gateway.upstream_connections > 64 {
             return err("upstream_connections", "must be between 1 and 64");
         }
+        if gateway.max_concurrent_requests == 0 {
+            return err("max_concurrent_requests", "must be at least 1");
+        }
+        gateway
+            .rate_limit
+            .validate()
+            .map_err(|(key, reason)| (format!("gateway.rate_limit.{key}"), reason))?;
         if gateway.tls.cert_file.is_empty() != gateway.tls.key_file.is_empty() {
             return err("tls", "set both cert_file and key_file, or neither");
         }

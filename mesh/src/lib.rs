@@ -7,7 +7,11 @@
 //! - [`client`]: lazily connecting channels to upstreams with the client stack;
 //! - [`propagate`]: request id, credentials and trace context from inbound to outbound calls;
 //! - [`auth`]: JWT verification against the auth service's JWKS, and access control;
-//! - [`shed`]: load shedding;
+//! - [`client`] stack's resilience: [`deadline`], [`retry`] (budgets), [`breaker`] (adaptive
+//!   throttling), [`balance`] (P2C peak-EWMA, outlier ejection), and on the server [`shed`]
+//!   (concurrency limits), [`fault`] (fault injection); at the edge [`ratelimit`];
+//! - [`live`], [`reload`]: policies that follow mesh-config edits without a restart;
+//! - [`grpc`]: the few wire-protocol facts the layers share;
 //! - [`db`]: sqlx pools on SQLite or PostgreSQL, with migrations;
 //! - [`page`], [`validate`], [`clock`]: the API conventions every service follows;
 //! - [`telemetry`]: logs and traces;
@@ -26,13 +30,22 @@
 //! ```
 
 pub mod auth;
+pub mod balance;
+pub mod breaker;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod deadline;
+pub mod fault;
+pub mod grpc;
+pub mod live;
 pub mod metrics;
 pub mod page;
 pub mod propagate;
+pub mod ratelimit;
+pub mod reload;
+pub mod retry;
 pub mod server;
 pub mod shed;
 pub mod telemetry;
@@ -80,6 +93,8 @@ where
     // before the runtime stops.
     let telemetry = {
         let _runtime = runtime.enter();
+        // Policies follow later edits of the file (and SIGHUP).
+        reload::install(MeshConfig::file(config_path.as_deref()), config.clone());
         telemetry::init(name, &config)
     };
     let result = runtime.block_on(async {

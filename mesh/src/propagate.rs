@@ -73,6 +73,9 @@ pub struct CallContext {
     pub request_id: String,
     /// The caller's trace headers.
     pub trace: TraceHeaders,
+    /// When the caller stops waiting (from its `grpc-timeout`): the calls this one makes
+    /// must be answered before it.
+    pub deadline: Option<tokio::time::Instant>,
     /// Whether the process makes no spans (no exporter): then [`CallContext::ids`] are the
     /// call's trace and span ids.
     lite: bool,
@@ -147,6 +150,7 @@ impl CallContext {
             lite: mode == Mode::Lite,
             ids: std::sync::OnceLock::new(),
             trace,
+            deadline: crate::deadline::inbound_deadline(headers),
             headers: forwarded,
         }
     }
@@ -160,6 +164,7 @@ impl CallContext {
             lite: telemetry::mode() == Mode::Lite,
             ids: std::sync::OnceLock::new(),
             trace,
+            deadline: None,
             headers: Vec::new(),
         }
     }
@@ -729,6 +734,11 @@ where
 
 // === client side ===
 
+/// The client span of an outgoing call, in its request's extensions: layers below the
+/// propagation layer record their events on it (`span.in_scope(|| tracing::info!(...))`).
+#[derive(Debug, Clone)]
+pub struct ClientSpan(pub Span);
+
 /// Client layer: traces each outgoing call and sends the current [`CallContext`] with it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PropagateLayer;
@@ -760,6 +770,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let span = grpc_span(Side::Client, req.uri().path());
+        // Layers below record their events (retries, say) on the call's span.
+        req.extensions_mut().insert(ClientSpan(span.clone()));
         // `call` runs in the caller's task, where the inbound call's context is in scope.
         let headers = req.headers_mut();
         with_current(|context| context.apply(headers));

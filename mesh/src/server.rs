@@ -8,7 +8,8 @@
 //!
 //! Every call passes the mesh's server stack, outermost first: call context and span
 //! ([`crate::propagate`]), metrics ([`crate::metrics`]), load shedding ([`crate::shed`]),
-//! access control ([`crate::auth`]). Next to the gRPC listener, an admin HTTP listener on
+//! deadline enforcement ([`crate::deadline`]), fault injection ([`crate::fault`]), access
+//! control ([`crate::auth`]). Next to the gRPC listener, an admin HTTP listener on
 //! `services.<name>.admin_listen` serves `/metrics` until the server exits.
 
 use std::{
@@ -31,8 +32,10 @@ use crate::{
     client,
     config::{MeshConfig, ServiceName},
     db::Database,
+    deadline::ServerDeadlineLayer,
+    fault::FaultLayer,
     propagate::ServerContextLayer,
-    shed::LoadShedLayer,
+    shed::{LoadShedLayer, ShedPolicy},
 };
 
 /// What a service's `init` hands to [`serve`]: the tonic service and the database to close.
@@ -76,14 +79,23 @@ where
         .context("cannot build the reflection service")?;
 
     let verifier = JwtVerifier::new(
-        client::channel(&config.upstreams.auth)?,
+        client::channel(&config, ServiceName::Auth)?,
         &config.jwt,
         name.as_str(),
     );
     let stack = ServiceBuilder::new()
         .layer(ServerContextLayer)
         .layer(crate::metrics::ServerMetricsLayer::new(name))
-        .layer(LoadShedLayer::new(config.server.max_concurrent_requests))
+        .layer(LoadShedLayer::new(crate::reload::policy(
+            &config,
+            |config| ShedPolicy::from(&config.server),
+        )))
+        .layer(ServerDeadlineLayer::new(Duration::from_millis(
+            config.server.default_deadline_ms,
+        )))
+        .layer(FaultLayer::new(crate::reload::policy(&config, |config| {
+            config.faults.clone()
+        })))
         .layer(AuthLayer::new(verifier));
     let slot = Arc::new(OnceLock::new());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

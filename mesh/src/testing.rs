@@ -150,6 +150,10 @@ pub struct MeshOptions {
     /// real collector while debugging); default false, they are removed. An in-process
     /// [`Collector`] is given to them with `env: collector.env()` instead.
     pub inherit_otel_env: bool,
+    /// Second instances to start, one per entry (after the first instances are SERVING), on
+    /// their own ports and the same database; the upstream's `endpoints` list both, so callers
+    /// balance over them. Default none.
+    pub replicas: Vec<ServiceName>,
 }
 
 impl Default for MeshOptions {
@@ -160,6 +164,7 @@ impl Default for MeshOptions {
             env: Vec::new(),
             gateway: false,
             inherit_otel_env: false,
+            replicas: Vec::new(),
         }
     }
 }
@@ -182,6 +187,8 @@ pub struct TestMesh {
     gateway: Option<(SocketAddr, bool)>,
     gateway_child: Mutex<Option<Child>>,
     channels: Mutex<HashMap<ServiceName, Channel>>,
+    /// The replicas of [`MeshOptions::replicas`], in order: service, address, process.
+    replicas: Mutex<Vec<(ServiceName, SocketAddr, Option<Child>)>>,
     admin: tokio::sync::Mutex<Option<AuthTokens>>,
     databases_dropped: bool,
 }
@@ -252,6 +259,7 @@ impl TestMesh {
         let config_path = path.join("mesh.toml");
         let config = mesh_config(&addrs, gateway_addr, &database_urls, &options);
         let (config, admin_addrs) = with_admin_listeners(config, &addrs, gateway_addr);
+        let (config, replica_addrs) = with_replicas(config, &options.replicas);
         let gateway = gateway_addr.map(|addr| (addr, gateway_tls(&config)));
         std::fs::write(&config_path, config).expect("cannot write the mesh config");
 
@@ -269,6 +277,7 @@ impl TestMesh {
             gateway,
             gateway_child: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(Vec::new()),
             admin: tokio::sync::Mutex::new(None),
             databases_dropped: false,
         };
@@ -277,6 +286,9 @@ impl TestMesh {
         }
         for name in SERVICES {
             mesh.wait_serving(name).await;
+        }
+        for (name, addr, admin) in replica_addrs {
+            mesh.start_replica(name, addr, admin).await;
         }
         if mesh.gateway.is_some() {
             mesh.spawn_gateway();
@@ -458,6 +470,81 @@ impl TestMesh {
         lock(&self.channels).insert(name, channel_to(self.addrs[&name]));
         self.spawn(name);
         self.wait_serving(name).await;
+    }
+
+    /// Merges `toml` over the mesh-config file (section by section, as [`MeshOptions::toml`]),
+    /// as an operator editing it would: the running processes reload it.
+    pub fn update_config(&self, toml: &str) {
+        let mut root: toml::Table = std::fs::read_to_string(&self.config_path)
+            .expect("cannot read the mesh config")
+            .parse()
+            .expect("the mesh config is TOML");
+        let extra: toml::Table = toml
+            .parse()
+            .unwrap_or_else(|e| panic!("update_config: not valid TOML: {e}"));
+        merge(&mut root, extra);
+        self.write_config(&toml::to_string(&root).expect("a TOML table serialises"));
+    }
+
+    /// Replaces the mesh-config file with `text` at once (written aside, then renamed).
+    pub fn write_config(&self, text: &str) {
+        let aside = self.config_path.with_extension("toml.new");
+        std::fs::write(&aside, text).expect("cannot write the mesh config");
+        std::fs::rename(&aside, &self.config_path).expect("cannot replace the mesh config");
+    }
+
+    /// The address of replica `index` of [`MeshOptions::replicas`].
+    pub fn replica_addr(&self, index: usize) -> SocketAddr {
+        lock(&self.replicas)[index].1
+    }
+
+    /// Kills replica `index` of [`MeshOptions::replicas`] with SIGKILL.
+    pub async fn kill_replica(&self, index: usize) {
+        let child = lock(&self.replicas)[index].2.take();
+        if let Some(mut child) = child {
+            child.kill().await.expect("cannot kill the replica");
+        }
+    }
+
+    /// Everything replica `index` wrote to stdout and stderr.
+    pub fn replica_logs(&self, index: usize) -> String {
+        std::fs::read_to_string(self.path.join(format!("replica-{index}.log"))).unwrap_or_default()
+    }
+
+    async fn start_replica(&self, name: ServiceName, addr: SocketAddr, admin: SocketAddr) {
+        let index = lock(&self.replicas).len();
+        let section = name.key().to_uppercase();
+        let env = [
+            (
+                format!("WEFT_SERVICES__{section}__LISTEN"),
+                addr.to_string(),
+            ),
+            (
+                format!("WEFT_SERVICES__{section}__ADMIN_LISTEN"),
+                admin.to_string(),
+            ),
+        ];
+        let log = self.path.join(format!("replica-{index}.log"));
+        let child = self.spawn_process_with(&binary(name), &log, &env);
+        lock(&self.replicas).push((name, addr, Some(child)));
+        let started = Instant::now();
+        let mut health = HealthClient::new(channel_to(addr));
+        loop {
+            let status = health
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status);
+            if matches!(status, Ok(code) if code == ServingStatus::Serving as i32) {
+                return;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                panic!(
+                    "replica {index} of {name} did not report SERVING within {START_TIMEOUT:?}; its log:\n{}",
+                    self.replica_logs(index)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything `name` wrote to stdout and stderr, over all its runs.
@@ -656,6 +743,16 @@ impl TestMesh {
 
     /// Starts `binary --config <mesh config>` in the mesh's folder, appending to `log_path`.
     fn spawn_process(&self, binary: &Path, log_path: &Path) -> Child {
+        self.spawn_process_with(binary, log_path, &[])
+    }
+
+    /// [`Self::spawn_process`] with extra environment variables.
+    fn spawn_process_with(
+        &self,
+        binary: &Path,
+        log_path: &Path,
+        env: &[(String, String)],
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -673,6 +770,7 @@ impl TestMesh {
             .kill_on_drop(true);
         clean_env(&mut command, self.options.inherit_otel_env);
         command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
@@ -756,6 +854,7 @@ impl Drop for TestMesh {
             .map(|(_, child)| child)
             .collect();
         children.extend(lock(&self.gateway_child).take());
+        children.extend(lock(&self.replicas).iter_mut().filter_map(|r| r.2.take()));
         for mut child in children {
             let _ = child.start_kill();
             // Reap it so no zombie outlives the test; SIGKILL makes this quick.
@@ -985,6 +1084,43 @@ fn gateway_tls(config: &str) -> bool {
 }
 
 /// The mesh-config TOML of a test mesh.
+/// Adds a listen and an admin address for each replica, and lists every instance of a
+/// replicated service in its upstream's `endpoints`.
+fn with_replicas(
+    config: String,
+    replicas: &[ServiceName],
+) -> (String, Vec<(ServiceName, SocketAddr, SocketAddr)>) {
+    if replicas.is_empty() {
+        return (config, Vec::new());
+    }
+    let mut root: toml::Table = config.parse().expect("the generated config is TOML");
+    let mut free = free_loopback_addrs(2 * replicas.len()).into_iter();
+    let mut placed = Vec::new();
+    for &name in replicas {
+        let (addr, admin) = (
+            free.next().expect("enough free loopback ports"),
+            free.next().expect("enough free loopback ports"),
+        );
+        let upstream = root
+            .get_mut("upstreams")
+            .and_then(|upstreams| upstreams.get_mut(name.key()))
+            .and_then(|upstream| upstream.as_table_mut())
+            .expect("the generated config has every upstream");
+        let first = upstream["endpoint"].clone();
+        let endpoints = upstream
+            .entry("endpoints")
+            .or_insert_with(|| toml::Value::Array(vec![first]));
+        if let Some(list) = endpoints.as_array_mut() {
+            list.push(format!("http://{addr}").into());
+        }
+        placed.push((name, addr, admin));
+    }
+    (
+        toml::to_string(&root).expect("a TOML table serialises"),
+        placed,
+    )
+}
+
 fn mesh_config(
     addrs: &HashMap<ServiceName, SocketAddr>,
     gateway: Option<SocketAddr>,

@@ -51,7 +51,7 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
         .await
         .context("cannot set up password hashing")?;
     let users = UserDirectory::new(
-        weft_mesh::client::channel(&config.upstreams.user)?,
+        weft_mesh::client::channel(&config, ServiceName::User)?,
         keys.clone(),
         config.jwt.clone(),
     );

@@ -42,7 +42,7 @@ pub async fn init(
         let seeding = seed::seed_demo_products(&database).await?;
         tracing::info!(?seeding, "demo products (order.seed_demo_products)");
     }
-    let users = UserServiceClient::new(weft_mesh::client::channel(&config.upstreams.user)?);
+    let users = UserServiceClient::new(weft_mesh::client::channel(&config, ServiceName::User)?);
     let api = OrderApi::new(Store::new(database.clone()), users);
     let service = OrderServiceServer::new(api)
         .max_decoding_message_size(config.server.max_message_bytes)

@@ -1,0 +1,552 @@
+//! Resilience of the mesh under faults and overload, seen from a REST client of the gateway:
+//! deadlines, retries within a budget, circuit breaking, load shedding, rate limits, no double
+//! orders, and hot reload of these policies. Faults come from mesh-config's `[[faults]]`, as a
+//! user's chaos drill would inject them.
+
+#[macro_use]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{rest::Gateway, *};
+use serde_json::json;
+
+const GET_ME: &str = "weft.user.v1.UserService/GetMe";
+
+/// The sum of the samples of `name` whose labels include every pair of `labels`, in the
+/// Prometheus text `metrics`.
+fn sample_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `/metrics` of a service.
+async fn service_metrics(mesh: &TestMesh, name: ServiceName) -> String {
+    let admin = Gateway {
+        addr: mesh.admin_addr(name),
+    };
+    admin.get("/metrics").send().await.text()
+}
+
+/// Calls of `method` (`Method` of weft-user) weft-user answered with `code`.
+async fn user_calls(mesh: &TestMesh, method: &str, code: &str) -> f64 {
+    sample_sum(
+        &service_metrics(mesh, ServiceName::User).await,
+        "rpc_server_requests_total",
+        &[("rpc_method", method), ("rpc_grpc_status_code", code)],
+    )
+}
+
+/// Waits up to `within` for `check` to hold, polling every 50 ms; false if it never did.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if started.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_timeout_answers_504_in_time_and_cancels_the_upstream_call() {
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        &format!(
+            r#"
+            [gateway.route_timeouts]
+            "weft.user.v1.UserService.GetMe" = 200
+            [[faults]]
+            method = "{GET_ME}"
+            delay_ms = 2000
+            "#
+        ),
+    )
+    .await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+
+    let started = Instant::now();
+    let reply = gateway
+        .get("/v1/me")
+        .bearer(&user.access_token)
+        .send()
+        .await;
+    let elapsed = started.elapsed();
+    reply.expect_status(504);
+    assert!(
+        elapsed < Duration::from_millis(400),
+        "a 200 ms route timeout answered after {elapsed:?}"
+    );
+
+    // weft-user saw its caller give up: the call was cancelled, never completed.
+    let request_id = reply.header("x-request-id").unwrap_or_default().to_owned();
+    let cancelled = eventually(Duration::from_secs(3), || {
+        let logs = mesh.logs(ServiceName::User);
+        let id = request_id.clone();
+        async move {
+            logs.lines().any(|line| {
+                line.contains(&id) && line.contains("call cancelled before it completed")
+            })
+        }
+    })
+    .await;
+    assert!(
+        cancelled,
+        "weft-user logs no cancellation of request {request_id}:\n{}",
+        mesh.logs(ServiceName::User)
+    );
+    // Past the injected delay, the call still has not completed.
+    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        user_calls(&mesh, "GetMe", "0").await,
+        0.0,
+        "the cancelled GetMe ran to completion in weft-user"
+    );
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_no_error_when_one_of_two_instances_is_killed_mid_load() {
+    let options = MeshOptions {
+        gateway: true,
+        replicas: vec![ServiceName::User],
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+
+    // Four clients read their profile over and over for 2.5 s; one instance dies at 0.8 s.
+    let stop = Instant::now() + Duration::from_millis(2500);
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        let token = user.access_token.clone();
+        loaders.push(tokio::spawn(async move {
+            let mut connection = gateway.http1().await;
+            let mut failures = Vec::new();
+            let mut answered = 0;
+            while Instant::now() < stop {
+                let reply = connection.send(&gateway.get("/v1/me").bearer(&token)).await;
+                answered += 1;
+                if reply.status != 200 {
+                    failures.push(format!("{} {}", reply.status, reply.text()));
+                }
+            }
+            (answered, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    mesh.kill_replica(0).await;
+
+    let mut answered = 0;
+    for loader in loaders {
+        let (count, failures) = loader.await.unwrap();
+        answered += count;
+        assert!(
+            failures.is_empty(),
+            "clients saw errors while an instance died: {failures:?}"
+        );
+    }
+    assert!(answered > 40, "only {answered} requests were made");
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_failing_method_stay_within_the_budget_and_the_edge_answers_503_fast() {
+    // Every GetMe fails; the breaker and outlier ejection are kept out of the way so the
+    // budget alone bounds the retries: 20 % of requests plus 1 retry/s over 10 s.
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        &format!(
+            r#"
+            [upstreams.user.retry]
+            max_attempts = 3
+            backoff_base_ms = 1
+            backoff_max_ms = 5
+            budget_percent = 20
+            budget_min_per_sec = 1
+            budget_window_ms = 10000
+            [upstreams.user.breaker]
+            min_requests = 1000000
+            [upstreams.user.outlier]
+            consecutive_failures = 1000000
+            [[faults]]
+            method = "{GET_ME}"
+            abort = "UNAVAILABLE"
+            "#
+        ),
+    )
+    .await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+    let mut connection = gateway.http1().await;
+
+    const REQUESTS: usize = 100;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..REQUESTS {
+        let started = Instant::now();
+        let reply = connection
+            .send(&gateway.get("/v1/me").bearer(&user.access_token))
+            .await;
+        slowest = slowest.max(started.elapsed());
+        reply.expect_status(503);
+        assert!(
+            reply.header("retry-after").is_some(),
+            "503 without Retry-After"
+        );
+    }
+    let attempts = user_calls(&mesh, "GetMe", "14").await;
+    let budget = REQUESTS as f64 * 0.2 + 10.0;
+    assert!(
+        attempts > REQUESTS as f64,
+        "{attempts} attempts for {REQUESTS} requests: no retry was made"
+    );
+    assert!(
+        attempts <= REQUESTS as f64 + budget + 1.0,
+        "{attempts} attempts for {REQUESTS} requests: retries beyond the budget of {budget}"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a failing call took {slowest:?} to be answered"
+    );
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_fails_fast_while_an_upstream_is_down_and_closes_when_it_returns() {
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        r#"
+        [upstreams.user.breaker]
+        window_ms = 2000
+        probe_interval_ms = 300
+        [upstreams.user.outlier]
+        ejection_ms = 300
+        max_ejection_ms = 300
+        "#,
+    )
+    .await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+    let mut connection = gateway.http1().await;
+    connection
+        .send(&gateway.get("/v1/me").bearer(&user.access_token))
+        .await
+        .expect_status(200);
+
+    mesh.kill(ServiceName::User).await;
+    // Fill the window with failures.
+    for _ in 0..30 {
+        let reply = connection
+            .send(&gateway.get("/v1/me").bearer(&user.access_token))
+            .await;
+        reply.expect_status(503);
+    }
+    // Now calls are refused by the client stack without connecting.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let reply = connection
+            .send(&gateway.get("/v1/me").bearer(&user.access_token))
+            .await;
+        times.push(started.elapsed());
+        reply.expect_status(503);
+        let text = reply.text();
+        assert!(
+            text.contains("circuit open") || text.contains("ejected"),
+            "a 503 that does not say the breaker refused it: {text}"
+        );
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    assert!(
+        median < Duration::from_millis(5),
+        "refused calls took {median:?} (median) at the edge: {times:?}"
+    );
+
+    mesh.restart(ServiceName::User).await;
+    let back = Instant::now();
+    let recovered = eventually(Duration::from_secs(3), || {
+        let call = gateway.get("/v1/me").bearer(&user.access_token);
+        async move { call.send().await.status == 200 }
+    })
+    .await;
+    assert!(recovered, "calls still fail 3 s after weft-user came back");
+    // Within the probe interval, plus what a loaded machine adds to the requests themselves.
+    assert!(
+        back.elapsed() < Duration::from_millis(300 + 700),
+        "calls succeeded again only {:?} after weft-user was back (probe interval 300 ms)",
+        back.elapsed()
+    );
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_a_method_concurrency_limit_are_refused_at_once_with_retry_after() {
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        &format!(
+            r#"
+            [server.method_concurrency]
+            "{GET_ME}" = 2
+            [[faults]]
+            method = "{GET_ME}"
+            delay_ms = 1000
+            "#
+        ),
+    )
+    .await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let call = gateway.get("/v1/me").bearer(&user.access_token);
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let reply = call.send().await;
+            (reply, started.elapsed())
+        }));
+        // In order, so the first two hold the permits.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut completed = 0;
+    let mut refused = 0;
+    for call in calls {
+        let (reply, elapsed) = call.await.unwrap();
+        match reply.status.as_u16() {
+            200 => completed += 1,
+            429 | 503 => {
+                refused += 1;
+                assert!(
+                    elapsed < Duration::from_millis(300),
+                    "a refusal took {elapsed:?}"
+                );
+                assert!(
+                    reply.header("retry-after").is_some(),
+                    "{} without Retry-After",
+                    reply.status
+                );
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    assert_eq!((completed, refused), (2, 3), "2 admitted, 3 refused");
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_burst_from_one_client_is_limited_and_another_client_is_not() {
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        r#"
+        [gateway.rate_limit]
+        trusted_proxies = ["127.0.0.1"]
+        "#,
+    )
+    .await;
+    let gateway = Gateway::of(&mesh);
+    let login = |client: &str| {
+        gateway
+            .post("/v1/auth/login")
+            .header("x-forwarded-for", client)
+            .json(&json!({"email": "nobody@weft.test", "password": "wrong-password"}))
+    };
+    // 25 logins at once: the bucket holds 20.
+    let burst: Vec<_> = (0..25)
+        .map(|_| tokio::spawn(login("203.0.113.7").send()))
+        .collect();
+    let mut refused = Vec::new();
+    for reply in burst {
+        let reply = reply.await.unwrap();
+        match reply.status.as_u16() {
+            401 => {}
+            429 => refused.push(reply),
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    // The bucket refills 1/s: a slow machine may let one more through.
+    assert!(
+        (4..=5).contains(&refused.len()),
+        "{} of 25 logins refused; the burst is 20",
+        refused.len()
+    );
+    let reply = &refused[0];
+    let retry_after: u64 = reply
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("429 carries Retry-After in seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(reply.header("ratelimit-limit"), Some("20"));
+    assert_eq!(reply.header("ratelimit-remaining"), Some("0"));
+    assert!(
+        reply
+            .text()
+            .contains("rate limit exceeded for POST /v1/auth/login"),
+        "{}",
+        reply.text()
+    );
+
+    // Another client is unaffected.
+    login("198.51.100.9").send().await.expect_status(401);
+    mesh.assert_no_panics();
+}
+
+async fn an_order_whose_answer_is_lost_is_placed_once_however_often_it_is_retried(
+    backend: Backend,
+) {
+    let mesh = gateway_mesh(
+        backend,
+        r#"
+        [upstreams.order.retry]
+        backoff_base_ms = 1
+        backoff_max_ms = 5
+        [upstreams.order.outlier]
+        consecutive_failures = 1000000
+        [[faults]]
+        method = "weft.order.v1.OrderService/CreateOrder"
+        abort = "UNAVAILABLE"
+        abort_after_call = true
+        "#,
+    )
+    .await;
+    let product = product(&mesh, &format!("lost-{}", tag()), 250, "EUR", 10).await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+    let order = json!({
+        "idempotency_key": format!("key-{}", tag()),
+        "items": [{"product_id": product.id, "quantity": 2}],
+    });
+
+    // Every answer is lost: the gateway retries (the key makes it safe), then gives up.
+    let reply = gateway
+        .post("/v1/orders")
+        .bearer(&user.access_token)
+        .json(&order)
+        .send()
+        .await;
+    reply.expect_status(503);
+    let attempts = sample_sum(
+        &service_metrics(&mesh, ServiceName::Order).await,
+        "rpc_server_requests_total",
+        &[
+            ("rpc_method", "CreateOrder"),
+            ("rpc_grpc_status_code", "14"),
+        ],
+    );
+    assert!(
+        attempts >= 2.0,
+        "CreateOrder was not retried ({attempts} attempts)"
+    );
+
+    // The fault is lifted; the client sends the same order again.
+    mesh.update_config("faults = []\n");
+    let placed = eventually(Duration::from_secs(3), || {
+        let call = gateway
+            .post("/v1/orders")
+            .bearer(&user.access_token)
+            .json(&order);
+        async move { call.send().await.status == 200 }
+    })
+    .await;
+    assert!(
+        placed,
+        "the order was not answered after the fault was lifted"
+    );
+
+    let orders = all_orders(&mesh, &user.access_token, 50).await;
+    assert_eq!(
+        orders.len(),
+        1,
+        "one order however often it was sent: {orders:?}"
+    );
+    assert_eq!(stock(&mesh, &product.id).await, 8, "stock taken once");
+    mesh.assert_no_panics();
+}
+
+backends!(an_order_whose_answer_is_lost_is_placed_once_however_often_it_is_retried);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_timeout_changed_in_the_file_applies_without_a_restart_and_a_broken_file_does_not()
+{
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        &format!(
+            r#"
+            [[faults]]
+            method = "{GET_ME}"
+            delay_ms = 600
+            "#
+        ),
+    )
+    .await;
+    let user = mesh.new_user().await;
+    let gateway = Gateway::of(&mesh);
+    let me = || gateway.get("/v1/me").bearer(&user.access_token);
+    me().send().await.expect_status(200);
+
+    mesh.update_config(
+        r#"
+        [gateway.route_timeouts]
+        "weft.user.v1.UserService.GetMe" = 200
+        "#,
+    );
+    let changed = Instant::now();
+    let applied = eventually(Duration::from_secs(3), || {
+        let call = me();
+        async move { call.send().await.status == 504 }
+    })
+    .await;
+    assert!(applied, "the new route timeout never applied");
+    assert!(
+        changed.elapsed() < Duration::from_secs(2),
+        "the new route timeout applied only after {:?}",
+        changed.elapsed()
+    );
+
+    // A broken edit is refused, named in the log, and the running policy stays.
+    mesh.update_config("[gateway]\nroute_timeout_ms = 0\n");
+    let logged = eventually(Duration::from_secs(3), || {
+        let logs = mesh.gateway_logs();
+        async move {
+            logs.lines().any(|line| {
+                line.contains("mesh-config change rejected")
+                    && line.contains("gateway.route_timeout_ms")
+            })
+        }
+    })
+    .await;
+    assert!(
+        logged,
+        "no log line names the broken key:\n{}",
+        mesh.gateway_logs()
+    );
+    let started = Instant::now();
+    me().send().await.expect_status(504);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "the old policy is gone"
+    );
+    assert!(
+        mesh.gateway_running(),
+        "the gateway stopped on a broken file"
+    );
+    mesh.assert_no_panics();
+}
