@@ -123,6 +123,60 @@ async fn a_route_timeout_answers_504_in_time_and_cancels_the_upstream_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_the_calls_it_caused() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let mesh = gateway_mesh(
+        Backend::Sqlite,
+        &format!(
+            r#"
+            [[faults]]
+            method = "{GET_ME}"
+            delay_ms = 2000
+            "#
+        ),
+    )
+    .await;
+    let user = mesh.new_user().await;
+    let request_id = format!("disconnect-{}", tag());
+
+    let started = Instant::now();
+    let mut socket = tokio::net::TcpStream::connect(mesh.gateway_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/me HTTP/1.1\r\nhost: weft\r\nauthorization: Bearer {}\r\nx-request-id: {request_id}\r\n\r\n",
+        user.access_token
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+
+    let cancelled = eventually(Duration::from_secs(3), || {
+        let logs = mesh.logs(ServiceName::User);
+        let id = request_id.clone();
+        async move {
+            logs.lines().any(|line| {
+                line.contains(&id) && line.contains("call cancelled before it completed")
+            })
+        }
+    })
+    .await;
+    assert!(
+        cancelled,
+        "weft-user logs no cancellation of request {request_id}:\n{}",
+        mesh.logs(ServiceName::User)
+    );
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        user_calls(&mesh, "GetMe", "0").await,
+        0.0,
+        "the GetMe of a client that went away ran to completion"
+    );
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_no_error_when_one_of_two_instances_is_killed_mid_load() {
     let options = MeshOptions {
         gateway: true,
@@ -226,6 +280,17 @@ async fn retries_of_a_failing_method_stay_within_the_budget_and_the_edge_answers
         slowest < Duration::from_millis(500),
         "a failing call took {slowest:?} to be answered"
     );
+    let gateway_metrics = gateway.get("/metrics").send().await.text();
+    let retries = sample_sum(
+        &gateway_metrics,
+        "weft_client_retries_total",
+        &[("upstream", "weft-user")],
+    );
+    assert_eq!(
+        retries,
+        attempts - REQUESTS as f64,
+        "the gateway's retry counter disagrees with the attempts weft-user saw"
+    );
     mesh.assert_no_panics();
 }
 
@@ -274,6 +339,16 @@ async fn the_breaker_fails_fast_while_an_upstream_is_down_and_closes_when_it_ret
             "a 503 that does not say the breaker refused it: {text}"
         );
     }
+    let metrics = gateway.get("/metrics").send().await.text();
+    let probability = sample_sum(
+        &metrics,
+        "weft_client_breaker_reject_probability",
+        &[("upstream", "weft-user")],
+    );
+    assert!(
+        probability > 0.5,
+        "the breaker's state is not in the gateway's metrics (reject probability {probability})"
+    );
     times.sort();
     let median = times[times.len() / 2];
     assert!(

@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
 use weft_mesh::{
+    ServiceName,
     auth::{JwtVerifier, Principal, Role, bearer_token},
     config::{GatewayConfig, MeshConfig},
     live::Live,
@@ -82,8 +83,16 @@ impl Gateway {
             .iter()
             .map(|spec| Upstream::new(spec, &config))
             .collect::<Result<Vec<_>, _>>()?;
+        // The key fetches share the auth routes' channel: one balancer (and breaker) per
+        // upstream.
+        let auth = table
+            .upstreams
+            .iter()
+            .position(|spec| spec.service == Some(ServiceName::Auth))
+            .map(|i| upstreams[i].channel())
+            .ok_or_else(|| anyhow::anyhow!("the route table has no weft-auth upstream"))?;
         let verifier = JwtVerifier::new(
-            weft_mesh::client::channel(&config, weft_mesh::ServiceName::Auth)?,
+            weft_mesh::client::with_context(auth, &config.upstreams.auth),
             &config.jwt,
             "weft-gateway",
         );

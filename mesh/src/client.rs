@@ -246,8 +246,15 @@ pub fn channel(config: &MeshConfig, name: ServiceName) -> Result<MeshChannel, Cl
     let (stack, _) = resilient(name.as_str(), config, 1, move |config| {
         config.upstream(name).clone()
     })?;
-    let first = config.upstream(name).endpoint_list().remove(0);
-    Ok(PropagateLayer.layer(ClientMetricsLayer::new(&first).layer(stack)))
+    Ok(with_context(stack, config.upstream(name)))
+}
+
+/// `stack` (to `upstream`) with the outer layers of the client stack: context propagation and
+/// metrics. For a process that already has a resilient stack to the upstream and must not
+/// balance over it twice.
+pub fn with_context(stack: ResilientChannel, upstream: &UpstreamConfig) -> MeshChannel {
+    let first = upstream.endpoint_list().remove(0);
+    PropagateLayer.layer(ClientMetricsLayer::new(&first).layer(stack))
 }
 
 /// The resilient stack to the upstream `select` picks from mesh-config (named `name` in errors,
