@@ -952,6 +952,7 @@ fn env_key(name: &str) -> Option<Vec<String>> {
         "services",
         "upstreams",
         "gateway",
+        "faults",
     ];
     let rest = name.strip_prefix(ENV_PREFIX)?;
     let key: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();

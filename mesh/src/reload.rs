@@ -7,7 +7,8 @@
 //! outlier ejection, endpoints, load shedding, rate limits, faults) follows it, and calls in
 //! flight keep the policy they started with. An invalid file is rejected with a log line
 //! naming the key and the reason, and the running policies stay. Settings read only at start
-//! (listen addresses, databases, telemetry, keys) are logged as waiting for a restart.
+//! (listen addresses, databases, telemetry, keys) are logged as waiting for a
+//! restart.
 //!
 //! Polling a single small file costs nothing measurable and works on every file system and in
 //! containers with mounted config maps, where change notifications are unreliable.
@@ -23,8 +24,23 @@ use crate::{config::MeshConfig, live::Live};
 /// How often the config file is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Sections of mesh-config that are read at start only.
-const RESTART_ONLY: [&str; 5] = ["services", "telemetry", "jwt", "auth", "environment"];
+/// Keys (or whole sections) of mesh-config that are read at start only.
+const RESTART_ONLY: [&str; 14] = [
+    "environment",
+    "telemetry",
+    "jwt",
+    "auth",
+    "order",
+    "services",
+    "server.worker_threads",
+    "server.max_message_bytes",
+    "server.drain_timeout_ms",
+    "server.default_deadline_ms",
+    "gateway.listen",
+    "gateway.tls",
+    "gateway.upstream_connections",
+    "gateway.descriptor_sets",
+];
 
 static CURRENT: OnceLock<Live<MeshConfig>> = OnceLock::new();
 
@@ -118,59 +134,53 @@ async fn reload(path: &Path, live: &Live<MeshConfig>) {
         }
     };
     let old = live.get();
-    let changed = changed_sections(&old, &config);
+    let changed = changed_keys(&old, &config);
     if changed.is_empty() {
         return;
     }
     let waiting: Vec<&str> = changed
         .iter()
-        .copied()
-        .filter(|section| RESTART_ONLY.contains(section))
+        .map(String::as_str)
+        .filter(|key| {
+            RESTART_ONLY
+                .iter()
+                .any(|only| key == only || key.starts_with(&format!("{only}.")))
+        })
         .collect();
     live.set(config);
     tracing::info!(
         file = %path.display(),
-        sections = %changed.join(", "),
+        keys = %changed.join(", "),
         "mesh-config reloaded: new policies apply to new calls"
     );
     if !waiting.is_empty() {
         tracing::warn!(
-            sections = %waiting.join(", "),
+            keys = %waiting.join(", "),
             "these mesh-config changes take effect at the next restart"
         );
     }
 }
 
-/// The top-level sections whose values differ.
-fn changed_sections(old: &MeshConfig, new: &MeshConfig) -> Vec<&'static str> {
+/// The keys whose values differ, to the second level (`gateway.route_timeouts`, `faults`).
+fn changed_keys(old: &MeshConfig, new: &MeshConfig) -> Vec<String> {
     let (Ok(old), Ok(new)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
-        return vec!["(all)"];
+        return vec!["(all)".into()];
     };
-    const SECTIONS: [&str; 11] = [
-        "environment",
-        "telemetry",
-        "server",
-        "jwt",
-        "auth",
-        "order",
-        "services",
-        "upstreams",
-        "gateway",
-        "faults",
-        "(other)",
-    ];
-    let mut changed: Vec<&'static str> = SECTIONS
-        .iter()
-        .copied()
-        .filter(|section| old.get(*section) != new.get(*section))
-        .collect();
-    let unknown = old
-        .keys()
-        .chain(new.keys())
-        .any(|key| !SECTIONS.contains(&key.as_str()) && old.get(key) != new.get(key));
-    changed.retain(|section| *section != "(other)");
-    if unknown {
-        changed.push("(other)");
+    let mut changed = Vec::new();
+    let sections: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for section in sections {
+        match (old.get(section), new.get(section)) {
+            (a, b) if a == b => {}
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                changed.extend(
+                    keys.into_iter()
+                        .filter(|key| a.get(*key) != b.get(*key))
+                        .map(|key| format!("{section}.{key}")),
+                );
+            }
+            _ => changed.push(section.clone()),
+        }
     }
     changed
 }
@@ -206,13 +216,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn changed_sections_are_named() {
+    fn changed_keys_are_named() {
         let old = MeshConfig::default();
         let mut new = old.clone();
         new.gateway.route_timeout_ms += 1;
         new.services.user.database_url = "sqlite://elsewhere.db".into();
-        assert_eq!(changed_sections(&old, &new), vec!["services", "gateway"]);
-        assert!(changed_sections(&old, &old).is_empty());
+        new.faults.push(crate::fault::FaultRule {
+            delay_ms: 1,
+            ..Default::default()
+        });
+        assert_eq!(
+            changed_keys(&old, &new),
+            vec!["faults", "gateway.route_timeout_ms", "services.user"]
+        );
+        assert!(changed_keys(&old, &old).is_empty());
     }
 
     #[tokio::test]
