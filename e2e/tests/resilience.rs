@@ -46,6 +46,31 @@ async fn user_calls(mesh: &TestMesh, method: &str, code: &str) -> f64 {
     )
 }
 
+/// Asserts that weft-user logged the GetMe of `request_id` (delayed 2 s by a fault, started
+/// at `started`) as cancelled, and that past the delay it still had not completed.
+async fn assert_get_me_cancelled(mesh: &TestMesh, request_id: &str, started: Instant) {
+    let cancelled = eventually(Duration::from_secs(3), || {
+        let logs = mesh.logs(ServiceName::User);
+        async move {
+            logs.lines().any(|line| {
+                line.contains(request_id) && line.contains("call cancelled before it completed")
+            })
+        }
+    })
+    .await;
+    assert!(
+        cancelled,
+        "weft-user logs no cancellation of request {request_id}:\n{}",
+        mesh.logs(ServiceName::User)
+    );
+    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        user_calls(mesh, "GetMe", "0").await,
+        0.0,
+        "GetMe of request {request_id} ran to completion in weft-user"
+    );
+}
+
 /// Waits up to `within` for `check` to hold, polling every 50 ms; false if it never did.
 async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
@@ -97,28 +122,7 @@ async fn a_route_timeout_answers_504_in_time_and_cancels_the_upstream_call() {
 
     // weft-user saw its caller give up: the call was cancelled, never completed.
     let request_id = reply.header("x-request-id").unwrap_or_default().to_owned();
-    let cancelled = eventually(Duration::from_secs(3), || {
-        let logs = mesh.logs(ServiceName::User);
-        let id = request_id.clone();
-        async move {
-            logs.lines().any(|line| {
-                line.contains(&id) && line.contains("call cancelled before it completed")
-            })
-        }
-    })
-    .await;
-    assert!(
-        cancelled,
-        "weft-user logs no cancellation of request {request_id}:\n{}",
-        mesh.logs(ServiceName::User)
-    );
-    // Past the injected delay, the call still has not completed.
-    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed())).await;
-    assert_eq!(
-        user_calls(&mesh, "GetMe", "0").await,
-        0.0,
-        "the cancelled GetMe ran to completion in weft-user"
-    );
+    assert_get_me_cancelled(&mesh, &request_id, started).await;
     mesh.assert_no_panics();
 }
 
@@ -152,27 +156,7 @@ async fn a_client_that_disconnects_cancels_the_calls_it_caused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(socket);
 
-    let cancelled = eventually(Duration::from_secs(3), || {
-        let logs = mesh.logs(ServiceName::User);
-        let id = request_id.clone();
-        async move {
-            logs.lines().any(|line| {
-                line.contains(&id) && line.contains("call cancelled before it completed")
-            })
-        }
-    })
-    .await;
-    assert!(
-        cancelled,
-        "weft-user logs no cancellation of request {request_id}:\n{}",
-        mesh.logs(ServiceName::User)
-    );
-    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed())).await;
-    assert_eq!(
-        user_calls(&mesh, "GetMe", "0").await,
-        0.0,
-        "the GetMe of a client that went away ran to completion"
-    );
+    assert_get_me_cancelled(&mesh, &request_id, started).await;
     mesh.assert_no_panics();
 }
 
