@@ -348,9 +348,10 @@ async fn the_breaker_fails_fast_while_an_upstream_is_down_and_closes_when_it_ret
     })
     .await;
     assert!(recovered, "calls still fail 3 s after weft-user came back");
-    // Within the probe interval, plus what a loaded machine adds to the requests themselves.
+    // Within the probe interval, plus what a loaded machine (CI runs the suite in parallel on
+    // 2 cores) adds to the requests themselves: 1.4 s was seen there once.
     assert!(
-        back.elapsed() < Duration::from_millis(300 + 700),
+        back.elapsed() < Duration::from_millis(300 + 2000),
         "calls succeeded again only {:?} after weft-user was back (probe interval 300 ms)",
         back.elapsed()
     );
