@@ -79,11 +79,11 @@ use tokio::{
     sync::{oneshot, watch},
     time::Instant,
 };
-use tonic::{Code, Status, body::Body, transport::Channel};
+use tonic::{Code, Status, body::Body};
 use tower::{ServiceExt as _, util::Oneshot};
 use tower_service::Service;
 
-use crate::{grpc, live::Live};
+use crate::{connection::Connection, grpc, live::Live};
 
 /// The longest rest an ejection may be configured with.
 const MAX_EJECTION_LIMIT_MS: u64 = 24 * 60 * 60 * 1000;
@@ -383,18 +383,31 @@ fn target(scheme: &str, addr: SocketAddr, origin: Option<Uri>) -> Option<Target>
     })
 }
 
-/// A lazily connecting channel to `target`.
-fn connect_channel(target: &Target, policy: &BalancePolicy) -> Result<Channel, BalanceError> {
-    let mut endpoint = tonic::transport::Endpoint::from(target.uri.clone())
-        .connect_timeout(policy.connect_timeout)
-        .tcp_nodelay(true);
-    if let Some(origin) = &target.origin {
-        endpoint = endpoint.origin(origin.clone());
-    }
-    Ok(endpoint.connect_lazy())
+/// A lazily connecting HTTP/2 connection to `target`, whose calls carry the configured
+/// `scheme://host:port` (the endpoint's origin) and go to the target's address.
+fn connect(target: &Target, policy: &BalancePolicy) -> Result<Connection, BalanceError> {
+    let bad = |reason: &str| BalanceError::Endpoint {
+        endpoint: target.key.to_string(),
+        reason: reason.to_string(),
+    };
+    let addr: SocketAddr = target
+        .uri
+        .authority()
+        .and_then(|authority| authority.as_str().parse().ok())
+        .ok_or_else(|| bad("not a usable address"))?;
+    let origin = target.origin.as_ref().unwrap_or(&target.uri);
+    let (Some(scheme), Some(authority)) = (origin.scheme(), origin.authority()) else {
+        return Err(bad("not a usable origin"));
+    };
+    Ok(Connection::new(
+        addr,
+        scheme.clone(),
+        authority.clone(),
+        policy.connect_timeout,
+    ))
 }
 
-/// Makes one connection's service to a target (a [`Channel`]; a mock in tests).
+/// Makes one connection's service to a target (a [`Connection`]; a mock in tests).
 type Connector<S> =
     Arc<dyn Fn(&Target, &BalancePolicy) -> Result<S, BalanceError> + Send + Sync + 'static>;
 
@@ -402,7 +415,7 @@ type Connector<S> =
 
 /// The endpoints of one upstream as one service: each call goes to the cheaper of two random
 /// healthy endpoints. Always ready; cheap to clone (clones share endpoints and statistics).
-pub struct Balance<S = Channel> {
+pub struct Balance<S = Connection> {
     shared: Arc<Shared<S>>,
 }
 
@@ -422,12 +435,12 @@ impl<S> fmt::Debug for Balance<S> {
     }
 }
 
-impl Balance<Channel> {
+impl Balance<Connection> {
     /// Balances calls to `upstream` over the endpoints of `policy`, following its changes.
     /// Must be called inside a tokio runtime: it spawns the task that resolves host names and
     /// applies policy changes, which ends when the last clone is dropped.
     pub fn new(upstream: &str, policy: Live<BalancePolicy>) -> Result<Self, BalanceError> {
-        Self::with_connector(upstream, policy, Arc::new(connect_channel))
+        Self::with_connector(upstream, policy, Arc::new(connect))
     }
 }
 
@@ -1581,7 +1594,7 @@ mod tests {
             T: Service<
                     Request<Body>,
                     Response = Response<Body>,
-                    Error = tonic::transport::Error,
+                    Error = crate::connection::ConnectionError,
                     Future: Send + 'static,
                 > + Clone
                 + Send

@@ -35,8 +35,6 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// How much before a call's deadline the server gives up on it (see [`ServerDeadline`]).
 const SERVER_LEAD: Duration = Duration::from_millis(1);
-/// A transport error this close to a client call's deadline is the deadline passing.
-const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 /// The instant by which a call must be answered, carried in the request's extensions by the
 /// client stack: layers below the deadline layer (retries) must not start work after it.
@@ -272,9 +270,6 @@ where
                 // A server whose transport timer on our `grpc-timeout` fired first says so as
                 // CANCELLED "Timeout expired": to the caller, the deadline passed.
                 Ok(Ok(response)) if is_transport_timeout(&response) => Ok(late()),
-                // The channel enforces the `grpc-timeout` we sent as well (rounded down to the
-                // millisecond), and reports its expiry as a transport error.
-                Ok(Err(_)) if Instant::now() + TIMER_SLACK >= deadline => Ok(late()),
                 Ok(response) => response,
                 Err(_) => Ok(late()),
             }

@@ -35,6 +35,7 @@ pub mod breaker;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod db;
 pub mod deadline;
 pub mod fault;
