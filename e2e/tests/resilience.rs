@@ -172,38 +172,109 @@ async fn reads_see_no_error_when_one_of_two_instances_is_killed_mid_load() {
     let gateway = Gateway::of(&mesh);
 
     // Four clients read their profile over and over for 2.5 s; one instance dies at 0.8 s.
-    let stop = Instant::now() + Duration::from_millis(2500);
-    let mut loaders = Vec::new();
-    for _ in 0..4 {
-        let token = user.access_token.clone();
-        loaders.push(tokio::spawn(async move {
-            let mut connection = gateway.http1().await;
-            let mut failures = Vec::new();
-            let mut answered = 0;
-            while Instant::now() < stop {
-                let reply = connection.send(&gateway.get("/v1/me").bearer(&token)).await;
-                answered += 1;
-                if reply.status != 200 {
-                    failures.push(format!("{} {}", reply.status, reply.text()));
-                }
-            }
-            (answered, failures)
-        }));
-    }
+    let readers = spawn_readers(gateway, &user.access_token, Duration::from_millis(2500));
     tokio::time::sleep(Duration::from_millis(800)).await;
     mesh.kill_replica(0).await;
 
+    let answered = assert_all_answered(readers, "while an instance died").await;
+    assert!(answered > 40, "only {answered} requests were made");
+    mesh.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_leave_and_join_by_a_config_edit_without_dropping_calls() {
+    let options = MeshOptions {
+        gateway: true,
+        replicas: vec![ServiceName::User],
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
+    let user = mesh.new_user().await;
+    let first = format!("http://{}", mesh.addr(ServiceName::User));
+    let second = format!("http://{}", mesh.replica_addr(0));
+
+    let readers = spawn_readers(
+        Gateway::of(&mesh),
+        &user.access_token,
+        Duration::from_millis(3000),
+    );
+    let healthy_endpoints = |count: f64| {
+        let gateway = Gateway::of(&mesh);
+        eventually(Duration::from_secs(2), move || async move {
+            let metrics = gateway.get("/metrics").send().await.text();
+            let labels = [("upstream", "weft-user"), ("state", "healthy")];
+            sample_sum(&metrics, "weft_client_endpoints", &labels) == count
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mesh.update_config(&format!("[upstreams.user]\nendpoints = [\"{first}\"]\n"));
+    assert!(
+        healthy_endpoints(1.0).await,
+        "the second endpoint never left"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mesh.update_config(&format!(
+        "[upstreams.user]\nendpoints = [\"{first}\", \"{second}\"]\n"
+    ));
+    assert!(
+        healthy_endpoints(2.0).await,
+        "the second endpoint never came back"
+    );
+
+    let answered = assert_all_answered(readers, "while endpoints left and joined").await;
+    assert!(answered > 40, "only {answered} requests were made");
+    let logs = mesh.gateway_logs();
+    assert!(
+        logs.matches("mesh-config reloaded").count() >= 2,
+        "the gateway did not reload both edits:\n{logs}"
+    );
+    mesh.assert_no_panics();
+}
+
+/// Four clients reading their profile (`GET /v1/me` with `token`) over kept-alive
+/// connections for `duration`; each returns how many answers it got and the failed ones.
+fn spawn_readers(
+    gateway: Gateway,
+    token: &str,
+    duration: Duration,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    let stop = Instant::now() + duration;
+    (0..4)
+        .map(|_| {
+            let token = token.to_owned();
+            tokio::spawn(async move {
+                let mut connection = gateway.http1().await;
+                let mut failures = Vec::new();
+                let mut answered = 0;
+                while Instant::now() < stop {
+                    let reply = connection.send(&gateway.get("/v1/me").bearer(&token)).await;
+                    answered += 1;
+                    if reply.status != 200 {
+                        failures.push(format!("{} {}", reply.status, reply.text()));
+                    }
+                }
+                (answered, failures)
+            })
+        })
+        .collect()
+}
+
+/// Waits for `readers`, asserts none saw an error (`when` says during what), and returns
+/// how many answers they got.
+async fn assert_all_answered(
+    readers: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+    when: &str,
+) -> usize {
     let mut answered = 0;
-    for loader in loaders {
-        let (count, failures) = loader.await.unwrap();
+    for reader in readers {
+        let (count, failures) = reader.await.unwrap();
         answered += count;
         assert!(
             failures.is_empty(),
-            "clients saw errors while an instance died: {failures:?}"
+            "clients saw errors {when}: {failures:?}"
         );
     }
-    assert!(answered > 40, "only {answered} requests were made");
-    mesh.assert_no_panics();
+    answered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
