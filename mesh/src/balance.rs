@@ -3,8 +3,8 @@
 //! [`Balance`] is the innermost client service of the mesh, where a single
 //! `tonic::transport::Channel` used to be. It holds every endpoint of one upstream (several
 //! addresses in config, or a host name standing for every address it resolves to, as a
-//! Kubernetes headless service gives), `connections_per_endpoint` lazily connecting channels
-//! to each, and sends each call to one of them.
+//! Kubernetes headless service gives), `connections_per_endpoint` lazily connecting HTTP/2
+//! connections ([`crate::connection`]) to each, and sends each call to one of them.
 //!
 //! # Why power of two choices over peak-EWMA latency
 //!

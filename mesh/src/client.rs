@@ -13,7 +13,8 @@
 //!    no longer;
 //! 5. [`crate::retry`]: retries of idempotent calls within a retry budget;
 //! 6. [`crate::breaker`]: adaptive throttling when the upstream fails;
-//! 7. [`crate::balance`]: power of two choices over the upstream's endpoints, outlier ejection.
+//! 7. [`crate::balance`]: power of two choices over the upstream's endpoints, outlier ejection,
+//!    each endpoint an HTTP/2 [`crate::connection`].
 //!
 //! Every policy follows mesh-config reloads ([`crate::reload`]). Generated tonic clients take
 //! a [`MeshChannel`] directly:
