@@ -62,9 +62,7 @@ pub struct Gateway {
     /// Server span names (`POST /v1/orders`), by [`Endpoint::slot`], made once; also the
     /// route names of rate limit rules.
     span_names: Vec<String>,
-    /// The rate limit policy (`gateway.rate_limit`); replacing its value applies at once.
-    rate_limits: Live<RateLimitPolicy>,
-    /// Buckets of the rate limits.
+    /// Buckets of the rate limits (`gateway.rate_limit`, following reloads).
     rate_limiter: RateLimiter,
     /// API requests being answered, against `gateway.max_concurrent_requests`.
     in_flight: AtomicUsize,
@@ -131,8 +129,7 @@ impl Gateway {
             route_timeouts,
             openapi,
             metrics,
-            rate_limiter: RateLimiter::new(rate_limits.clone()),
-            rate_limits,
+            rate_limiter: RateLimiter::new(rate_limits),
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -144,12 +141,6 @@ impl Gateway {
             .get(endpoint.slot)
             .copied()
             .unwrap_or(endpoint.timeout)
-    }
-
-    /// The live rate limit policy: [`Live::set`] applies a new one to the next requests
-    /// (changed rules start with full buckets).
-    pub fn rate_limits(&self) -> &Live<RateLimitPolicy> {
-        &self.rate_limits
     }
 
     /// Runs the metrics and rate limit upkeep every few seconds for as long as the gateway

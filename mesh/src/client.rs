@@ -95,6 +95,14 @@ static PROTO_IDEMPOTENT: LazyLock<HashSet<String>> = LazyLock::new(|| {
     paths
 });
 
+impl MethodRule {
+    /// Whether calls of this rule's method, at `path`, may be retried whatever their fields.
+    fn is_idempotent(&self, path: &str) -> bool {
+        self.idempotent
+            .unwrap_or_else(|| PROTO_IDEMPOTENT.contains(path))
+    }
+}
+
 // === impl UpstreamPolicy ===
 
 impl UpstreamPolicy {
@@ -144,15 +152,17 @@ impl UpstreamPolicy {
 
     /// Whether calls to `path` may be retried whatever their fields.
     pub fn is_idempotent(&self, path: &str) -> bool {
-        self.rule(path)
-            .idempotent
-            .unwrap_or_else(|| PROTO_IDEMPOTENT.contains(path))
+        self.rule(path).is_idempotent(path)
     }
 
     /// The deadline of a call to `path` starting `now`: the method's timeout, capped by the
     /// inbound call's deadline (less the margin) and by any deadline the caller set.
     pub fn deadline(&self, path: &str, now: Instant, caller: Option<Instant>) -> Instant {
-        let own = now + self.rule(path).timeout;
+        self.deadline_of(self.rule(path), now, caller)
+    }
+
+    fn deadline_of(&self, rule: &MethodRule, now: Instant, caller: Option<Instant>) -> Instant {
+        let own = now + rule.timeout;
         let inherited = deadline::current().map(|inbound| {
             inbound
                 .checked_sub(self.margin)
@@ -215,9 +225,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let policy = self.policy.get();
         let path = req.uri().path();
+        let rule = policy.rule(path);
         let caller = req.extensions().get::<Deadline>().map(|d| d.0);
-        let deadline = policy.deadline(path, Instant::now(), caller);
-        let idempotent = policy.is_idempotent(path);
+        let deadline = policy.deadline_of(rule, Instant::now(), caller);
+        let idempotent = rule.is_idempotent(path);
         req.extensions_mut().insert(Deadline(deadline));
         if idempotent {
             req.extensions_mut().insert(Retryable);

@@ -15,6 +15,12 @@ use tonic::{Code, Status, body::Body};
 /// design, A6): a number of milliseconds, or a negative value for "do not retry".
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
+/// Whether the call at `path` is the server's own infrastructure (health checks, reflection):
+/// polled all the time, so never traced and never shed.
+pub fn is_infrastructure(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
 /// The status code in `headers` (a trailers-only answer) or trailers, if any.
 pub fn status_code(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?;

@@ -375,12 +375,8 @@ fn upstream_of(path: &str) -> Option<String> {
 
 /// The status code a response's headers or trailers carry, if any.
 fn grpc_status(headers: &HeaderMap) -> Option<usize> {
-    let value = headers.get("grpc-status")?;
-    std::str::from_utf8(value.as_bytes())
-        .ok()?
-        .parse::<usize>()
-        .ok()
-        .map(|code| if code < CODES.len() { code } else { UNKNOWN })
+    // An out-of-range code is UNKNOWN (tonic's `Code::from_i32`), a slot of the table.
+    crate::grpc::status_code(headers).map(|code| code as usize)
 }
 
 /// The status code a caller sees for a failed call, as tonic derives it from the error chain;

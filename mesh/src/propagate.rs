@@ -583,13 +583,7 @@ pub fn record_grpc_status(span: &Span, side: Side, code: i32) {
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::grpc::status_code(headers).map(|code| code as i32)
 }
 
 /// Wraps a response so its span records the gRPC status (from the headers now, or from the
@@ -686,11 +680,6 @@ impl<S> Layer<S> for ServerContextLayer {
     }
 }
 
-/// Health checks and reflection: polled all the time, traced never.
-fn is_infrastructure(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
 impl<S, B, ResBody> Service<Request<B>> for ServerContext<S>
 where
     S: Service<Request<B>, Response = http::Response<ResBody>>,
@@ -707,7 +696,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let context = CallContext::from_headers(req.headers());
-        if !telemetry::spans_on() || is_infrastructure(req.uri().path()) {
+        if !telemetry::spans_on() || crate::grpc::is_infrastructure(req.uri().path()) {
             req.extensions_mut().insert(context.clone());
             let fut = context.scope(self.inner.call(req));
             return Box::pin(async move {

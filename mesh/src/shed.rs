@@ -42,9 +42,6 @@ use crate::{config::ServerConfig, grpc, live::Live};
 /// How long a shed caller is asked to wait before retrying.
 pub const PUSHBACK: Duration = Duration::from_secs(1);
 
-/// Path prefixes of calls that are never shed: health checks and server reflection.
-const NEVER_SHED: [&str; 2] = ["/grpc.health.", "/grpc.reflection."];
-
 /// The caps on calls in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShedPolicy {
@@ -206,7 +203,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path();
-        if NEVER_SHED.iter().any(|prefix| path.starts_with(prefix)) {
+        if grpc::is_infrastructure(path) {
             return Box::pin(self.inner.call(req));
         }
         match self.shared.admit(path) {
