@@ -26,7 +26,9 @@
 //!
 //! Latency alone does not catch an endpoint that fails *fast* (connection refused, a replica
 //! answering UNAVAILABLE while it drains): its answers are quick, so it looks cheap and
-//! attracts more calls. After `consecutive_failures` failures in a row (a transport error, or
+//! attracts more calls. Each failure therefore counts as a latency sample eight times the
+//! estimate, so the next call (a retry above all) prefers another endpoint; and after
+//! `consecutive_failures` failures in a row (a transport error, or
 //! a trailers-only answer whose code is in `failure_codes`, UNAVAILABLE by default) the
 //! endpoint is ejected: it is not chosen while others remain. After `ejection_ms` exactly one
 //! call is let through as a probe (the others keep avoiding it): success returns the endpoint,
@@ -92,6 +94,12 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cost of an endpoint whose estimate decayed to zero while calls are pending (Finagle's rule:
 /// do not pile calls onto an endpoint merely because nothing was heard from it for long).
 const PENALTY_NS: f64 = 1e9;
+/// How much slower than its estimate a failed call makes an endpoint look. With two endpoints,
+/// P2C compares the same pair on every call: without it, one that refuses connections in
+/// microseconds would keep winning, and a retry would land on it again until it is ejected.
+const FAILURE_FACTOR: f64 = 8.0;
+/// The least estimate a failure is multiplied from (an idle endpoint's decays toward zero).
+const FAILURE_FLOOR_NS: f64 = 1e6;
 
 const ENDPOINTS: &str = "weft_client_endpoints";
 const EJECTIONS: &str = "weft_client_ejections_total";
@@ -834,6 +842,8 @@ impl<S> Shared<S> {
                 (Health::Probing { .. }, _) if probe => {
                     stats.health = Health::Healthy;
                     stats.failures = 0;
+                    // The failures' penalties said nothing about the endpoint that is back.
+                    stats.rtt_ns = rtt;
                     endpoint.ejected.store(false, Ordering::Release);
                     Some(Change::Returned)
                 }
@@ -1063,15 +1073,17 @@ impl Stats {
     }
 
     /// Takes a latency sample: above the estimate it replaces it, below it is averaged in. A
-    /// failure only raises the estimate (a fast refusal must not make an endpoint look good).
+    /// failure counts as a sample [`FAILURE_FACTOR`] times slower than the estimate (at least
+    /// [`FAILURE_FLOOR_NS`]): a fast refusal must not make an endpoint look good, and the
+    /// retry of a call that failed there should go elsewhere.
     fn observe(&mut self, now: Instant, rtt_ns: f64, decay_ns: f64, failed: bool) {
-        if rtt_ns > self.rtt_ns {
+        if failed {
+            self.rtt_ns = self.rtt_ns.max(rtt_ns).max(FAILURE_FLOOR_NS) * FAILURE_FACTOR;
+        } else if rtt_ns > self.rtt_ns {
             self.rtt_ns = rtt_ns;
-        } else if !failed {
+        } else {
             let w = self.weight(now, decay_ns);
             self.rtt_ns = self.rtt_ns * w + rtt_ns * (1.0 - w);
-        } else {
-            return;
         }
         self.stamp = self.stamp.max(now);
     }
@@ -1704,6 +1716,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn after_a_fast_failure_the_next_calls_go_to_the_other_endpoint() {
+        fastrand::seed(7);
+        let world = Arc::new(World::default());
+        world.set(
+            A,
+            Behaviour {
+                failure: Some(None),
+                ..Default::default()
+            },
+        );
+        let live = Live::new(policy(&[A, B]));
+        let balance = balance("fast-failure", &world, &live);
+        while world.calls(A) == 0 {
+            let _ = call(&balance).await;
+        }
+        for _ in 0..20 {
+            call(&balance).await.expect("B answers");
+        }
+        assert_eq!(
+            world.calls(A),
+            1,
+            "a refusal in no time does not make A the cheaper choice"
+        );
+        assert_eq!(
+            health(&balance, A),
+            Health::Healthy,
+            "latency, not ejection, kept calls away"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn consecutive_failures_eject_an_endpoint_and_traffic_moves_to_the_others() {
         fastrand::seed(3);
         let world = Arc::new(World::default());
@@ -1714,6 +1757,15 @@ mod tests {
                 ..Default::default()
             },
         );
+        // A and C answer slowly enough that B's failures (each a sample 8x its estimate: 8,
+        // 64, 512 ms) leave it the cheaper choice for the first two: ejection, not latency,
+        // is what keeps it away after the third.
+        let slow = Behaviour {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        };
+        world.set(A, slow.clone());
+        world.set(C, slow);
         let mut p = policy(&[A, B, C]);
         p.outlier.consecutive_failures = 3;
         p.outlier.ejection_ms = 60_000;
@@ -2312,11 +2364,23 @@ mod tests {
         );
         let before = stats.rtt_ns;
         stats.observe(later + Duration::from_secs(10), 0.0, decay, true);
-        assert_eq!(stats.rtt_ns, before, "a fast failure does not lower it");
+        assert_eq!(
+            stats.rtt_ns,
+            before * FAILURE_FACTOR,
+            "a fast failure makes it look slower, not faster"
+        );
+        let failed = stats.rtt_ns;
         let decayed = stats.decayed(later + Duration::from_secs(20), decay);
         assert!(
-            decayed < before * 0.14,
+            decayed < failed * 0.37,
             "time alone brings it down: {decayed}"
+        );
+        let mut idle = Stats::new(now, Duration::ZERO);
+        idle.observe(now, 1e3, decay, true);
+        assert_eq!(
+            idle.rtt_ns,
+            FAILURE_FLOOR_NS * FAILURE_FACTOR,
+            "a failure of an endpoint with no estimate costs at least the floor"
         );
     }
 }
