@@ -9,6 +9,7 @@
 //! - [`table`]: the route table built from descriptors;
 //! - [`transcode`]: JSON and path/query values <-> protobuf;
 //! - [`upstream`]: unary gRPC calls with dynamic messages;
+//! - [`wire_json`]: the JSON answer written straight from the reply's bytes;
 //! - [`serve`]: the HTTP server and its edge policies;
 //! - [`error`]: the JSON error shape and gRPC -> HTTP status mapping;
 //! - [`openapi`], [`metrics`]: the documents and counters the gateway serves.
@@ -22,6 +23,7 @@ pub mod table;
 pub mod tls;
 pub mod transcode;
 pub mod upstream;
+pub mod wire_json;
 
 use std::{sync::Arc, time::Duration};
 

@@ -32,7 +32,7 @@ use weft_mesh::{
     auth::{JwtVerifier, Principal, Role, bearer_token},
     config::{GatewayConfig, MeshConfig},
     live::Live,
-    propagate::{self, CallContext, REQUEST_ID, is_valid_request_id},
+    propagate::{self, CallContext, REQUEST_ID_HEADER, is_valid_request_id},
     ratelimit::{ANY_ROUTE, Decision, RateLimitPolicy, RateLimiter},
     reload,
     telemetry::{self, SPAN_TARGET},
@@ -171,10 +171,10 @@ impl Gateway {
     ) -> Result<HttpResponse, Infallible> {
         let started = Instant::now();
         let _in_flight = self.metrics.start();
-        let context = CallContext::at_edge(request_id(req.headers()), req.headers());
-        let id_value =
-            HeaderValue::from_str(&context.request_id).expect("request ids are header-safe");
-        req.headers_mut().insert(REQUEST_ID, id_value.clone());
+        let (request_id, id_value) = request_id(req.headers());
+        let context = CallContext::at_edge(request_id, req.headers());
+        req.headers_mut()
+            .insert(REQUEST_ID_HEADER, id_value.clone());
         let origin = req.headers().get(header::ORIGIN).cloned();
         let method = req.method().clone();
 
@@ -185,7 +185,7 @@ impl Gateway {
         };
         let request_id = id_value.to_str().unwrap_or_default();
         let mut response = result.unwrap_or_else(|e| e.into_response(request_id));
-        response.headers_mut().insert(REQUEST_ID, id_value);
+        response.headers_mut().insert(REQUEST_ID_HEADER, id_value);
         if let Some(origin) = origin {
             self.cors_headers(&origin, &mut response);
         }
@@ -378,7 +378,7 @@ impl Gateway {
             .unary(
                 endpoint.grpc_path.clone(),
                 message,
-                endpoint.method.output(),
+                endpoint.reply.clone(),
                 &parts.headers,
                 self.route_timeout(endpoint),
             )
@@ -389,9 +389,7 @@ impl Gateway {
         self.metrics
             .record_upstream(endpoint, code, call_started.elapsed());
         let reply = reply.map_err(|status| ApiError::from_status(&status))?;
-        let mut response = Response::new(Full::new(Bytes::from(transcode::render_response(
-            endpoint, &reply,
-        ))));
+        let mut response = Response::new(Full::new(Bytes::from(reply)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -801,14 +799,21 @@ fn head_size<B>(req: &Request<B>) -> usize {
         + line
 }
 
-/// The incoming request id if acceptable, else a new one.
-fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| is_valid_request_id(id))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
+/// The incoming request id if acceptable, else a new one; as text and as a header value.
+fn request_id(headers: &http::HeaderMap) -> (String, HeaderValue) {
+    if let Some(value) = headers.get(&REQUEST_ID_HEADER)
+        && let Ok(id) = value.to_str()
+        && is_valid_request_id(id)
+    {
+        // The value that came holds the very bytes a new one would: share it instead of
+        // copying (and not sensitive, as a new one would not be).
+        let mut value = value.clone();
+        value.set_sensitive(false);
+        return (id.to_owned(), value);
+    }
+    let id = new_request_id();
+    let value = HeaderValue::from_str(&id).expect("request ids are header-safe");
+    (id, value)
 }
 
 /// A new request id: 32 hex digits, a per-thread random prefix (drawn once from the OS) and a
@@ -834,10 +839,10 @@ fn new_request_id() -> String {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     let value = (u128::from(prefix) << 64) | u128::from(z);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(32);
     for shift in (0..32).rev() {
-        let digit = ((value >> (shift * 4)) & 0xf) as u32;
-        id.push(char::from_digit(digit, 16).unwrap_or('0'));
+        id.push(char::from(HEX[((value >> (shift * 4)) & 0xf) as usize]));
     }
     id
 }
@@ -1178,6 +1183,10 @@ mod tests {
             ids.iter()
                 .all(|id| id.len() == 32 && is_valid_request_id(id))
         );
+        assert!(
+            ids.iter()
+                .all(|id| id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        );
         // Another thread draws another prefix.
         let other = std::thread::spawn(new_request_id).join().unwrap();
         let mine = new_request_id();
@@ -1187,9 +1196,21 @@ mod tests {
     #[test]
     fn a_valid_client_request_id_is_kept() {
         let mut headers = http::HeaderMap::new();
-        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&headers), "abc-123");
-        headers.insert(REQUEST_ID, HeaderValue::from_static("bad id!"));
-        assert_eq!(request_id(&headers).len(), 32);
+        let mut sensitive = HeaderValue::from_static("abc-123");
+        sensitive.set_sensitive(true);
+        headers.insert(REQUEST_ID_HEADER, sensitive);
+        let (id, value) = request_id(&headers);
+        assert_eq!(
+            (id.as_str(), &value),
+            ("abc-123", &HeaderValue::from_static("abc-123"))
+        );
+        assert!(
+            !value.is_sensitive(),
+            "as a value made from the id would be"
+        );
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("bad id!"));
+        let (id, value) = request_id(&headers);
+        assert_eq!(id.len(), 32);
+        assert_eq!(value, id.as_str());
     }
 }

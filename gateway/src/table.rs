@@ -15,7 +15,10 @@ use prost_reflect::{
 use weft_mesh::config::{DefaultAccess, GatewayConfig, MeshConfig, ServiceName};
 use weft_proto::Access;
 
-use crate::route::{Method, RouteError, Router};
+use crate::{
+    route::{Method, RouteError, Router},
+    wire_json::ReplyWriter,
+};
 
 /// A problem with the API definitions, found at start.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,8 @@ pub struct Endpoint {
     pub timeout: Duration,
     /// Position in the route table (indexes per-route state such as metrics).
     pub slot: usize,
+    /// Writes the JSON answer from the upstream's reply.
+    pub reply: Arc<ReplyWriter>,
 }
 
 /// An upstream the table routes to.
@@ -248,6 +253,7 @@ impl RouteTable {
                     ))
                 })?),
             };
+            let reply = Arc::new(ReplyWriter::new(method.output(), response_body.clone()));
             let endpoint = Endpoint {
                 full_method: full_method.clone(),
                 grpc_path: grpc_path.clone(),
@@ -260,6 +266,7 @@ impl RouteTable {
                 upstream,
                 timeout,
                 slot: self.router.len(),
+                reply,
             };
             self.router.insert(
                 http_method,

@@ -108,11 +108,15 @@ pub fn build_request(
     Ok(message)
 }
 
-/// Renders a response message (or its `response_body` field) as the JSON body.
-pub fn render_response(endpoint: &Endpoint, message: &DynamicMessage) -> Vec<u8> {
+/// Renders a response message (or its `response_body` field) as the JSON body. Replies are
+/// written from their bytes by [`crate::wire_json`], which falls back to this.
+pub fn render_response(
+    response_body: Option<&FieldDescriptor>,
+    message: &DynamicMessage,
+) -> Vec<u8> {
     let options = SerializeOptions::new().skip_default_fields(false);
     let mut out = Vec::with_capacity(256);
-    let result = match &endpoint.response_body {
+    let result = match response_body {
         None => write_message(&mut out, message),
         Some(field) => match message.get_field(field).as_ref() {
             Value::Message(inner) => write_message(&mut out, inner),
@@ -147,7 +151,10 @@ pub fn render_response(endpoint: &Endpoint, message: &DynamicMessage) -> Vec<u8>
 /// well-known types (but `Timestamp`) and of messages with extensions. This runs on every
 /// response; prost-reflect spent about 6,700 instructions on a `Timestamp` alone (re-encoding
 /// it to `prost_types::Timestamp`, then `fmt`), [`timestamp_text`] about 150.
-fn write_message(out: &mut Vec<u8>, message: &DynamicMessage) -> Result<(), serde_json::Error> {
+pub(crate) fn write_message(
+    out: &mut Vec<u8>,
+    message: &DynamicMessage,
+) -> Result<(), serde_json::Error> {
     let descriptor = message.descriptor();
     let name = descriptor.full_name();
     if name == "google.protobuf.Timestamp"
@@ -192,7 +199,11 @@ fn write_message(out: &mut Vec<u8>, message: &DynamicMessage) -> Result<(), serd
 }
 
 /// Writes one value of a field of `kind`.
-fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind) -> Result<(), serde_json::Error> {
+pub(crate) fn write_value(
+    out: &mut Vec<u8>,
+    value: &Value,
+    kind: &Kind,
+) -> Result<(), serde_json::Error> {
     match value {
         Value::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
         Value::I32(v) => write_int(out, i128::from(*v), false),
@@ -264,13 +275,13 @@ fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind) -> Result<(), serd
 }
 
 /// A JSON string, escaped as serde_json escapes it.
-fn write_str(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// An integer in decimal, quoted when `quoted` (64-bit integers and map keys).
-fn write_int(out: &mut Vec<u8>, value: i128, quoted: bool) {
+pub(crate) fn write_int(out: &mut Vec<u8>, value: i128, quoted: bool) {
     let mut digits = [0u8; 40];
     let mut at = digits.len();
     let mut rest = value.unsigned_abs();
@@ -296,7 +307,7 @@ fn write_int(out: &mut Vec<u8>, value: i128, quoted: bool) {
 }
 
 /// NaN and the infinities, which JSON numbers cannot hold, as proto3 JSON's strings.
-fn write_non_finite(out: &mut Vec<u8>, value: f64) {
+pub(crate) fn write_non_finite(out: &mut Vec<u8>, value: f64) {
     out.extend_from_slice(if value.is_nan() {
         b"\"NaN\""
     } else if value > 0.0 {
@@ -310,10 +321,15 @@ fn write_non_finite(out: &mut Vec<u8>, value: f64) {
 /// fraction digits), or `None` outside 0001..=9999 or with un-normalised nanos (left to
 /// prost-reflect, which reports those).
 fn timestamp_text(message: &DynamicMessage) -> Option<TimestampText> {
-    const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
-    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let seconds = message.get_field_by_number(1)?.as_i64()?;
     let nanos = message.get_field_by_number(2)?.as_i32()?;
+    timestamp_text_of(seconds, nanos)
+}
+
+/// [`timestamp_text`] of a `Timestamp`'s two fields.
+pub(crate) fn timestamp_text_of(seconds: i64, nanos: i32) -> Option<TimestampText> {
+    const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
         return None;
     }
@@ -364,13 +380,14 @@ fn timestamp_text(message: &DynamicMessage) -> Option<TimestampText> {
 }
 
 /// A formatted timestamp, on the stack.
-struct TimestampText {
+pub(crate) struct TimestampText {
     bytes: [u8; 30],
     len: usize,
 }
 
 impl TimestampText {
-    fn as_str(&self) -> &str {
+    /// The text.
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
@@ -616,7 +633,7 @@ fn field_mask(descriptor: MessageDescriptor, raw: &str) -> Result<DynamicMessage
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{route::Match, table::RouteTable};
     use weft_mesh::MeshConfig;
@@ -782,7 +799,7 @@ mod tests {
 
     /// A proto3 message with a field of every kind: scalars, enum, nested and recursive
     /// messages, well-known types, repeated fields, maps, a oneof and a proto3 `optional`.
-    fn kitchen_sink() -> MessageDescriptor {
+    pub(crate) fn kitchen_sink() -> MessageDescriptor {
         use prost_reflect::{
             DescriptorPool,
             prost_types::{
@@ -937,7 +954,7 @@ mod tests {
     }
 
     /// A small deterministic generator (no dependency for a test).
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -1004,7 +1021,7 @@ mod tests {
         }
     }
 
-    fn random_message(
+    pub(crate) fn random_message(
         rng: &mut Rng,
         descriptor: &MessageDescriptor,
         depth: usize,
@@ -1165,7 +1182,8 @@ mod tests {
         };
         let product = DynamicMessage::new(endpoint.method.output());
         let body: serde_json::Value =
-            serde_json::from_slice(&render_response(endpoint, &product)).unwrap();
+            serde_json::from_slice(&render_response(endpoint.response_body.as_ref(), &product))
+                .unwrap();
         assert_eq!(body["stock"], "0");
         assert_eq!(body["name"], "");
         assert!(body.get("unitPriceCents").is_some());

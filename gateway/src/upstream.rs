@@ -8,11 +8,16 @@
 //! knows: the route's timeout, and that a call is safe to retry because the request carries
 //! the method's `idempotent_if_field` (an idempotency key).
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use bytes::Buf as _;
 
 use http::uri::PathAndQuery;
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -29,7 +34,7 @@ use weft_mesh::{
     retry::Retryable,
 };
 
-use crate::table::UpstreamSpec;
+use crate::{table::UpstreamSpec, wire_json::ReplyWriter};
 
 /// Headers copied from the HTTP request onto the gRPC call. The trace context is not copied:
 /// the call carries its own client span's (`traceparent`, `tracestate`, `baggage` with the
@@ -85,19 +90,19 @@ impl Upstream {
     }
 
     /// Calls `path` with `message`, traced as a gRPC client span (a child of the current span),
-    /// on behalf of the task's request (see `Gateway::handle`); the answer is decoded as
-    /// `output`. The call and its retries end by `timeout`.
+    /// on behalf of the task's request (see `Gateway::handle`); the answer is the JSON `reply`
+    /// writes from the upstream's. The call and its retries end by `timeout`.
     pub async fn unary(
         &self,
         path: PathAndQuery,
         message: DynamicMessage,
-        output: MessageDescriptor,
+        reply: Arc<ReplyWriter>,
         headers: &http::HeaderMap,
         timeout: Duration,
-    ) -> Result<DynamicMessage, Status> {
+    ) -> Result<Vec<u8>, Status> {
         let span = propagate::grpc_span(Side::Client, path.as_str());
         let result = self
-            .traced_unary(&span, path, message, output, headers, timeout)
+            .traced_unary(&span, path, message, reply, headers, timeout)
             .await;
         let code = match &result {
             Ok(_) => 0,
@@ -112,11 +117,13 @@ impl Upstream {
         span: &tracing::Span,
         path: PathAndQuery,
         message: DynamicMessage,
-        output: MessageDescriptor,
+        reply: Arc<ReplyWriter>,
         headers: &http::HeaderMap,
         timeout: Duration,
-    ) -> Result<DynamicMessage, Status> {
-        let mut metadata = http::HeaderMap::with_capacity(FORWARDED_HEADERS.len() + 3);
+    ) -> Result<Vec<u8>, Status> {
+        // Room for what the stack adds below (trace context, baggage, grpc-timeout, te,
+        // content-type, user-agent): growing the map costs a reallocation and a rehash.
+        let mut metadata = http::HeaderMap::with_capacity(FORWARDED_HEADERS.len() + 10);
         copy_headers(headers, &mut metadata);
         // The request's context is the task's (see `Gateway::handle`).
         propagate::inject_current(span, &mut propagate::insert_absent(&mut metadata));
@@ -133,7 +140,7 @@ impl Upstream {
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("upstream {} unavailable: {e}", self.name)))?;
-        match grpc.unary(request, path, DynamicCodec { output }).await {
+        match grpc.unary(request, path, JsonReplyCodec { reply }).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(connect_failure_named(status, &self.name)),
         }
@@ -180,26 +187,26 @@ fn copy_headers(headers: &http::HeaderMap, metadata: &mut http::HeaderMap) {
     }
 }
 
-// === DynamicCodec ===
+// === JsonReplyCodec ===
 
-/// Encodes dynamic requests and decodes responses of a known type.
-struct DynamicCodec {
-    output: MessageDescriptor,
+/// Encodes dynamic requests; writes each reply straight to its JSON answer.
+struct JsonReplyCodec {
+    reply: Arc<ReplyWriter>,
 }
 
-impl Codec for DynamicCodec {
+impl Codec for JsonReplyCodec {
     type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
+    type Decode = Vec<u8>;
     type Encoder = DynamicEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = JsonReplyDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         DynamicEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder {
-            output: self.output.clone(),
+        JsonReplyDecoder {
+            reply: self.reply.clone(),
         }
     }
 }
@@ -216,16 +223,19 @@ impl Encoder for DynamicEncoder {
     }
 }
 
-struct DynamicDecoder {
-    output: MessageDescriptor,
+struct JsonReplyDecoder {
+    reply: Arc<ReplyWriter>,
 }
 
-impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
+impl Decoder for JsonReplyDecoder {
+    type Item = Vec<u8>;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
-        DynamicMessage::decode(self.output.clone(), src)
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        // Contiguous in tonic's buffer: no copy.
+        let bytes = src.copy_to_bytes(src.remaining());
+        self.reply
+            .write(&bytes)
             .map(Some)
             .map_err(|e| Status::internal(format!("cannot decode upstream response: {e}")))
     }

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower_layer::Layer;
@@ -32,6 +32,8 @@ use crate::{grpc, propagate::CallContext};
 
 /// The gRPC metadata key that carries a call's remaining budget.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// [`GRPC_TIMEOUT`] as a header name (a lookup by `&str` parses the name on every call).
+pub const GRPC_TIMEOUT_HEADER: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
 
 /// How much before a call's deadline the server gives up on it (see [`ServerDeadline`]).
 const SERVER_LEAD: Duration = Duration::from_millis(1);
@@ -68,19 +70,33 @@ pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
 pub fn encode_timeout(budget: Duration) -> HeaderValue {
     const MAX: u64 = 99_999_999;
     let micros = budget.as_micros().min(u64::MAX as u128) as u64;
-    let text = if micros < 100_000 {
-        format!("{micros}u")
+    let (mut amount, unit) = if micros < 100_000 {
+        (micros, b'u')
     } else if micros / 1000 <= MAX {
-        format!("{}m", micros / 1000)
+        (micros / 1000, b'm')
     } else {
-        format!("{}S", (micros / 1_000_000).min(MAX))
+        ((micros / 1_000_000).min(MAX), b'S')
     };
-    HeaderValue::from_str(&text).expect("digits and a unit letter are a valid header value")
+    // Digits written right to left on the stack: `format!` cost an allocation and the
+    // formatting machinery on every outgoing call. `amount` has at most 8 digits.
+    let mut text = [0u8; 9];
+    text[8] = unit;
+    let mut start = 8;
+    for slot in text[..8].iter_mut().rev() {
+        *slot = b'0' + (amount % 10) as u8;
+        amount /= 10;
+        start -= 1;
+        if amount == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&text[start..])
+        .expect("digits and a unit letter are a valid header value")
 }
 
 /// The deadline an inbound request's `grpc-timeout` sets, if any.
 pub fn inbound_deadline(headers: &HeaderMap) -> Option<Instant> {
-    let budget = parse_timeout(headers.get(GRPC_TIMEOUT)?)?;
+    let budget = parse_timeout(headers.get(&GRPC_TIMEOUT_HEADER)?)?;
     Instant::now().checked_add(budget)
 }
 
@@ -256,7 +272,7 @@ where
         }
         let budget = deadline - now;
         req.headers_mut()
-            .insert(GRPC_TIMEOUT, encode_timeout(budget));
+            .insert(GRPC_TIMEOUT_HEADER, encode_timeout(budget));
         let call = self.inner.call(req);
         let upstream = self.upstream.clone();
         Box::pin(async move {
@@ -282,7 +298,7 @@ fn is_transport_timeout(response: &Response<Body>) -> bool {
     grpc::status_code(response.headers()) == Some(tonic::Code::Cancelled)
         && response
             .headers()
-            .get("grpc-message")
+            .get(&grpc::GRPC_MESSAGE)
             .is_some_and(|message| {
                 matches!(
                     message.as_bytes(),
@@ -329,6 +345,50 @@ mod tests {
         assert_eq!(encode_timeout(Duration::from_micros(1_234_567)), "1234m");
         let round_trip = parse_timeout(&encode_timeout(Duration::from_millis(1500))).unwrap();
         assert_eq!(round_trip, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn grpc_timeouts_encode_at_most_8_digits_and_switch_units_at_the_edges() {
+        let micros = Duration::from_micros;
+        for (budget, text) in [
+            (Duration::ZERO, "0u"),
+            (Duration::from_nanos(999), "0u"),
+            (micros(1), "1u"),
+            (micros(99_999), "99999u"),
+            (micros(100_000), "100m"),
+            (micros(100_999), "100m"),
+            (micros(99_999_999_999), "99999999m"),
+            (micros(100_000_000_000), "100000S"),
+            (micros(99_999_999_999_999), "99999999S"),
+            (micros(100_000_000_000_000), "99999999S"),
+            (Duration::MAX, "99999999S"),
+        ] {
+            let value = encode_timeout(budget);
+            assert_eq!(value, text, "{budget:?}");
+            assert!(
+                parse_timeout(&value).is_some_and(|back| back <= budget),
+                "{text}"
+            );
+        }
+        // The same text as the `format!` it replaced, across every digit count of each unit.
+        let formatted = |budget: Duration| {
+            let micros = budget.as_micros().min(u64::MAX as u128) as u64;
+            if micros < 100_000 {
+                format!("{micros}u")
+            } else if micros / 1000 <= 99_999_999 {
+                format!("{}m", micros / 1000)
+            } else {
+                format!("{}S", (micros / 1_000_000).min(99_999_999))
+            }
+        };
+        let mut value = 1u64;
+        while value < u64::MAX / 10 {
+            for budget in [value - 1, value, value + 7, value * 3 + 1] {
+                let budget = micros(budget);
+                assert_eq!(encode_timeout(budget), formatted(budget).as_str());
+            }
+            value *= 10;
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,12 +8,21 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Code, Status, body::Body};
 
 /// Metadata key by which a server asks its clients to wait before retrying (gRPC's retry
 /// design, A6): a number of milliseconds, or a negative value for "do not retry".
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+// Header names as constants: a lookup by `&str` parses the name again on every call.
+
+/// [`RETRY_PUSHBACK`] as a header name.
+pub const RETRY_PUSHBACK_HEADER: HeaderName = HeaderName::from_static(RETRY_PUSHBACK);
+/// The header (or trailer) carrying a call's status code.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// The header (or trailer) carrying a call's status message.
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Whether the call at `path` is the server's own infrastructure (health checks, reflection):
 /// polled all the time, so never traced and never shed.
@@ -23,7 +32,11 @@ pub fn is_infrastructure(path: &str) -> bool {
 
 /// The status code in `headers` (a trailers-only answer) or trailers, if any.
 pub fn status_code(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(&GRPC_STATUS)?;
+    // Nearly every status is one digit: no need to go through `str::parse`.
+    if let &[digit @ b'0'..=b'9'] = value.as_bytes() {
+        return Some(Code::from_i32(i32::from(digit - b'0')));
+    }
     let code = std::str::from_utf8(value.as_bytes())
         .ok()?
         .trim()
@@ -35,7 +48,7 @@ pub fn status_code(headers: &HeaderMap) -> Option<Code> {
 /// What the server asked of a retry: `Some(Some(d))` wait `d`, `Some(None)` do not retry,
 /// `None` it said nothing.
 pub fn retry_pushback(headers: &HeaderMap) -> Option<Option<Duration>> {
-    let value = headers.get(RETRY_PUSHBACK)?.to_str().ok()?.trim();
+    let value = headers.get(&RETRY_PUSHBACK_HEADER)?.to_str().ok()?.trim();
     Some(match value.parse::<i64>() {
         Ok(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
         _ => None,
@@ -119,7 +132,7 @@ pub fn refusal_with_pushback(status: Status, pushback: Option<Duration>) -> http
         Some(wait) => HeaderValue::from(wait.as_millis().min(i64::MAX as u128) as i64),
         None => HeaderValue::from_static("-1"),
     };
-    response.headers_mut().insert(RETRY_PUSHBACK, value);
+    response.headers_mut().insert(RETRY_PUSHBACK_HEADER, value);
     response
 }
 
@@ -143,6 +156,26 @@ mod tests {
         );
         let err = validate_error_codes("codes", &["OK".into()]).unwrap_err();
         assert_eq!(err, ("codes[0]".into(), "OK is not an error code".into()));
+    }
+
+    #[test]
+    fn status_codes_parse_as_numbers_with_blanks_and_signs() {
+        let code = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(GRPC_STATUS, HeaderValue::from_static(value));
+            status_code(&headers)
+        };
+        assert_eq!(code("0"), Some(Code::Ok));
+        assert_eq!(code("5"), Some(Code::NotFound));
+        assert_eq!(code("14"), Some(Code::Unavailable));
+        assert_eq!(code(" 4 "), Some(Code::DeadlineExceeded));
+        assert_eq!(code("+3"), Some(Code::InvalidArgument));
+        assert_eq!(code("99"), Some(Code::Unknown));
+        assert_eq!(code("-1"), Some(Code::Unknown));
+        for bad in ["", "x", "1x", "1.0"] {
+            assert_eq!(code(bad), None, "{bad}");
+        }
+        assert_eq!(status_code(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{
     task::{Context as TaskContext, Poll, ready},
 };
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header::AUTHORIZATION};
 use opentelemetry::{
     baggage::{BaggageExt as _, KeyValueMetadata},
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator as _},
@@ -44,12 +44,14 @@ pub type TraceContext = opentelemetry::Context;
 
 /// Metadata key of the request id.
 pub const REQUEST_ID: &str = "x-request-id";
+/// [`REQUEST_ID`] as a header name: a lookup or insert by `&str` parses the name every time.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 /// The W3C baggage member that carries the request id.
 pub const BAGGAGE_REQUEST_ID: &str = "request_id";
 
-/// Headers copied as they came from an inbound call to the calls it causes (the trace context
-/// is not copied: each outgoing call carries its own client span's).
-const FORWARDED: [&str; 2] = [REQUEST_ID, "authorization"];
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE_HEADER: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE_HEADER: HeaderName = HeaderName::from_static("baggage");
 
 /// W3C TraceContext then W3C Baggage.
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(w3c_propagator);
@@ -81,7 +83,13 @@ pub struct CallContext {
     lite: bool,
     /// Made on first use: a call that neither logs nor calls out never needs them.
     ids: std::sync::OnceLock<TraceIds>,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    // Copied as they came from the inbound call to the calls it causes (the trace context is
+    // not: each outgoing call carries its own client span's). Fields, not a list: no
+    // allocation to make, clone and drop on every call.
+    /// The caller's `authorization`.
+    authorization: Option<HeaderValue>,
+    /// The request id as an `x-request-id` value.
+    request_id_value: Option<HeaderValue>,
 }
 
 /// A trace id, a span id and the sampling decision, as a `traceparent` carries them.
@@ -137,21 +145,15 @@ impl CallContext {
 
     pub(crate) fn from_headers_in(mode: Mode, headers: &HeaderMap) -> Self {
         let trace = TraceHeaders::of(headers);
-        let request_id = request_id_of(headers, &trace);
-        let mut forwarded = Vec::with_capacity(FORWARDED.len());
-        if let Some(value) = headers.get("authorization") {
-            forwarded.push((HeaderName::from_static("authorization"), value.clone()));
-        }
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            forwarded.push((HeaderName::from_static(REQUEST_ID), value));
-        }
+        let (request_id, request_id_value) = request_id_of(headers, &trace);
         Self {
             request_id,
             lite: mode == Mode::Lite,
             ids: std::sync::OnceLock::new(),
             trace,
             deadline: crate::deadline::inbound_deadline(headers),
-            headers: forwarded,
+            authorization: headers.get(AUTHORIZATION).cloned(),
+            request_id_value,
         }
     }
 
@@ -165,7 +167,8 @@ impl CallContext {
             ids: std::sync::OnceLock::new(),
             trace,
             deadline: None,
-            headers: Vec::new(),
+            authorization: None,
+            request_id_value: None,
         }
     }
 
@@ -189,10 +192,15 @@ impl CallContext {
     /// Adds this context's `authorization` and `x-request-id` to `headers`, keeping any already
     /// set.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.headers {
-            if !headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
-            }
+        if let Some(value) = &self.authorization {
+            headers
+                .entry(AUTHORIZATION)
+                .or_insert_with(|| value.clone());
+        }
+        if let Some(value) = &self.request_id_value {
+            headers
+                .entry(REQUEST_ID_HEADER)
+                .or_insert_with(|| value.clone());
         }
     }
 }
@@ -229,9 +237,9 @@ impl TraceHeaders {
     /// The trace headers of `headers`.
     pub fn of(headers: &HeaderMap) -> Self {
         Self {
-            traceparent: headers.get("traceparent").cloned(),
-            tracestate: headers.get("tracestate").cloned(),
-            baggage: headers.get("baggage").cloned(),
+            traceparent: headers.get(&TRACEPARENT_HEADER).cloned(),
+            tracestate: headers.get(&TRACESTATE_HEADER).cloned(),
+            baggage: headers.get(&BAGGAGE_HEADER).cloned(),
         }
     }
 
@@ -317,19 +325,30 @@ pub fn extract(headers: &HeaderMap) -> TraceContext {
 }
 
 /// The request id of an inbound request: its `x-request-id`, else its baggage's `request_id`,
-/// if valid; else a new one.
-fn request_id_of(headers: &HeaderMap, trace: &TraceHeaders) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
+/// if valid; else a new one. With it as a header value.
+fn request_id_of(headers: &HeaderMap, trace: &TraceHeaders) -> (String, Option<HeaderValue>) {
+    if let Some(value) = headers.get(&REQUEST_ID_HEADER)
+        && let Ok(id) = value.to_str()
+        && is_valid_request_id(id)
+    {
+        // The value that came holds the very bytes a new one would: share it instead of
+        // copying (and not sensitive, as a new one would not be).
+        let mut value = value.clone();
+        value.set_sensitive(false);
+        return (id.to_owned(), Some(value));
+    }
+    let id = match trace
+        .baggage_request_id()
         .filter(|id| is_valid_request_id(id))
-        .or_else(|| {
-            trace
-                .baggage_request_id()
-                .filter(|id| is_valid_request_id(id))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    {
+        Some(id) => id.to_owned(),
+        None => uuid::Uuid::new_v4()
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned(),
+    };
+    let value = HeaderValue::from_str(&id).ok();
+    (id, value)
 }
 
 /// `cx` with `request_id` as its baggage's `request_id`.
@@ -396,10 +415,7 @@ fn inject_outgoing_in(
         }
         Mode::Lite => {
             if let Some(ids) = call.and_then(CallContext::ids) {
-                set(
-                    HeaderName::from_static("traceparent"),
-                    sensitive(ids.traceparent()),
-                );
+                set(TRACEPARENT_HEADER, sensitive(ids.traceparent()));
                 pass_on(inbound, request_id, false, set);
                 return;
             }
@@ -425,23 +441,17 @@ fn pass_on(
     set: &mut dyn FnMut(HeaderName, HeaderValue),
 ) {
     if with_parent && let Some(value) = &inbound.traceparent {
-        set(
-            HeaderName::from_static("traceparent"),
-            sensitive(value.clone()),
-        );
+        set(TRACEPARENT_HEADER, sensitive(value.clone()));
     }
     if let Some(value) = &inbound.tracestate {
-        set(
-            HeaderName::from_static("tracestate"),
-            sensitive(value.clone()),
-        );
+        set(TRACESTATE_HEADER, sensitive(value.clone()));
     }
     let baggage = match request_id {
         Some(id) => inbound.baggage_with(id),
         None => inbound.baggage.clone(),
     };
     if let Some(value) = baggage {
-        set(HeaderName::from_static("baggage"), sensitive(value));
+        set(BAGGAGE_HEADER, sensitive(value));
     }
 }
 
@@ -464,9 +474,7 @@ pub fn inject(cx: &TraceContext, headers: &mut HeaderMap) {
 /// Inserts a header into `headers` unless one of that name is there (set by the caller).
 pub fn insert_absent(headers: &mut HeaderMap) -> impl FnMut(HeaderName, HeaderValue) + '_ {
     move |name, value| {
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
-        }
+        headers.entry(name).or_insert(value);
     }
 }
 
@@ -503,9 +511,9 @@ struct FnInjector<F>(F);
 impl<F: FnMut(HeaderName, HeaderValue)> Injector for FnInjector<F> {
     fn set(&mut self, key: &str, value: String) {
         let name = match key {
-            "traceparent" => HeaderName::from_static("traceparent"),
-            "tracestate" => HeaderName::from_static("tracestate"),
-            "baggage" => HeaderName::from_static("baggage"),
+            "traceparent" => TRACEPARENT_HEADER,
+            "tracestate" => TRACESTATE_HEADER,
+            "baggage" => BAGGAGE_HEADER,
             other => match HeaderName::from_bytes(other.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return,
@@ -843,6 +851,46 @@ mod tests {
             "from-header"
         );
         assert_eq!(cx.baggage().get("tenant").unwrap().as_str(), "a");
+    }
+
+    #[test]
+    fn the_request_id_is_sent_on_as_a_plain_header_whichever_way_it_came() {
+        let sent = |inbound: &HeaderMap| {
+            let context = CallContext::from_headers_in(Mode::Off, inbound);
+            let mut outgoing = HeaderMap::new();
+            context.apply(&mut outgoing);
+            (context.request_id, outgoing)
+        };
+        let mut inbound = HeaderMap::new();
+        let mut value = HeaderValue::from_static("req-9");
+        value.set_sensitive(true);
+        inbound.insert(REQUEST_ID_HEADER, value);
+        inbound.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        let (id, outgoing) = sent(&inbound);
+        assert_eq!(id, "req-9");
+        assert_eq!(outgoing[REQUEST_ID], "req-9");
+        assert!(!outgoing[REQUEST_ID].is_sensitive());
+        assert_eq!(outgoing["authorization"], "Bearer t");
+        let names: Vec<_> = outgoing.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["authorization", REQUEST_ID]);
+
+        let mut inbound = HeaderMap::new();
+        inbound.insert(
+            BAGGAGE_HEADER,
+            HeaderValue::from_static("request_id=from-bag"),
+        );
+        let (id, outgoing) = sent(&inbound);
+        assert_eq!((id.as_str(), outgoing.len()), ("from-bag", 1));
+        assert_eq!(outgoing[REQUEST_ID], "from-bag");
+
+        let (id, outgoing) = sent(&HeaderMap::new());
+        assert!(id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        assert_eq!(outgoing[REQUEST_ID], id.as_str());
+        assert!(
+            CallContext::at_edge(id, &HeaderMap::new())
+                .request_id_value
+                .is_none()
+        );
     }
 
     #[test]
