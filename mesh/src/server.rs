@@ -98,6 +98,9 @@ where
         })))
         .layer(AuthLayer::new(verifier));
     let slot = Arc::new(OnceLock::new());
+    let stack = stack.layer(DirectLayer {
+        gate: Gate { slot: slot.clone() },
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .layer(stack)
@@ -187,6 +190,67 @@ pub async fn shutdown_signal() {
     }
 }
 
+// === Direct ===
+
+/// Innermost server layer: sends the service's own calls straight to it, and only the rest
+/// (health, reflection, unknown services) through tonic's router.
+///
+/// tonic routes every call through an axum router, which matches the path and stores URL
+/// parameters that a gRPC call never has: about 4,500 instructions per call in weft-order's
+/// benchmark profile. A prefix comparison does the same job for the one service that matters.
+#[derive(Clone)]
+struct DirectLayer<S> {
+    gate: Gate<S>,
+}
+
+impl<S: Clone, R> tower::Layer<R> for DirectLayer<S> {
+    type Service = Direct<S, R>;
+    fn layer(&self, routes: R) -> Self::Service {
+        Direct {
+            gate: self.gate.clone(),
+            routes,
+        }
+    }
+}
+
+/// Service made by [`DirectLayer`].
+#[derive(Clone)]
+struct Direct<S, R> {
+    gate: Gate<S>,
+    routes: R,
+}
+
+impl<S, R> Service<http::Request<Body>> for Direct<S, R>
+where
+    Gate<S>: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService,
+    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future =
+        futures::future::Either<<Gate<S> as Service<http::Request<Body>>>::Future, R::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.routes.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if is_path_of(req.uri().path(), <Gate<S> as NamedService>::NAME) {
+            futures::future::Either::Left(self.gate.call(req))
+        } else {
+            futures::future::Either::Right(self.routes.call(req))
+        }
+    }
+}
+
+/// Whether `path` is `/{service}/{method}`.
+fn is_path_of(path: &str, service: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.strip_prefix(service))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
 // === Gate ===
 
 /// Forwards to the service once it is set; until then answers UNAVAILABLE.
@@ -223,5 +287,29 @@ where
                 Status::unavailable("starting up").into_http()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_path_of;
+
+    #[test]
+    fn only_the_services_own_methods_take_the_direct_route() {
+        let service = "weft.order.v1.OrderService";
+        assert!(is_path_of(
+            "/weft.order.v1.OrderService/GetProduct",
+            service
+        ));
+        assert!(!is_path_of(
+            "/weft.order.v1.OrderServiceX/GetProduct",
+            service
+        ));
+        assert!(!is_path_of("/grpc.health.v1.Health/Check", service));
+        assert!(!is_path_of(
+            "weft.order.v1.OrderService/GetProduct",
+            service
+        ));
+        assert!(!is_path_of("/weft.order.v1.OrderService", service));
     }
 }
