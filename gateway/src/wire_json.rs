@@ -467,9 +467,16 @@ impl Writer<'_> {
             present.push((index, value));
         }
 
+        // By field, each field's values still in the order of the bytes (a stable sort).
+        present.sort_by_key(|(index, _)| *index);
+        let mut next = 0;
         out.push(b'{');
         let mut first = true;
         for (index, field) in layout.fields.iter().enumerate() {
+            let start = next;
+            while next < present.len() && present[next].0 == index {
+                next += 1;
+            }
             if field
                 .oneof
                 .is_some_and(|oneof| oneof_members[oneof] != index)
@@ -481,7 +488,7 @@ impl Writer<'_> {
             }
             first = false;
             out.extend_from_slice(&field.key);
-            let mut values = present.iter().filter(|(i, _)| *i == index).map(|(_, v)| *v);
+            let mut values = present[start..next].iter().map(|(_, v)| *v);
             if let FieldKind::Map {
                 key,
                 value,

@@ -29,6 +29,10 @@
 //! }
 //! ```
 
+/// Every process linking the mesh allocates with mimalloc (see `bench/README.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod auth;
 pub mod balance;
 pub mod breaker;
