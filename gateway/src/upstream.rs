@@ -13,22 +13,17 @@ use std::{
     time::Duration,
 };
 
-use bytes::Buf as _;
-
 use http::uri::PathAndQuery;
 use prost::Message as _;
 use prost_reflect::DynamicMessage;
-use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataMap,
-};
+use tonic::{Status, codegen::Service as _};
 
 use weft_mesh::{
     MeshConfig,
     client::{ClientError, ResilientChannel, UpstreamPolicy},
     config::UpstreamConfig,
     deadline::Deadline,
+    grpc,
     live::Live,
     propagate::{self, Side},
     retry::Retryable,
@@ -128,22 +123,25 @@ impl Upstream {
         // The request's context is the task's (see `Gateway::handle`).
         propagate::inject_current(span, &mut propagate::insert_absent(&mut metadata));
         let retry_safe = self.carries_idempotency_field(path.as_str(), &message);
-        let mut request = tonic::Request::new(message);
-        *request.metadata_mut() = MetadataMap::from_headers(metadata);
+        let mut request = grpc::unary_request(path, &message.encode_to_vec(), metadata);
         let extensions = request.extensions_mut();
         extensions.insert(Deadline(tokio::time::Instant::now() + timeout));
         extensions.insert(propagate::ClientSpan(span.clone()));
         if retry_safe {
             extensions.insert(Retryable);
         }
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready()
+        let mut channel = self.channel.clone();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
             .await
             .map_err(|e| Status::unavailable(format!("upstream {} unavailable: {e}", self.name)))?;
-        match grpc.unary(request, path, JsonReplyCodec { reply }).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(connect_failure_named(status, &self.name)),
-        }
+        let answer = match channel.call(request).await {
+            Ok(response) => grpc::unary_reply(response).await,
+            Err(error) => Err(Status::from_error(error.into())),
+        };
+        let bytes = answer.map_err(|status| connect_failure_named(status, &self.name))?;
+        reply
+            .write(&bytes)
+            .map_err(|e| Status::internal(format!("cannot decode upstream response: {e}")))
     }
 
     /// Whether `message` sets the field that makes calls to `path` safe to retry.
@@ -184,60 +182,6 @@ fn copy_headers(headers: &http::HeaderMap, metadata: &mut http::HeaderMap) {
             value.set_sensitive(true);
             metadata.insert(name.clone(), value);
         }
-    }
-}
-
-// === JsonReplyCodec ===
-
-/// Encodes dynamic requests; writes each reply straight to its JSON answer.
-struct JsonReplyCodec {
-    reply: Arc<ReplyWriter>,
-}
-
-impl Codec for JsonReplyCodec {
-    type Encode = DynamicMessage;
-    type Decode = Vec<u8>;
-    type Encoder = DynamicEncoder;
-    type Decoder = JsonReplyDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        DynamicEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        JsonReplyDecoder {
-            reply: self.reply.clone(),
-        }
-    }
-}
-
-struct DynamicEncoder;
-
-impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("cannot encode request: {e}")))
-    }
-}
-
-struct JsonReplyDecoder {
-    reply: Arc<ReplyWriter>,
-}
-
-impl Decoder for JsonReplyDecoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        // Contiguous in tonic's buffer: no copy.
-        let bytes = src.copy_to_bytes(src.remaining());
-        self.reply
-            .write(&bytes)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("cannot decode upstream response: {e}")))
     }
 }
 
