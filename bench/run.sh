@@ -7,6 +7,12 @@
 # baseline/weft runs, default 2), CONNECTIONS (default 64), WARMUP (seconds, default 3),
 # KEEP=1 (keep the temp dir with configs and logs), NO_BUILD=1 (use existing release binaries),
 # BIN_DIR=DIR (run the binaries in DIR instead, e.g. a build with another profile; no build).
+#
+# PROFILE=weft-gateway|weft-order counts instructions instead of timing: that process runs under
+# valgrind's callgrind, gets WARM requests (default 200), is zeroed, gets exactly REQUESTS
+# requests (default 2000, over PARALLEL keep-alive connections, default 4), and its counts are
+# dumped to $WORK/callgrind.out.1 (kept); the script prints instructions per request. Instruction
+# counts do not depend on the machine's noise: use them for changes wrk cannot resolve.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -83,15 +89,23 @@ trap 'exit 143' TERM
 start() {
     local name="$1"
     shift
-    (cd "$WORK" && exec "$BIN/$name" "$@") >"$WORK/$name.log" 2>&1 &
+    if [ "$name" = "${PROFILE:-}" ]; then
+        (cd "$WORK" && exec valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+            --dump-instr=no "$BIN/$name" "$@") >"$WORK/$name.log" 2>&1 &
+    else
+        (cd "$WORK" && exec "$BIN/$name" "$@") >"$WORK/$name.log" 2>&1 &
+    fi
     PIDS[$name]=$!
 }
 
 # wait_http URL NAME: polls URL until it answers 200 (20 s at most).
 wait_http() {
     local url="$1" name="$2"
-    for _ in $(seq 1 200); do
-        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+    # Under valgrind a process starts about 50 times slower.
+    local tries=200
+    [ -n "${PROFILE:-}" ] && tries=1200
+    for _ in $(seq 1 "$tries"); do
+        if curl -fsS -o /dev/null --max-time 10 "$url" 2>/dev/null; then
             return 0
         fi
         for proc in "${!PIDS[@]}"; do
@@ -99,7 +113,7 @@ wait_http() {
         done
         sleep 0.1
     done
-    die "$name not ready at $url after 20 s"
+    die "$name not ready at $url after $((tries / 10)) s"
 }
 
 # free_ports N: N distinct free TCP ports on 127.0.0.1.
@@ -172,8 +186,18 @@ EOF
 log "starting weft-auth, weft-user, weft-order, weft-gateway in $WORK"
 # RUST_LOG would override the config's "warn" filter.
 unset RUST_LOG
+# Under valgrind weft-order needs seconds to listen: it starts first, or the gateway would eject
+# its endpoint (connection refused) and the set-up calls would fail with 503.
+if [ "${PROFILE:-}" = weft-order ]; then
+    start weft-order --config "$CONFIG"
+    for _ in $(seq 1 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$P_ORDER") 2>/dev/null && break
+        kill -0 "${PIDS[weft-order]}" 2>/dev/null || die "weft-order exited early"
+        sleep 0.2
+    done
+fi
 for name in weft-auth weft-user weft-order weft-gateway; do
-    start "$name" --config "$CONFIG"
+    [ -n "${PIDS[$name]:-}" ] || start "$name" --config "$CONFIG"
 done
 GATEWAY="http://127.0.0.1:$P_GATEWAY"
 wait_http "$GATEWAY/readyz" weft-gateway
@@ -192,6 +216,31 @@ PRODUCT_ID="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$created")"
 [ -n "$PRODUCT_ID" ] || die "no product id in: $created"
 WEFT_URL="$GATEWAY/v1/products/$PRODUCT_ID"
 curl -fsS -o "$WORK/product.json" "$WEFT_URL" || die "GET $WEFT_URL failed"
+
+if [ -n "${PROFILE:-}" ]; then
+    command -v valgrind >/dev/null || die "PROFILE needs valgrind (apt-get install -y valgrind)"
+    [ -n "${PIDS[$PROFILE]:-}" ] || die "PROFILE must be weft-gateway or weft-order"
+    REQUESTS="${REQUESTS:-2000}" WARM="${WARM:-200}" PARALLEL="${PARALLEL:-4}"
+    # A curl config asking for the URL n times; --parallel keeps PARALLEL connections busy.
+    requests() {
+        local n="$1" file="$WORK/requests-$1.cfg"
+        for _ in $(seq 1 "$n"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$WEFT_URL"; done >"$file"
+        curl -sS -Z --parallel-max "$PARALLEL" -w '%{http_code}\n' -K "$file"
+    }
+    log "profiling $PROFILE: $WARM requests of warm-up, then $REQUESTS counted"
+    requests "$WARM" >/dev/null
+    callgrind_control --zero "${PIDS[$PROFILE]}" >/dev/null
+    ok="$(requests "$REQUESTS" | grep -c '^200$' || true)"
+    callgrind_control --dump="$REQUESTS requests" "${PIDS[$PROFILE]}" >/dev/null
+    [ "$ok" = "$REQUESTS" ] || die "only $ok of $REQUESTS requests answered 200"
+    sleep 1
+    dump="$WORK/callgrind.out.1"
+    total="$(awk '/^summary:/ {print $2}' "$dump")"
+    echo "$PROFILE: $((total / REQUESTS)) instructions per request ($total for $REQUESTS requests)"
+    echo "callgrind file: $dump (callgrind_annotate --inclusive=yes $dump)"
+    KEEP=1
+    exit 0
+fi
 
 # The baseline answers the gateway's own body, so both send the same bytes.
 start weft-bench-baseline "127.0.0.1:$P_BASE" "$WORK/product.json"
