@@ -14,7 +14,6 @@ use std::{
 };
 
 use http::uri::PathAndQuery;
-use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use tonic::{Status, codegen::Service as _};
 
@@ -123,7 +122,7 @@ impl Upstream {
         // The request's context is the task's (see `Gateway::handle`).
         propagate::inject_current(span, &mut propagate::insert_absent(&mut metadata));
         let retry_safe = self.carries_idempotency_field(path.as_str(), &message);
-        let mut request = grpc::unary_request(path, &message.encode_to_vec(), metadata);
+        let mut request = grpc::unary_request(path, &message, metadata);
         let extensions = request.extensions_mut();
         extensions.insert(Deadline(tokio::time::Instant::now() + timeout));
         extensions.insert(propagate::ClientSpan(span.clone()));

@@ -34,22 +34,20 @@ pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// The largest reply message [`unary_reply`] reads: tonic's default decoding limit.
 pub const MAX_REPLY_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// A unary call to `path` (`/package.Service/Method`) carrying `message`, an encoded protobuf
-/// message, as its one frame; `headers` are its metadata.
+/// A unary call to `path` (`/package.Service/Method`) carrying `message` as its one frame;
+/// `headers` are its metadata.
 pub fn unary_request(
     path: http::uri::PathAndQuery,
-    message: &[u8],
+    message: &impl prost::Message,
     mut headers: HeaderMap,
 ) -> http::Request<Body> {
-    let mut frame = bytes::BytesMut::with_capacity(5 + message.len());
+    let len = message.encoded_len();
+    let mut frame = bytes::BytesMut::with_capacity(5 + len);
     frame.extend_from_slice(&[0]);
     // A message larger than 4 GiB cannot be framed; it would not have been sent either.
-    frame.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    frame.extend_from_slice(message);
+    frame.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    // Written straight into the frame: `frame` has room for it, so this cannot fail.
+    let _ = message.encode(&mut frame);
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -373,9 +371,10 @@ mod tests {
     async fn a_unary_request_is_one_frame_with_grpcs_headers() {
         let mut metadata = HeaderMap::new();
         metadata.insert("x-request-id", HeaderValue::from_static("r1"));
+        let message = String::from("abc");
         let request = unary_request(
             http::uri::PathAndQuery::from_static("/weft.order.v1.OrderService/GetProduct"),
-            b"abc",
+            &message,
             metadata,
         );
         assert_eq!(request.method(), http::Method::POST);
@@ -387,7 +386,10 @@ mod tests {
             .await
             .unwrap()
             .to_bytes();
-        assert_eq!(&body[..], &frame(b"abc")[..]);
+        assert_eq!(
+            &body[..],
+            &frame(&prost::Message::encode_to_vec(&message))[..]
+        );
     }
 
     #[test]

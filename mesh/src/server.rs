@@ -106,7 +106,6 @@ where
         .layer(stack)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(Gate { slot: slot.clone() })
         .serve_with_incoming_shutdown(
             // Small unary answers must not wait for Nagle's algorithm.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
