@@ -162,13 +162,7 @@ async fn a_client_that_disconnects_cancels_the_calls_it_caused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_no_error_when_one_of_two_instances_is_killed_mid_load() {
-    let options = MeshOptions {
-        gateway: true,
-        replicas: vec![ServiceName::User],
-        ..MeshOptions::default()
-    };
-    let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
-    let user = mesh.new_user().await;
+    let (mesh, user) = two_user_instances().await;
     let gateway = Gateway::of(&mesh);
 
     // Four clients read their profile over and over for 2.5 s; one instance dies at 0.8 s.
@@ -183,13 +177,7 @@ async fn reads_see_no_error_when_one_of_two_instances_is_killed_mid_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_leave_and_join_by_a_config_edit_without_dropping_calls() {
-    let options = MeshOptions {
-        gateway: true,
-        replicas: vec![ServiceName::User],
-        ..MeshOptions::default()
-    };
-    let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
-    let user = mesh.new_user().await;
+    let (mesh, user) = two_user_instances().await;
     let first = format!("http://{}", mesh.addr(ServiceName::User));
     let second = format!("http://{}", mesh.replica_addr(0));
 
@@ -229,6 +217,18 @@ async fn endpoints_leave_and_join_by_a_config_edit_without_dropping_calls() {
         "the gateway did not reload both edits:\n{logs}"
     );
     mesh.assert_no_panics();
+}
+
+/// A mesh with a gateway and two weft-user instances (the upstream lists both), and a user.
+async fn two_user_instances() -> (TestMesh, AuthTokens) {
+    let options = MeshOptions {
+        gateway: true,
+        replicas: vec![ServiceName::User],
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
+    let user = mesh.new_user().await;
+    (mesh, user)
 }
 
 /// Four clients reading their profile (`GET /v1/me` with `token`) over kept-alive

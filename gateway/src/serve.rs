@@ -32,7 +32,7 @@ use weft_mesh::{
     auth::{JwtVerifier, Principal, Role, bearer_token},
     config::{GatewayConfig, MeshConfig},
     live::Live,
-    propagate::{self, CallContext, REQUEST_ID_HEADER, is_valid_request_id},
+    propagate::{self, CallContext, REQUEST_ID_HEADER},
     ratelimit::{ANY_ROUTE, Decision, RateLimitPolicy, RateLimiter},
     reload,
     telemetry::{self, SPAN_TARGET},
@@ -801,15 +801,8 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 /// The incoming request id if acceptable, else a new one; as text and as a header value.
 fn request_id(headers: &http::HeaderMap) -> (String, HeaderValue) {
-    if let Some(value) = headers.get(&REQUEST_ID_HEADER)
-        && let Ok(id) = value.to_str()
-        && is_valid_request_id(id)
-    {
-        // The value that came holds the very bytes a new one would: share it instead of
-        // copying (and not sensitive, as a new one would not be).
-        let mut value = value.clone();
-        value.set_sensitive(false);
-        return (id.to_owned(), value);
+    if let Some(incoming) = propagate::incoming_request_id(headers) {
+        return incoming;
     }
     let id = new_request_id();
     let value = HeaderValue::from_str(&id).expect("request ids are header-safe");
@@ -1181,7 +1174,7 @@ mod tests {
         assert_eq!(ids.len(), 10_000);
         assert!(
             ids.iter()
-                .all(|id| id.len() == 32 && is_valid_request_id(id))
+                .all(|id| id.len() == 32 && propagate::is_valid_request_id(id))
         );
         assert!(
             ids.iter()

@@ -215,6 +215,17 @@ pub fn current_request_id() -> Option<String> {
     CURRENT.try_with(|c| c.request_id.clone()).ok()
 }
 
+/// The request's `x-request-id` if acceptable, as text and as a header value.
+pub fn incoming_request_id(headers: &HeaderMap) -> Option<(String, HeaderValue)> {
+    let value = headers.get(&REQUEST_ID_HEADER)?;
+    let id = value.to_str().ok().filter(|id| is_valid_request_id(id))?;
+    // The value that came holds the very bytes a new one would: share it instead of copying
+    // (and not sensitive, as a new one would not be).
+    let mut shared = value.clone();
+    shared.set_sensitive(false);
+    Some((id.to_owned(), shared))
+}
+
 /// Whether an incoming request id is acceptable: 1..128 characters of `[A-Za-z0-9._:-]`.
 pub fn is_valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -327,15 +338,8 @@ pub fn extract(headers: &HeaderMap) -> TraceContext {
 /// The request id of an inbound request: its `x-request-id`, else its baggage's `request_id`,
 /// if valid; else a new one. With it as a header value.
 fn request_id_of(headers: &HeaderMap, trace: &TraceHeaders) -> (String, Option<HeaderValue>) {
-    if let Some(value) = headers.get(&REQUEST_ID_HEADER)
-        && let Ok(id) = value.to_str()
-        && is_valid_request_id(id)
-    {
-        // The value that came holds the very bytes a new one would: share it instead of
-        // copying (and not sensitive, as a new one would not be).
-        let mut value = value.clone();
-        value.set_sensitive(false);
-        return (id.to_owned(), Some(value));
+    if let Some((id, value)) = incoming_request_id(headers) {
+        return (id, Some(value));
     }
     let id = match trace
         .baggage_request_id()
