@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{sync::mpsc, task::JoinHandle, time::sleep_until};
-use weft_mesh::{MeshConfig, ServiceName};
+use weft_mesh::{MeshConfig, config::process_name};
 
 use crate::{
     child::{self, Exited, Launch, Running},
@@ -68,14 +68,15 @@ pub struct UpArgs {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     /// A gRPC service: `grpc.health.v1` at its listen address.
-    Service(ServiceName),
+    Service(SocketAddr),
     /// The REST gateway: `/healthz` then `/readyz`.
     Gateway,
 }
 
-/// One of the four processes, across its restarts.
+/// One of the processes (every service declared in mesh-config, then the gateway), across its
+/// restarts.
 struct Slot {
-    name: &'static str,
+    name: String,
     kind: Kind,
     binary: PathBuf,
     running: Option<Running>,
@@ -158,18 +159,17 @@ impl Supervisor {
         args: &UpArgs,
         output: Output,
     ) -> anyhow::Result<Self> {
-        let children = [
-            ("weft-auth", Kind::Service(ServiceName::Auth)),
-            ("weft-user", Kind::Service(ServiceName::User)),
-            ("weft-order", Kind::Service(ServiceName::Order)),
-            ("weft-gateway", Kind::Gateway),
-        ];
+        // The services in the order mesh-config declares them (by name); the gateway last.
+        let children = config
+            .services
+            .iter()
+            .map(|(name, service)| (process_name(name), Kind::Service(service.listen)))
+            .chain([("weft-gateway".to_owned(), Kind::Gateway)]);
         let slots: Vec<Slot> = children
-            .into_iter()
             .map(|(name, kind)| Slot {
+                binary: child::binary_in(bin_dir, &name),
                 name,
                 kind,
-                binary: child::binary_in(bin_dir, name),
                 running: None,
                 restart_at: None,
                 quick_exits: 0,
@@ -179,7 +179,7 @@ impl Supervisor {
         let missing: Vec<&str> = slots
             .iter()
             .filter(|s| !s.binary.is_file())
-            .map(|s| s.name)
+            .map(|s| s.name.as_str())
             .collect();
         if !missing.is_empty() {
             bail!(
@@ -206,7 +206,7 @@ impl Supervisor {
     /// The address a child listens on.
     fn listen(&self, kind: Kind) -> SocketAddr {
         match kind {
-            Kind::Service(name) => self.config.service(name).listen,
+            Kind::Service(listen) => listen,
             Kind::Gateway => self.config.gateway.listen,
         }
     }
@@ -251,14 +251,13 @@ impl Supervisor {
 
     /// Says what is about to run, and where its data lives.
     fn describe(&self) {
-        let databases: Vec<String> = [ServiceName::Auth, ServiceName::User, ServiceName::Order]
-            .into_iter()
-            .map(|name| {
-                format!(
-                    "{} {}",
-                    name.key(),
-                    weft_mesh::db::redact(&self.config.service(name).database_url)
-                )
+        let databases: Vec<String> = self
+            .config
+            .services
+            .iter()
+            .filter(|(_, service)| !service.database_url.is_empty())
+            .map(|(name, service)| {
+                format!("{name} {}", weft_mesh::db::redact(&service.database_url))
             })
             .collect();
         self.output.info(&format!(
@@ -270,7 +269,7 @@ impl Supervisor {
 
     /// Starts the child of `slot` and waits until it is healthy.
     async fn start(&mut self, slot: usize, signals: &mut Signals) -> anyhow::Result<Wait> {
-        let name = self.slots[slot].name;
+        let name = self.slots[slot].name.clone();
         let kind = self.slots[slot].kind;
         let addr = probe::connect_addr(self.listen(kind));
         let running = self.spawn(slot)?;
@@ -345,7 +344,7 @@ impl Supervisor {
 
     fn spawn(&self, slot: usize) -> anyhow::Result<Running> {
         let launch = Launch {
-            name: self.slots[slot].name,
+            name: &self.slots[slot].name,
             slot,
             binary: &self.slots[slot].binary,
             config: &self.config_path,
@@ -355,20 +354,20 @@ impl Supervisor {
     }
 
     /// Forgets the process of an exit event; returns its name and a report of its last lines.
-    fn exited(&mut self, exit: &Exited) -> (&'static str, String) {
+    fn exited(&mut self, exit: &Exited) -> (String, String) {
         let slot = &mut self.slots[exit.slot];
         let running = slot.running.take_if(|r| r.pid == exit.pid);
         if let Some(watch) = slot.watch.take() {
             watch.abort();
         }
         let logs = running.map(|r| r.logs.report()).unwrap_or_default();
-        (slot.name, logs)
+        (slot.name.clone(), logs)
     }
 
     /// Says where the mesh answers.
     fn ready(&self, elapsed: Duration) {
         let url = self.gateway_url();
-        let names: Vec<&str> = self.slots.iter().map(|s| s.name).collect();
+        let names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
         self.output.info(&format!(
             "ready: {} are healthy ({:.1}s)\n  REST API  {url}\n  docs      {url}/docs\n  \
              try       curl {url}/v1/products\nCtrl-C stops everything.",
@@ -468,7 +467,7 @@ impl Supervisor {
                 continue;
             }
             self.slots[slot].restart_at = None;
-            let name = self.slots[slot].name;
+            let name = self.slots[slot].name.clone();
             match self.spawn(slot) {
                 Ok(running) => {
                     self.output.info(&format!(
@@ -494,7 +493,7 @@ impl Supervisor {
 
     /// Says when a restarted child is healthy again (or that it is not, after the start timeout).
     fn watch_health(&self, slot: usize) -> JoinHandle<()> {
-        let (name, kind) = (self.slots[slot].name, self.slots[slot].kind);
+        let (name, kind) = (self.slots[slot].name.clone(), self.slots[slot].kind);
         let addr = probe::connect_addr(self.listen(kind));
         let (tls, output, timeout) = (self.tls(), self.output, self.start_timeout);
         tokio::spawn(async move {

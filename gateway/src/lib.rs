@@ -36,6 +36,51 @@ use weft_mesh::MeshConfig;
 
 pub use serve::Gateway;
 
+/// What the gateway's unit tests share: Weft's contract and a config that routes it.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use weft_mesh::{
+        MeshConfig,
+        config::UpstreamConfig,
+        contract::{self, Contract},
+    };
+
+    use crate::table::RouteTable;
+
+    /// Weft's three services as upstreams, all at `endpoint`.
+    pub fn weft_config(endpoint: &str) -> MeshConfig {
+        let mut config = MeshConfig::default();
+        for (name, service) in [
+            ("auth", "weft.auth.v1.AuthService"),
+            ("user", "weft.user.v1.UserService"),
+            ("order", "weft.order.v1.OrderService"),
+        ] {
+            let mut upstream = UpstreamConfig::with_endpoint(endpoint.to_owned());
+            upstream.grpc_services = vec![service.to_owned()];
+            config.upstreams.insert(name.to_owned(), upstream);
+        }
+        config
+    }
+
+    /// Installs Weft's contract as the process's (for the code that reads
+    /// [`contract::current`]); the same for every test of the process.
+    pub fn install_weft_contract() -> &'static Contract {
+        let config = weft_config("http://127.0.0.1:1");
+        contract::install(
+            Contract::load(&[weft_proto::FILE_DESCRIPTOR_SET], &config)
+                .expect("Weft's contract loads"),
+        );
+        contract::current()
+    }
+
+    /// The route table of Weft's own services.
+    pub fn weft_table() -> RouteTable {
+        let contract = install_weft_contract();
+        RouteTable::build_with(&weft_config("http://127.0.0.1:1"), contract)
+            .expect("Weft's own rules are valid")
+    }
+}
+
 /// Serves the gateway as configured until SIGINT or SIGTERM, then drains.
 pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(config.clone())?);

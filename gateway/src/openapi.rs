@@ -19,7 +19,7 @@ use prost_reflect::{
     DynamicMessage, EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor,
 };
 use serde_json::{Map, Value, json};
-use weft_proto::Access;
+use weft_mesh::contract::Access;
 
 use crate::{
     route::{PathTemplate, Segment},
@@ -976,7 +976,7 @@ mod tests {
     use weft_mesh::MeshConfig;
 
     fn weft_document() -> Value {
-        let table = RouteTable::build(&MeshConfig::default()).expect("Weft's own rules are valid");
+        let table = crate::test_support::weft_table();
         document(&table)
     }
 
@@ -1019,7 +1019,7 @@ mod tests {
 
     #[test]
     fn every_routed_method_appears_with_its_method_and_path() {
-        let table = RouteTable::build(&MeshConfig::default()).unwrap();
+        let table = crate::test_support::weft_table();
         let doc = document(&table);
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["title"], "Weft API");
@@ -1481,15 +1481,17 @@ mod tests {
     }
 
     fn foreign_document() -> Value {
-        use weft_mesh::config::{DefaultAccess, DescriptorSetConfig};
+        use weft_mesh::config::{DefaultAccess, UpstreamConfig};
         let file = temp_file("shelf.binpb", &foreign_descriptor_set());
-        let mut config = MeshConfig::default();
-        config.gateway.descriptor_sets.push(DescriptorSetConfig {
-            file: file.clone(),
-            endpoint: "http://127.0.0.1:1".into(),
-            default_access: DefaultAccess::Public,
-        });
-        let table = RouteTable::build(&config);
+        let mut config = crate::test_support::weft_config("http://127.0.0.1:1");
+        let mut shelf = UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
+        shelf.descriptor_set = Some(file.clone());
+        shelf.default_access = DefaultAccess::Public;
+        config.upstreams.insert("shelf".into(), shelf);
+        let contract =
+            weft_mesh::contract::Contract::load(&[weft_proto::FILE_DESCRIPTOR_SET], &config)
+                .expect("the foreign descriptor set is readable");
+        let table = RouteTable::build_with(&config, &contract);
         let _ = std::fs::remove_file(&file);
         document(&table.expect("the foreign descriptor set is valid"))
     }

@@ -28,8 +28,7 @@ use hyper::body::Incoming;
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
 use weft_mesh::{
-    ServiceName,
-    auth::{JwtVerifier, Principal, Role, bearer_token},
+    auth::{AuthError, JwtVerifier, KeySource, Principal, VerifyError},
     config::{GatewayConfig, MeshConfig},
     live::Live,
     propagate::{self, CallContext, REQUEST_ID_HEADER},
@@ -37,7 +36,7 @@ use weft_mesh::{
     reload,
     telemetry::{self, SPAN_TARGET},
 };
-use weft_proto::Access;
+use weft_mesh::contract::Access;
 
 use crate::{
     error::ApiError,
@@ -72,6 +71,28 @@ type HttpResponse = Response<Full<Bytes>>;
 
 const DOCS_HTML: &str = include_str!("../assets/docs.html");
 
+/// Where the gateway fetches token keys: the contract's key method, over the channel of the
+/// routed upstream that serves it; `None` when no upstream serves it.
+fn key_source(
+    table: &RouteTable,
+    upstreams: &[Upstream],
+    config: &MeshConfig,
+) -> anyhow::Result<Option<KeySource>> {
+    let Some(path) = weft_mesh::contract::current().jwks_path() else {
+        return Ok(None);
+    };
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let Some((key, upstream_config)) = config.upstream_serving(service) else {
+        return Ok(None);
+    };
+    let Some(index) = table.upstreams.iter().position(|spec| spec.key == key) else {
+        return Ok(None);
+    };
+    let channel =
+        weft_mesh::client::with_context(upstreams[index].channel(), key, upstream_config);
+    Ok(Some(KeySource::new(channel, path)?))
+}
+
 impl Gateway {
     /// Builds the route table, upstream channels and documents from `config`.
     pub fn new(config: Arc<MeshConfig>) -> anyhow::Result<Self> {
@@ -81,19 +102,10 @@ impl Gateway {
             .iter()
             .map(|spec| Upstream::new(spec, &config))
             .collect::<Result<Vec<_>, _>>()?;
-        // The key fetches share the auth routes' channel: one balancer (and breaker) per
-        // upstream.
-        let auth = table
-            .upstreams
-            .iter()
-            .position(|spec| spec.service == Some(ServiceName::Auth))
-            .map(|i| upstreams[i].channel())
-            .ok_or_else(|| anyhow::anyhow!("the route table has no weft-auth upstream"))?;
-        let verifier = JwtVerifier::new(
-            weft_mesh::client::with_context(auth, &config.upstreams.auth),
-            &config.jwt,
-            "weft-gateway",
-        );
+        // The key fetches share the channel of the routes of the upstream serving them: one
+        // balancer (and breaker) per upstream.
+        let key_source = key_source(&table, &upstreams, &config)?;
+        let verifier = JwtVerifier::new(key_source, &config.jwt, "weft-gateway");
         let openapi = Bytes::from(crate::openapi::document(&table).to_string());
         let metrics = Metrics::new(&table)?;
         let mut span_names = vec![String::new(); table.router.len()];
@@ -110,7 +122,7 @@ impl Gateway {
         for route in table.router.routes() {
             let endpoint = route.value();
             if let Some(method) = methods.get_mut(endpoint.slot) {
-                method.clone_from(&endpoint.full_method);
+                *method = endpoint.grpc_path.as_str()[1..].to_owned();
             }
         }
         let route_timeouts = reload::policy(&config, move |config| {
@@ -407,33 +419,26 @@ impl Gateway {
         if endpoint.access == Access::Public {
             return Ok(None);
         }
-        let unauthorized = |message: String, challenge: &'static str| {
-            ApiError::new(Code::Unauthenticated, message).header(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            )
-        };
-        let token = bearer_token(headers)
-            .ok_or_else(|| unauthorized("this route needs a bearer token".into(), "Bearer"))?;
-        let principal = self.verifier.verify(token).await.map_err(|e| match e {
-            weft_mesh::auth::VerifyError::KeysUnavailable => ApiError::new(
-                Code::Unavailable,
-                "cannot verify tokens: signing keys unavailable",
-            ),
-            e => unauthorized(e.to_string(), "Bearer error=\"invalid_token\""),
-        })?;
-        let allowed = match endpoint.access {
-            Access::Admin => principal.role == Role::Admin,
-            Access::Service => principal.role == Role::Service,
-            _ => true,
-        };
-        if allowed {
-            Ok(Some(principal))
-        } else {
-            Err(ApiError::new(
-                Code::PermissionDenied,
-                "this route is for administrators",
-            ))
+        match self.verifier.authorize(endpoint.access, headers).await {
+            Ok(principal) => Ok(Some(principal)),
+            Err(err) => {
+                // The status is the services' own answer; HTTP adds the challenge (RFC 6750).
+                let challenge = match &err {
+                    AuthError::MissingToken => Some("Bearer"),
+                    AuthError::Invalid(VerifyError::KeysUnavailable) => None,
+                    AuthError::Invalid(_) => Some("Bearer error=\"invalid_token\""),
+                    AuthError::Forbidden(_) => None,
+                };
+                let status = tonic::Status::from(err);
+                let error = ApiError::new(status.code(), status.message().to_owned());
+                Err(match challenge {
+                    Some(challenge) => error.header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(challenge),
+                    ),
+                    None => error,
+                })
+            }
         }
     }
 
@@ -901,15 +906,26 @@ mod tests {
     /// A gateway on loopback whose upstreams are all `upstream`, with `env` config overrides.
     async fn gateway(upstream: SocketAddr, env: &[(&str, &str)]) -> SocketAddr {
         let endpoint = format!("http://{upstream}");
-        let mut vars: Vec<(String, String)> = ["AUTH", "USER", "ORDER"]
-            .iter()
-            .map(|name| {
+        crate::test_support::install_weft_contract();
+        let mut vars: Vec<(String, String)> = [
+            ("AUTH", "weft.auth.v1.AuthService"),
+            ("USER", "weft.user.v1.UserService"),
+            ("ORDER", "weft.order.v1.OrderService"),
+        ]
+        .iter()
+        .flat_map(|(name, service)| {
+            [
                 (
                     format!("WEFT_UPSTREAMS__{name}__ENDPOINT"),
                     endpoint.clone(),
-                )
-            })
-            .collect();
+                ),
+                (
+                    format!("WEFT_UPSTREAMS__{name}__GRPC_SERVICES"),
+                    format!("[\"{service}\"]"),
+                ),
+            ]
+        })
+        .collect();
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = MeshConfig::load_from(None, vars).expect("test config is valid");
         let gateway = Arc::new(Gateway::new(Arc::new(config)).unwrap());

@@ -12,8 +12,10 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
     ReflectMessage, Value,
 };
-use weft_mesh::config::{DefaultAccess, GatewayConfig, MeshConfig, ServiceName};
-use weft_proto::Access;
+use weft_mesh::{
+    config::{GatewayConfig, MeshConfig, process_name},
+    contract::{Access, Contract, grpc_path},
+};
 
 use crate::{
     route::{Method, RouteError, Router},
@@ -87,15 +89,10 @@ pub struct Endpoint {
 /// An upstream the table routes to.
 #[derive(Debug, Clone)]
 pub struct UpstreamSpec {
-    /// Name for logs, metrics and errors (`weft-order`, or the descriptor set's file).
+    /// Name for logs, metrics and errors (`weft-order`).
     pub name: String,
-    /// `http://host:port`.
-    pub endpoint: String,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// The Weft service it is, whose `[upstreams.<name>]` policies apply; `None` for an API of
-    /// `gateway.descriptor_sets`, called with the default policies.
-    pub service: Option<ServiceName>,
+    /// Its key in mesh-config (`order` of `[upstreams.order]`), whose policies apply.
+    pub key: String,
 }
 
 /// The routes and the upstreams they go to.
@@ -108,81 +105,45 @@ pub struct RouteTable {
     pub pools: Vec<DescriptorPool>,
 }
 
-/// Weft's own services and the upstream that serves each.
-const WEFT_SERVICES: [(&str, ServiceName); 3] = [
-    ("weft.auth.v1.AuthService", ServiceName::Auth),
-    ("weft.user.v1.UserService", ServiceName::User),
-    ("weft.order.v1.OrderService", ServiceName::Order),
-];
-
 impl RouteTable {
-    /// Builds the table for Weft's services plus the configured extra descriptor sets.
+    /// Builds the table from the process's contract: the annotated methods of every gRPC
+    /// service that an `[upstreams.<name>]` serves, routed to that upstream.
     pub fn build(config: &MeshConfig) -> Result<Self, TableError> {
+        Self::build_with(config, weft_mesh::contract::current())
+    }
+
+    /// Builds the table for `config` from `contract`.
+    pub fn build_with(config: &MeshConfig, contract: &Contract) -> Result<Self, TableError> {
         let mut table = RouteTable {
             router: Router::new(),
             upstreams: Vec::new(),
             pools: Vec::new(),
         };
-        let weft = DescriptorPool::decode(weft_proto::FILE_DESCRIPTOR_SET).map_err(|e| {
-            TableError::Descriptor {
-                file: "weft-proto".into(),
-                reason: e.to_string(),
-            }
-        })?;
-        for (service_name, name) in WEFT_SERVICES {
-            let upstream_config = config.upstream(name);
+        let pool = contract.pool();
+        for name in config.upstreams.keys() {
             let upstream = table.add_upstream(UpstreamSpec {
-                name: name.as_str().into(),
-                endpoint: upstream_config.endpoint.clone(),
-                connect_timeout: upstream_config.connect_timeout(),
-                service: Some(name),
+                name: process_name(name),
+                key: name.clone(),
             });
-            let service =
-                weft.get_service_by_name(service_name)
-                    .ok_or_else(|| TableError::Descriptor {
-                        file: "weft-proto".into(),
-                        reason: format!("service {service_name} is missing"),
-                    })?;
-            for method in service.methods() {
-                table.add_method(&method, upstream, &config.gateway, Access::Authenticated)?;
-            }
-        }
-        table.pools.push(weft);
-
-        for set in &config.gateway.descriptor_sets {
-            let file = set.file.display().to_string();
-            let bytes = std::fs::read(&set.file).map_err(|e| TableError::Descriptor {
-                file: file.clone(),
-                reason: format!("cannot read: {e}"),
-            })?;
-            let pool =
-                DescriptorPool::decode(bytes.as_slice()).map_err(|e| TableError::Descriptor {
-                    file: file.clone(),
-                    reason: format!("not a FileDescriptorSet: {e}"),
-                })?;
-            let upstream = table.add_upstream(UpstreamSpec {
-                name: file.clone(),
-                endpoint: set.endpoint.clone(),
-                connect_timeout: Duration::from_secs(1),
-                service: None,
-            });
-            let default_access = match set.default_access {
-                DefaultAccess::Public => Access::Public,
-                DefaultAccess::Authenticated => Access::Authenticated,
-            };
             let before = table.router.len();
-            for service in pool.services() {
+            for service_name in contract.services_of(name) {
+                let service = pool.get_service_by_name(service_name).ok_or_else(|| {
+                    TableError::Descriptor {
+                        file: format!("upstreams.{name}"),
+                        reason: format!("service {service_name} is missing"),
+                    }
+                })?;
                 for method in service.methods() {
-                    table.add_method(&method, upstream, &config.gateway, default_access)?;
+                    table.add_method(&method, upstream, &config.gateway, contract)?;
                 }
             }
-            tracing::info!(
-                file,
+            tracing::debug!(
+                upstream = name,
                 routes = table.router.len() - before,
-                "descriptor set loaded"
+                "routes added"
             );
-            table.pools.push(pool);
         }
+        table.pools.push(pool.clone());
         Ok(table)
     }
 
@@ -196,7 +157,7 @@ impl RouteTable {
         method: &MethodDescriptor,
         upstream: usize,
         gateway: &GatewayConfig,
-        default_access: Access,
+        contract: &Contract,
     ) -> Result<(), TableError> {
         let pool = method.parent_pool();
         let Some(http_ext) = pool.get_extension_by_name("google.api.http") else {
@@ -210,7 +171,6 @@ impl RouteTable {
         let Value::Message(rule) = options.get_extension(&http_ext).into_owned() else {
             return Ok(());
         };
-        let access = declared_access(method).unwrap_or(default_access);
         let full_method = method.full_name().to_string();
         let rule_error = |reason: String| TableError::Rule {
             method: full_method.clone(),
@@ -221,10 +181,12 @@ impl RouteTable {
                 "streaming methods cannot have HTTP rules".into(),
             ));
         }
-        let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name())
+        let path = grpc_path(method);
+        let access = contract.access(&path).unwrap_or(Access::Authenticated);
+        let timeout = gateway.route_timeout(&path[1..]);
+        let grpc_path = path
             .parse::<http::uri::PathAndQuery>()
             .map_err(|e| rule_error(e.to_string()))?;
-        let timeout = gateway.route_timeout(&full_method);
 
         let mut bindings = vec![rule.clone()];
         if let Some(Value::List(extra)) = field(&rule, "additional_bindings") {
@@ -281,24 +243,6 @@ impl RouteTable {
             }
         }
         Ok(())
-    }
-}
-
-/// The `weft.api.v1.access` option of a method, if its pool defines it and the method sets it.
-fn declared_access(method: &MethodDescriptor) -> Option<Access> {
-    let ext = method
-        .parent_pool()
-        .get_extension_by_name("weft.api.v1.access")?;
-    let options = method.options();
-    if !options.has_extension(&ext) {
-        return None;
-    }
-    match options.get_extension(&ext).as_ref() {
-        Value::EnumNumber(n) => match Access::try_from(*n).ok()? {
-            Access::Unspecified => None,
-            access => Some(access),
-        },
-        _ => None,
     }
 }
 
@@ -375,7 +319,7 @@ mod tests {
     use crate::route::Match;
 
     fn table() -> RouteTable {
-        RouteTable::build(&MeshConfig::default()).expect("Weft's own rules are valid")
+        crate::test_support::weft_table()
     }
 
     #[test]

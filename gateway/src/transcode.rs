@@ -648,7 +648,7 @@ pub(crate) mod tests {
         query: Option<&str>,
         body: &str,
     ) -> Result<DynamicMessage, BadRequest> {
-        let table = RouteTable::build(&MeshConfig::default()).unwrap();
+        let table = crate::test_support::weft_table();
         let Ok(Match::Found {
             value, bindings, ..
         }) = table.router.match_path(method, path)
@@ -1110,7 +1110,7 @@ pub(crate) mod tests {
 
     #[test]
     fn response_json_matches_prost_reflect_for_every_weft_response() {
-        let table = RouteTable::build(&MeshConfig::default()).unwrap();
+        let table = crate::test_support::weft_table();
         let mut rng = Rng(0x0dd_ba11_0002);
         for service in table.pools[0].services() {
             for method in service.methods() {
@@ -1177,7 +1177,7 @@ pub(crate) mod tests {
 
     #[test]
     fn responses_emit_defaults_int64_as_strings_and_enums_as_names() {
-        let table = RouteTable::build(&MeshConfig::default()).unwrap();
+        let table = crate::test_support::weft_table();
         let Ok(Match::Found {
             value: endpoint, ..
         }) = table.router.match_path("GET", "/v1/products/x")

@@ -20,7 +20,6 @@ use tonic::{Status, codegen::Service as _};
 use weft_mesh::{
     MeshConfig,
     client::{ClientError, ResilientChannel, UpstreamPolicy},
-    config::UpstreamConfig,
     deadline::Deadline,
     grpc,
     live::Live,
@@ -44,33 +43,20 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The resilient stack to `spec` (nothing connects until the first call): the policies of
-    /// `[upstreams.<name>]` for a Weft service, the defaults for another API.
+    /// The resilient stack to `spec` with the policies of its `[upstreams.<name>]`, following
+    /// reloads (nothing connects until the first call).
     pub fn new(spec: &UpstreamSpec, config: &MeshConfig) -> Result<Self, ClientError> {
         let connections = config.gateway.upstream_connections;
-        let (channel, policy) = match spec.service {
-            Some(service) => {
-                weft_mesh::client::resilient(&spec.name, config, connections, move |c| {
-                    c.upstream(service).clone()
-                })?
-            }
-            None => {
-                let mut fixed = UpstreamConfig::with_endpoint(spec.endpoint.clone());
-                fixed.connect_timeout_ms = spec.connect_timeout.as_millis() as u64;
-                // No upstream policy of its own: the routes' timeouts alone bound its calls.
-                weft_mesh::client::resilient(&spec.name, config, connections, move |config| {
-                    let gateway = &config.gateway;
-                    UpstreamConfig {
-                        timeout_ms: gateway
-                            .route_timeouts
-                            .values()
-                            .copied()
-                            .fold(gateway.route_timeout_ms, u64::max),
-                        ..fixed.clone()
-                    }
-                })?
-            }
-        };
+        let initial = config.upstream(&spec.key)?.clone();
+        let key = spec.key.clone();
+        let (channel, policy) =
+            weft_mesh::client::resilient(&spec.name, config, connections, move |config| {
+                config
+                    .upstreams
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| initial.clone())
+            })?;
         Ok(Self {
             name: spec.name.clone(),
             channel,

@@ -789,7 +789,7 @@ mod tests {
 
     #[test]
     fn replies_without_maps_are_the_same_bytes() {
-        let table = crate::table::RouteTable::build(&weft_mesh::MeshConfig::default()).unwrap();
+        let table = crate::test_support::weft_table();
         let mut rng = transcode::tests::Rng(0x0dd_ba11_0003);
         for service in table.pools[0].services() {
             for method in service.methods() {
@@ -868,7 +868,7 @@ mod tests {
 
     #[test]
     fn a_product_reply_is_written_from_its_bytes() {
-        let table = crate::table::RouteTable::build(&weft_mesh::MeshConfig::default()).unwrap();
+        let table = crate::test_support::weft_table();
         let Ok(crate::route::Match::Found { value, .. }) =
             table.router.match_path("GET", "/v1/products/x")
         else {

@@ -1,7 +1,8 @@
-//! Token verification on every service, against the auth service's published keys.
+//! Token verification on every process, against the token issuer's published keys.
 //!
-//! [`JwtVerifier`] checks Ed25519 access and service tokens offline with keys fetched from
-//! `AuthService.GetJwks`: cached, refreshed when a token names an unknown `kid` (a rotation),
+//! [`JwtVerifier`] checks Ed25519 access and service tokens offline with keys fetched from the
+//! contract's method that returns `weft.api.v1.Jwks` (see [`crate::contract`]), over the
+//! upstream that serves it: cached, refreshed when a token names an unknown `kid` (a rotation),
 //! and at most once per `jwt.jwks_min_refresh_interval_ms`, so a flood of forged `kid`s cannot
 //! turn into a flood of fetches. [`AuthLayer`] runs it before any handler: it reads the method's
 //! declared access (`weft.api.v1.access` in the proto), refuses what the caller may not do, and
@@ -22,12 +23,13 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
-use weft_proto::{
-    Access,
-    auth::{Jwks, auth_service_client::AuthServiceClient},
-};
+use weft_mesh_proto::Jwks;
 
-use crate::{client::MeshChannel, config::JwtConfig};
+use crate::{
+    client::{ClientError, MeshChannel},
+    config::{JwtConfig, MeshConfig},
+    contract::{self, Access},
+};
 
 /// The claims of every Weft token, access and service alike.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +127,78 @@ pub enum VerifyError {
     KeysUnavailable,
 }
 
+/// Why a call was refused before its handler: the one answer of the gateway and the services.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization: Bearer` header.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The token did not verify.
+    #[error(transparent)]
+    Invalid(#[from] VerifyError),
+    /// A valid token whose role may not call the method.
+    #[error("{}", match .0 {
+        Access::Admin => "this method is for administrators",
+        _ => "this method is internal to the mesh",
+    })]
+    Forbidden(Access),
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Invalid(VerifyError::KeysUnavailable) => {
+                Status::unavailable("cannot verify tokens: signing keys unavailable")
+            }
+            AuthError::Forbidden(_) => Status::permission_denied(err.to_string()),
+            err => Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+/// Where a verifier fetches its keys: a channel and the method's gRPC path.
+#[derive(Clone)]
+pub struct KeySource {
+    channel: MeshChannel,
+    path: http::uri::PathAndQuery,
+}
+
+impl KeySource {
+    /// Keys from the method at `path` (`/package.Service/Method`) over `channel`.
+    pub fn new(channel: MeshChannel, path: &str) -> Result<Self, http::uri::InvalidUri> {
+        Ok(Self {
+            channel,
+            path: path.parse()?,
+        })
+    }
+
+    /// The contract's key method ([`contract::Contract::jwks_path`]) over a channel to the
+    /// upstream that serves it; `None` when the contract or the config has none.
+    pub fn from_config(config: &MeshConfig) -> Result<Option<Self>, ClientError> {
+        let Some(path) = contract::current().jwks_path() else {
+            return Ok(None);
+        };
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let Some((upstream, _)) = config.upstream_serving(service) else {
+            return Ok(None);
+        };
+        let channel = crate::client::channel(config, upstream)?;
+        Ok(Self::new(channel, path).ok())
+    }
+
+    async fn fetch(&self) -> Result<Jwks, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("key source not ready: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<(), Jwks>::default();
+        let reply = grpc
+            .unary(tonic::Request::new(()), self.path.clone(), codec)
+            .await?;
+        Ok(reply.into_inner())
+    }
+}
+
 /// Verifies Weft tokens with the auth service's public keys.
 #[derive(Clone)]
 pub struct JwtVerifier {
@@ -132,7 +206,8 @@ pub struct JwtVerifier {
 }
 
 struct VerifierInner {
-    client: AuthServiceClient<MeshChannel>,
+    /// `None`: no process of the mesh publishes keys, so no token verifies.
+    source: Option<KeySource>,
     validation: Validation,
     keys: RwLock<HashMap<String, DecodingKey>>,
     /// Single flight for JWKS fetches; an async mutex because the fetch is awaited under it.
@@ -143,9 +218,15 @@ struct VerifierInner {
 // === impl JwtVerifier ===
 
 impl JwtVerifier {
-    /// A verifier that fetches keys over `channel` and accepts tokens whose `aud` is the mesh's
+    /// A verifier that fetches keys from `source` and accepts tokens whose `aud` is the mesh's
     /// audience or `service` (the service tokens addressed to this service).
-    pub fn new(channel: MeshChannel, config: &JwtConfig, service: &str) -> Self {
+    pub fn new(source: Option<KeySource>, config: &JwtConfig, service: &str) -> Self {
+        if source.is_none() {
+            tracing::warn!(
+                "no upstream serves the contract's key method (returning weft.api.v1.Jwks): \
+                 tokens cannot be verified"
+            );
+        }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[config.audience.as_str(), service]);
@@ -153,7 +234,7 @@ impl JwtVerifier {
         validation.leeway = config.leeway_secs;
         Self {
             inner: Arc::new(VerifierInner {
-                client: AuthServiceClient::new(channel),
+                source,
                 validation,
                 keys: RwLock::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(None),
@@ -199,16 +280,16 @@ impl JwtVerifier {
             return Ok(());
         }
         *last = Some(Instant::now());
-        let mut client = self.inner.client.clone();
-        let jwks = client
-            .get_jwks(weft_proto::auth::GetJwksRequest {})
-            .await
-            .map_err(|status| {
-                tracing::warn!(code = ?status.code(), message = status.message(), "JWKS fetch failed");
-                *last = None;
-                VerifyError::KeysUnavailable
-            })?
-            .into_inner();
+        let source = self
+            .inner
+            .source
+            .as_ref()
+            .ok_or(VerifyError::KeysUnavailable)?;
+        let jwks = source.fetch().await.map_err(|status| {
+            tracing::warn!(code = ?status.code(), message = status.message(), "JWKS fetch failed");
+            *last = None;
+            VerifyError::KeysUnavailable
+        })?;
         let keys = decoding_keys(&jwks);
         tracing::debug!(keys = keys.len(), "JWKS refreshed");
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
@@ -293,7 +374,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Health and reflection are outside the contract and open to probes.
-        let access = weft_proto::method_access(req.uri().path()).unwrap_or(Access::Public);
+        let access = contract::current()
+            .access(req.uri().path())
+            .unwrap_or(Access::Public);
         if access == Access::Public {
             return Box::pin(self.inner.call(req));
         }
@@ -302,42 +385,37 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
         Box::pin(async move {
-            match authorize(&verifier, access, req.headers()).await {
+            match verifier.authorize(access, req.headers()).await {
                 Ok(principal) => {
                     req.extensions_mut().insert(principal);
                     inner.call(req).await
                 }
-                Err(status) => Ok(status.into_http()),
+                Err(err) => Ok(Status::from(err).into_http()),
             }
         })
     }
 }
 
-async fn authorize(
-    verifier: &JwtVerifier,
-    access: Access,
-    headers: &http::HeaderMap,
-) -> Result<Principal, Status> {
-    let token =
-        bearer_token(headers).ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-    let principal = verifier.verify(token).await.map_err(|e| match e {
-        VerifyError::KeysUnavailable => {
-            Status::unavailable("cannot verify tokens: signing keys unavailable")
+impl JwtVerifier {
+    /// The caller of a method declared `access`, from the request's bearer token: the one
+    /// check of the gateway and every service (PUBLIC methods are not checked at all).
+    pub async fn authorize(
+        &self,
+        access: Access,
+        headers: &http::HeaderMap,
+    ) -> Result<Principal, AuthError> {
+        let token = bearer_token(headers).ok_or(AuthError::MissingToken)?;
+        let principal = self.verify(token).await?;
+        let allowed = match access {
+            Access::Admin => principal.role == Role::Admin,
+            Access::Service => principal.role == Role::Service,
+            _ => true,
+        };
+        if !allowed {
+            return Err(AuthError::Forbidden(access));
         }
-        e => Status::unauthenticated(e.to_string()),
-    })?;
-    let allowed = match access {
-        Access::Admin => principal.role == Role::Admin,
-        Access::Service => principal.role == Role::Service,
-        _ => true,
-    };
-    if !allowed {
-        return Err(Status::permission_denied(match access {
-            Access::Admin => "this method is for administrators",
-            _ => "this method is internal to the mesh",
-        }));
+        Ok(principal)
     }
-    Ok(principal)
 }
 
 /// The token of an `authorization: Bearer <token>` header.
@@ -367,7 +445,7 @@ mod tests {
 
     #[test]
     fn jwks_entries_of_the_wrong_shape_are_skipped() {
-        use weft_proto::auth::Jwk;
+        use weft_mesh_proto::Jwk;
         let good = Jwk {
             kty: "OKP".into(),
             crv: "Ed25519".into(),

@@ -18,17 +18,15 @@
 //!
 //! Every policy follows mesh-config reloads ([`crate::reload`]). Generated tonic clients take
 //! a [`MeshChannel`] directly:
-//! `UserServiceClient::new(weft_mesh::client::channel(&config, ServiceName::User)?)`.
+//! `UserServiceClient::new(weft_mesh::client::channel(&config, "user")?)`.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::LazyLock,
+    collections::HashMap,
     task::{Context, Poll},
     time::Duration,
 };
 
 use http::Request;
-use prost::Message as _;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -36,7 +34,7 @@ use tower_service::Service;
 use crate::{
     balance::{Balance, BalanceError, BalancePolicy},
     breaker::{Breaker, BreakerLayer},
-    config::{MeshConfig, ServiceName, UpstreamConfig},
+    config::{ConfigError, MeshConfig, UpstreamConfig},
     deadline::{self, Deadline, DeadlineLayer, DeadlineService},
     live::Live,
     metrics::{ClientMetricsLayer, Metered},
@@ -66,40 +64,11 @@ pub struct MethodRule {
     pub idempotent_if_field: Option<String>,
 }
 
-/// Methods the contract marks safe to retry (`idempotency_level` `NO_SIDE_EFFECTS` or
-/// `IDEMPOTENT`), by full path.
-static PROTO_IDEMPOTENT: LazyLock<HashSet<String>> = LazyLock::new(|| {
-    let Ok(set) = prost_types::FileDescriptorSet::decode(weft_proto::FILE_DESCRIPTOR_SET) else {
-        return HashSet::new();
-    };
-    let mut paths = HashSet::new();
-    for file in &set.file {
-        for service in &file.service {
-            for method in &service.method {
-                let level = method
-                    .options
-                    .as_ref()
-                    .map(|options| options.idempotency_level())
-                    .unwrap_or_default();
-                if level != prost_types::method_options::IdempotencyLevel::IdempotencyUnknown {
-                    paths.insert(format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    ));
-                }
-            }
-        }
-    }
-    paths
-});
-
 impl MethodRule {
     /// Whether calls of this rule's method, at `path`, may be retried whatever their fields.
     fn is_idempotent(&self, path: &str) -> bool {
         self.idempotent
-            .unwrap_or_else(|| PROTO_IDEMPOTENT.contains(path))
+            .unwrap_or_else(|| crate::contract::current().is_idempotent(path))
     }
 }
 
@@ -118,11 +87,8 @@ impl UpstreamPolicy {
             .methods
             .iter()
             .map(|(name, method)| {
-                let key = if name.contains('/') {
-                    format!("/{name}")
-                } else {
-                    name.clone()
-                };
+                // Config names a method `package.Service/Method`; calls carry its path.
+                let key = format!("/{name}");
                 let rule = MethodRule {
                     timeout: method
                         .timeout_ms
@@ -143,11 +109,7 @@ impl UpstreamPolicy {
 
     /// The rule of the method at gRPC `path` (`/package.Service/Method`).
     pub fn rule(&self, path: &str) -> &MethodRule {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        self.methods
-            .get(path)
-            .or_else(|| self.methods.get(name))
-            .unwrap_or(&self.default)
+        self.methods.get(path).unwrap_or(&self.default)
     }
 
     /// Whether calls to `path` may be retried whatever their fields.
@@ -246,27 +208,61 @@ pub type MeshChannel = Propagate<Metered<ResilientChannel>>;
 
 /// An upstream that could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream {upstream}: {source}")]
-pub struct ClientError {
-    upstream: String,
-    #[source]
-    source: BalanceError,
+pub enum ClientError {
+    /// mesh-config declares no such upstream.
+    #[error(transparent)]
+    Undeclared(#[from] ConfigError),
+    /// No upstream lists the gRPC service in its `grpc_services`.
+    #[error(
+        "no upstream serves {0}: list it in the `grpc_services` of its [upstreams.<name>] table"
+    )]
+    NotServed(String),
+    /// Its endpoints cannot be balanced over.
+    #[error("upstream {upstream}: {source}")]
+    Balance {
+        /// The upstream's name.
+        upstream: String,
+        /// Why.
+        #[source]
+        source: BalanceError,
+    },
 }
 
-/// A lazily connecting channel to the service `name`, as `[upstreams.<name>]` describes it.
-pub fn channel(config: &MeshConfig, name: ServiceName) -> Result<MeshChannel, ClientError> {
-    let (stack, _) = resilient(name.as_str(), config, 1, move |config| {
-        config.upstream(name).clone()
+/// A lazily connecting channel to the upstream `name`, as `[upstreams.<name>]` describes it
+/// (and as reloads of mesh-config change it; one removed by a reload keeps its last policies).
+pub fn channel(config: &MeshConfig, name: &str) -> Result<MeshChannel, ClientError> {
+    let initial = config.upstream(name)?.clone();
+    let (stack, _) = resilient(&crate::config::process_name(name), config, 1, {
+        let (name, initial) = (name.to_owned(), initial.clone());
+        move |config| {
+            config
+                .upstreams
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| initial.clone())
+        }
     })?;
-    Ok(with_context(stack, config.upstream(name)))
+    Ok(with_context(stack, name, &initial))
 }
 
-/// `stack` (to `upstream`) with the outer layers of the client stack: context propagation and
-/// metrics. For a process that already has a resilient stack to the upstream and must not
-/// balance over it twice.
-pub fn with_context(stack: ResilientChannel, upstream: &UpstreamConfig) -> MeshChannel {
-    let first = upstream.endpoint_list().remove(0);
-    PropagateLayer.layer(ClientMetricsLayer::new(&first).layer(stack))
+/// A channel to the upstream serving the gRPC service `grpc_service`
+/// (`weft.user.v1.UserService`), as mesh-config's `grpc_services` lists say, with that
+/// upstream's process name (`weft-user`, the `aud` of service tokens for it).
+pub fn channel_serving(
+    config: &MeshConfig,
+    grpc_service: &str,
+) -> Result<(MeshChannel, String), ClientError> {
+    let (name, _) = config
+        .upstream_serving(grpc_service)
+        .ok_or_else(|| ClientError::NotServed(grpc_service.to_owned()))?;
+    Ok((channel(config, name)?, crate::config::process_name(name)))
+}
+
+/// `stack` (to the upstream `name`) with the outer layers of the client stack: context
+/// propagation and metrics. For a process that already has a resilient stack to the upstream
+/// and must not balance over it twice.
+pub fn with_context(stack: ResilientChannel, name: &str, upstream: &UpstreamConfig) -> MeshChannel {
+    PropagateLayer.layer(ClientMetricsLayer::new(name, upstream).layer(stack))
 }
 
 /// The resilient stack to the upstream `select` picks from mesh-config (named `name` in errors,
@@ -293,7 +289,7 @@ where
     let endpoints = crate::reload::policy(config, move |config| {
         balance_policy(&select(config), connections)
     });
-    let balance = Balance::new(name, endpoints).map_err(|source| ClientError {
+    let balance = Balance::new(name, endpoints).map_err(|source| ClientError::Balance {
         upstream: name.to_owned(),
         source,
     })?;
@@ -344,13 +340,14 @@ mod tests {
 
     #[test]
     fn reads_are_idempotent_as_the_proto_says_and_config_overrides() {
+        crate::contract::install_weft_for_tests();
         let default = policy(&[]);
         assert!(default.is_idempotent("/weft.user.v1.UserService/GetMe"));
         assert!(default.is_idempotent("/weft.order.v1.OrderService/GetProduct"));
         assert!(!default.is_idempotent("/weft.order.v1.OrderService/CreateOrder"));
         assert!(!default.is_idempotent("/weft.auth.v1.AuthService/Login"));
         let overridden = policy(&[(
-            "GetMe",
+            "weft.user.v1.UserService/GetMe",
             MethodConfig {
                 idempotent: Some(false),
                 ..Default::default()
@@ -360,10 +357,10 @@ mod tests {
     }
 
     #[test]
-    fn a_method_timeout_applies_by_name_or_full_name() {
+    fn a_method_timeout_applies_by_its_full_name() {
         let p = policy(&[
             (
-                "GetMe",
+                "weft.user.v1.UserService/GetMe",
                 MethodConfig {
                     timeout_ms: Some(100),
                     ..Default::default()

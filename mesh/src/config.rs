@@ -10,7 +10,7 @@
 //! unknown keys are errors, so a typo never silently falls back to a default.
 
 use std::{
-    fmt,
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -53,18 +53,20 @@ pub struct MeshConfig {
     pub server: ServerConfig,
     /// Access and service tokens.
     pub jwt: JwtConfig,
-    /// Rules of the auth service.
-    pub auth: AuthConfig,
-    /// Rules of the order service.
-    pub order: OrderConfig,
-    /// Where each service listens and keeps its data.
-    pub services: ServicesConfig,
-    /// How each service is reached by its callers.
-    pub upstreams: UpstreamsConfig,
+    /// The services of the mesh, by name (`[services.<name>]`): where each listens and keeps
+    /// its data. The mesh knows no service but these.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// How each service is reached by its callers (`[upstreams.<name>]`): endpoints, the gRPC
+    /// services it serves, and the policies of calls to it.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The REST gateway.
     pub gateway: GatewayConfig,
     /// Faults to inject (`[[faults]]`, see [`crate::fault`]); default none.
     pub faults: Vec<crate::fault::FaultRule>,
+    /// Each service's own settings: the top-level table named after the service (`[order]` for
+    /// `[services.order]`), read and checked by that service with [`MeshConfig::settings`].
+    #[serde(skip)]
+    pub settings: BTreeMap<String, toml::Table>,
 }
 
 /// The REST gateway's listener, limits and extra APIs.
@@ -82,7 +84,8 @@ pub struct GatewayConfig {
     /// Time allowed for an upstream call, in ms, unless `route_timeouts` says otherwise; default
     /// 5000. A Weft upstream's `timeout_ms` (for the method) caps it.
     pub route_timeout_ms: u64,
-    /// Per-method timeouts in ms, keyed by full method name (`weft.order.v1.OrderService.CreateOrder`).
+    /// Per-method timeouts in ms, keyed by full method name
+    /// (`"weft.order.v1.OrderService/CreateOrder"`).
     pub route_timeouts: std::collections::BTreeMap<String, u64>,
     /// HTTP/2 connections kept to each upstream (calls are spread over them); default 2.
     pub upstream_connections: usize,
@@ -90,8 +93,6 @@ pub struct GatewayConfig {
     pub cors: CorsConfig,
     /// TLS for the listener; off unless both files are set.
     pub tls: TlsConfig,
-    /// Further gRPC APIs to front, each from a descriptor set file; default none.
-    pub descriptor_sets: Vec<DescriptorSetConfig>,
     /// API requests in flight at the gateway; more are answered 503 with `Retry-After: 1` at
     /// once (its own endpoints, `/healthz`, `/metrics`, ..., are not counted); default 4096.
     pub max_concurrent_requests: usize,
@@ -118,19 +119,6 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key file (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
-}
-
-/// A further gRPC API fronted by the gateway, as Envoy's transcoder does.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DescriptorSetConfig {
-    /// A `FileDescriptorSet` file (`protoc --include_imports -o`, `buf build -o`).
-    pub file: PathBuf,
-    /// `http://host:port` of the service(s) it describes.
-    pub endpoint: String,
-    /// Access of its methods that declare none: `public` or `authenticated` (default).
-    #[serde(default)]
-    pub default_access: DefaultAccess,
 }
 
 /// Access of a method that declares none.
@@ -210,7 +198,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
-    /// `iss` of every token; default `weft-auth`.
+    /// `iss` of every token; default `weft`.
     pub issuer: String,
     /// `aud` of access tokens; default `weft`.
     pub audience: String,
@@ -226,97 +214,50 @@ pub struct JwtConfig {
     pub leeway_secs: u64,
 }
 
-/// Rules of the auth service.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Emails that get the role `admin` on registration; default none.
-    pub admin_emails: Vec<String>,
-    /// Argon2id password hashing cost.
-    pub argon2: Argon2Config,
-    /// How often the auth service re-reads signing keys (to see a rotation), in ms; default 10000.
-    pub key_reload_interval_ms: u64,
-}
-
-/// Rules of the order service.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OrderConfig {
-    /// On the first start with an empty catalogue, add a few demo products (once, ever); default
-    /// false (`mesh-config/local.toml` turns it on so that a new user can order at once).
-    pub seed_demo_products: bool,
-}
-
-/// Argon2id cost parameters; the defaults are OWASP's minimums.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Argon2Config {
-    /// Memory per hash in KiB; default 19456 (19 MiB).
-    pub memory_kib: u32,
-    /// Passes over memory; default 2.
-    pub iterations: u32,
-    /// Lanes; default 1.
-    pub parallelism: u32,
-}
-
-/// Per-service listen addresses and databases.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServicesConfig {
-    /// weft-auth.
-    #[serde(default = "ServiceConfig::auth")]
-    pub auth: ServiceConfig,
-    /// weft-user.
-    #[serde(default = "ServiceConfig::user")]
-    pub user: ServiceConfig,
-    /// weft-order.
-    #[serde(default = "ServiceConfig::order")]
-    pub order: ServiceConfig,
-}
-
 /// Where one service listens and keeps its data.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// gRPC listen address; defaults 127.0.0.1:50051 (auth), :50052 (user), :50053 (order).
+    /// gRPC listen address (required).
     pub listen: SocketAddr,
-    /// HTTP listen address of the admin endpoint (`/metrics`); defaults 127.0.0.1:9101 (auth),
-    /// :9102 (user), :9103 (order). Port 0 picks a free port.
+    /// HTTP listen address of the admin endpoint (`/metrics`); default `127.0.0.1:0` (a free
+    /// port). Must differ from `listen`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
-    /// `sqlite://path` (created if missing) or `postgres://...`; default `sqlite://data/<service>.db`.
+    /// `sqlite://path` (created if missing) or `postgres://...`; default empty: the service
+    /// keeps no data (a service that needs a database refuses to start without one).
+    #[serde(default)]
     pub database_url: String,
     /// Connections in the pool (PostgreSQL, or SQLite readers); default 8.
     #[serde(default = "default_db_connections")]
     pub database_max_connections: u32,
 }
 
-/// How each service is reached.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamsConfig {
-    /// weft-auth (JWKS for token verification).
-    #[serde(default = "UpstreamConfig::auth")]
-    pub auth: UpstreamConfig,
-    /// weft-user.
-    #[serde(default = "UpstreamConfig::user")]
-    pub user: UpstreamConfig,
-    /// weft-order.
-    #[serde(default = "UpstreamConfig::order")]
-    pub order: UpstreamConfig,
-}
-
 /// How one upstream is reached, and the policies of calls to it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `http://host:port`; defaults to the service's local listen address. Ignored when
-    /// `endpoints` is set.
+    /// `http://host:port`; ignored when `endpoints` is set. One of the two is required.
+    #[serde(default)]
     pub endpoint: String,
     /// Several endpoints of the same upstream, balanced (power of two choices over peak-EWMA
     /// latency); a host name stands for every address it resolves to. Default empty: `endpoint`.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The gRPC services it serves, by full name (`weft.order.v1.OrderService`): the gateway
+    /// routes their methods here, and calls to them use this upstream's policies. Default
+    /// empty: every service of `descriptor_set`.
+    #[serde(default)]
+    pub grpc_services: Vec<String>,
+    /// A `FileDescriptorSet` file (`protoc --include_imports -o`, `buf build -o`) describing its
+    /// services, for an API the processes were not built with; default none: the contract
+    /// built into the binaries.
+    #[serde(default)]
+    pub descriptor_set: Option<PathBuf>,
+    /// Access of its methods that declare none (no `weft.api.v1.access` option): `public` or
+    /// `authenticated` (default).
+    #[serde(default)]
+    pub default_access: DefaultAccess,
     /// How often host names in the endpoints are resolved again, in ms; default 5000.
     #[serde(default = "default_resolve_interval_ms")]
     pub resolve_interval_ms: u64,
@@ -331,8 +272,7 @@ pub struct UpstreamConfig {
     /// the answer still reaches the caller in time; default 5.
     #[serde(default = "default_deadline_margin_ms")]
     pub deadline_margin_ms: u64,
-    /// Per-method policies, keyed by method name (`GetUser`) or full name
-    /// (`weft.user.v1.UserService/GetUser`).
+    /// Per-method policies, keyed by full method name (`"weft.user.v1.UserService/GetUser"`).
     #[serde(default)]
     pub methods: std::collections::BTreeMap<String, MethodConfig>,
     /// Retries of idempotent calls, within a budget (see [`crate::retry`]).
@@ -360,47 +300,6 @@ pub struct MethodConfig {
     pub idempotent_if_field: Option<String>,
 }
 
-/// The three services of the mesh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceName {
-    /// weft-auth.
-    Auth,
-    /// weft-user.
-    User,
-    /// weft-order.
-    Order,
-}
-
-// === impl ServiceName ===
-
-impl ServiceName {
-    /// The process and OpenTelemetry service name (`weft-auth`, ...), also a service token's `aud`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceName::Auth => "weft-auth",
-            ServiceName::User => "weft-user",
-            ServiceName::Order => "weft-order",
-        }
-    }
-
-    /// The short name used as config key (`auth`, ...).
-    pub fn key(self) -> &'static str {
-        &self.as_str()[5..]
-    }
-}
-
-impl AsRef<str> for ServiceName {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 // === defaults ===
 
 impl Default for MeshConfig {
@@ -410,12 +309,11 @@ impl Default for MeshConfig {
             telemetry: TelemetryConfig::default(),
             server: ServerConfig::default(),
             jwt: JwtConfig::default(),
-            auth: AuthConfig::default(),
-            order: OrderConfig::default(),
-            services: ServicesConfig::default(),
-            upstreams: UpstreamsConfig::default(),
+            services: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
             gateway: GatewayConfig::default(),
             faults: Vec::new(),
+            settings: BTreeMap::new(),
         }
     }
 }
@@ -432,7 +330,6 @@ impl Default for GatewayConfig {
             upstream_connections: 2,
             cors: CorsConfig::default(),
             tls: TlsConfig::default(),
-            descriptor_sets: Vec::new(),
             max_concurrent_requests: 4096,
             rate_limit: Default::default(),
         }
@@ -479,7 +376,7 @@ impl Default for ServerConfig {
 impl Default for JwtConfig {
     fn default() -> Self {
         Self {
-            issuer: "weft-auth".into(),
+            issuer: "weft".into(),
             audience: "weft".into(),
             access_ttl_secs: 900,
             refresh_ttl_secs: 30 * 24 * 3600,
@@ -490,77 +387,15 @@ impl Default for JwtConfig {
     }
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            admin_emails: Vec::new(),
-            argon2: Argon2Config::default(),
-            key_reload_interval_ms: 10_000,
-        }
-    }
-}
-
-impl Default for Argon2Config {
-    fn default() -> Self {
-        Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
-        }
-    }
-}
-
-impl Default for ServicesConfig {
-    fn default() -> Self {
-        Self {
-            auth: ServiceConfig::auth(),
-            user: ServiceConfig::user(),
-            order: ServiceConfig::order(),
-        }
-    }
-}
-
-impl ServiceConfig {
-    fn local(port: u16, name: &str) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], port)),
-            // 50051 -> 9101, 50052 -> 9102, 50053 -> 9103.
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], port - 50051 + 9101)),
-            database_url: format!("sqlite://data/{name}.db"),
-            database_max_connections: default_db_connections(),
-        }
-    }
-    fn auth() -> Self {
-        Self::local(50051, "auth")
-    }
-    fn user() -> Self {
-        Self::local(50052, "user")
-    }
-    fn order() -> Self {
-        Self::local(50053, "order")
-    }
-}
-
-impl Default for UpstreamsConfig {
-    fn default() -> Self {
-        Self {
-            auth: UpstreamConfig::auth(),
-            user: UpstreamConfig::user(),
-            order: UpstreamConfig::order(),
-        }
-    }
-}
-
 impl UpstreamConfig {
-    fn local(port: u16) -> Self {
-        Self::with_endpoint(format!("http://127.0.0.1:{port}"))
-    }
-
     /// An upstream at `endpoint` with the default policies.
     pub fn with_endpoint(endpoint: String) -> Self {
         Self {
             endpoint,
             endpoints: Vec::new(),
+            grpc_services: Vec::new(),
+            descriptor_set: None,
+            default_access: DefaultAccess::default(),
             resolve_interval_ms: default_resolve_interval_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             timeout_ms: default_call_timeout_ms(),
@@ -580,24 +415,6 @@ impl UpstreamConfig {
             self.endpoints.clone()
         }
     }
-    fn auth() -> Self {
-        Self::local(50051)
-    }
-    fn user() -> Self {
-        Self::local(50052)
-    }
-    fn order() -> Self {
-        let mut order = Self::local(50053);
-        // An order with an idempotency key is placed once however often it is sent.
-        order.methods.insert(
-            "CreateOrder".into(),
-            MethodConfig {
-                idempotent_if_field: Some("idempotency_key".into()),
-                ..MethodConfig::default()
-            },
-        );
-        order
-    }
 
     /// Time allowed to open a connection.
     pub fn connect_timeout(&self) -> Duration {
@@ -613,7 +430,6 @@ impl UpstreamConfig {
 fn default_db_connections() -> u32 {
     8
 }
-/// Only used when a services table is read without the built-in defaults under it.
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -653,18 +469,39 @@ impl MeshConfig {
         let file_name = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into());
+        let file = path.map(read_table).transpose()?;
+        Self::load_table(file_name, file, env)
+    }
+
+    /// A config from TOML text alone (no file, no environment), as a file would give it.
+    pub fn load_from_str(text: &str) -> Result<Self, ConfigError> {
+        let table = text.parse::<toml::Table>().map_err(|e| ConfigError {
+            source_name: "mesh-config text".into(),
+            key: None,
+            reason: format!("not valid TOML: {}", e.to_string().trim_end()),
+        })?;
+        Self::load_table("mesh-config text".into(), Some(table), [])
+    }
+
+    fn load_table(
+        file_name: String,
+        file: Option<toml::Table>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         // Start from the defaults so that a file or variable may set one key of a section.
         let mut table = toml::Table::try_from(MeshConfig::default()).map_err(|e| ConfigError {
             source_name: "built-in defaults".into(),
             key: None,
             reason: e.to_string(),
         })?;
-        if let Some(path) = path {
-            merge(&mut table, read_table(path)?);
+        if let Some(file) = file {
+            merge(&mut table, file);
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let services = declared_services(&table, &env);
         let mut env_keys = Vec::new();
         for (name, raw) in env {
-            if let Some(key) = env_key(&name) {
+            if let Some(key) = env_key(&name, &services) {
                 insert_path(&mut table, &key, parse_env_value(&raw)).map_err(|reason| {
                     ConfigError {
                         source_name: format!("environment variable {name}"),
@@ -675,7 +512,20 @@ impl MeshConfig {
                 env_keys.push((key.join("."), name));
             }
         }
-        let config: MeshConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+        // Top-level tables named after a service are its settings, read by the service itself.
+        let settings: BTreeMap<String, toml::Table> = services
+            .iter()
+            .filter_map(|name| match table.remove(name) {
+                Some(toml::Value::Table(settings)) => Some(Ok((name.clone(), settings))),
+                Some(_) => Some(Err(ConfigError {
+                    source_name: file_name.clone(),
+                    key: Some(name.clone()),
+                    reason: "must be a table of the service's settings".into(),
+                })),
+                None => None,
+            })
+            .collect::<Result<_, _>>()?;
+        let mut config: MeshConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|err| {
                 let key = err.path().to_string();
                 // Blame the environment variable when the bad key came from one.
@@ -690,6 +540,7 @@ impl MeshConfig {
                     reason: err.into_inner().to_string(),
                 }
             })?;
+        config.settings = settings;
         config.validate().map_err(|(key, reason)| ConfigError {
             source_name: file_name,
             key: Some(key),
@@ -698,22 +549,54 @@ impl MeshConfig {
         Ok(config)
     }
 
-    /// The listen address and database of one service.
-    pub fn service(&self, name: ServiceName) -> &ServiceConfig {
-        match name {
-            ServiceName::Auth => &self.services.auth,
-            ServiceName::User => &self.services.user,
-            ServiceName::Order => &self.services.order,
-        }
+    /// The listen address and database of the service `name` (`[services.<name>]`).
+    pub fn service(&self, name: &str) -> Result<&ServiceConfig, ConfigError> {
+        self.services.get(name).ok_or_else(|| ConfigError {
+            source_name: "mesh-config".into(),
+            key: Some(format!("services.{name}")),
+            reason: format!("no service `{name}` is declared: add a [services.{name}] table"),
+        })
     }
 
-    /// How one service is reached.
-    pub fn upstream(&self, name: ServiceName) -> &UpstreamConfig {
-        match name {
-            ServiceName::Auth => &self.upstreams.auth,
-            ServiceName::User => &self.upstreams.user,
-            ServiceName::Order => &self.upstreams.order,
-        }
+    /// How the service `name` is reached (`[upstreams.<name>]`).
+    pub fn upstream(&self, name: &str) -> Result<&UpstreamConfig, ConfigError> {
+        self.upstreams.get(name).ok_or_else(|| ConfigError {
+            source_name: "mesh-config".into(),
+            key: Some(format!("upstreams.{name}")),
+            reason: format!("no upstream `{name}` is declared: add an [upstreams.{name}] table"),
+        })
+    }
+
+    /// The upstream serving the gRPC service `grpc_service` (`weft.user.v1.UserService`): its
+    /// name and config, from the `grpc_services` lists.
+    pub fn upstream_serving(&self, grpc_service: &str) -> Option<(&str, &UpstreamConfig)> {
+        self.upstreams
+            .iter()
+            .find(|(_, upstream)| upstream.grpc_services.iter().any(|s| s == grpc_service))
+            .map(|(name, upstream)| (name.as_str(), upstream))
+    }
+
+    /// The settings of the service `name`: its top-level `[<name>]` table, read into the
+    /// service's own type (`T`'s defaults for keys left out; unknown keys are errors).
+    pub fn settings<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        let Some(table) = self.settings.get(name) else {
+            return Ok(T::default());
+        };
+        serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|err| {
+            let path = err.path().to_string();
+            ConfigError {
+                source_name: "mesh-config".into(),
+                key: Some(if path == "." {
+                    name.to_string()
+                } else {
+                    format!("{name}.{path}")
+                }),
+                reason: err.into_inner().to_string(),
+            }
+        })
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -723,7 +606,7 @@ impl MeshConfig {
         }
         for (method, limit) in &self.server.method_concurrency {
             let key = format!("server.method_concurrency.\"{method}\"");
-            if !method.contains('/') {
+            if !is_full_method(method) {
                 return err(&key, "must be a full method name: package.Service/Method");
             }
             if *limit == 0 {
@@ -769,29 +652,22 @@ impl MeshConfig {
         if self.jwt.audience.is_empty() {
             return err("jwt.audience", "must not be empty");
         }
-        let argon = &self.auth.argon2;
-        if argon.parallelism == 0 || argon.iterations == 0 {
-            return err(
-                "auth.argon2",
-                "iterations and parallelism must be at least 1",
-            );
-        }
-        if argon.memory_kib < 8 * argon.parallelism {
-            return err("auth.argon2.memory_kib", "must be at least 8 x parallelism");
-        }
-        for (i, email) in self.auth.admin_emails.iter().enumerate() {
-            if !email.contains('@') {
-                return Err((
-                    format!("auth.admin_emails[{i}]"),
-                    format!("`{email}` is not an email address"),
-                ));
-            }
-        }
         self.validate_gateway()?;
-        for name in [ServiceName::Auth, ServiceName::User, ServiceName::Order] {
-            let service = self.service(name);
-            let key = name.key();
-            if !(service.database_url.starts_with("sqlite:")
+        for (key, service) in &self.services {
+            if !is_service_name(key) {
+                return err(
+                    &format!("services.{key}"),
+                    "a service name is lower-case letters, digits and `-`, starting with a letter",
+                );
+            }
+            if SECTIONS.contains(&key.as_str()) {
+                return err(
+                    &format!("services.{key}"),
+                    "is the name of a mesh-config section; choose another service name",
+                );
+            }
+            if !(service.database_url.is_empty()
+                || service.database_url.starts_with("sqlite:")
                 || service.database_url.starts_with("postgres://")
                 || service.database_url.starts_with("postgresql://"))
             {
@@ -812,9 +688,27 @@ impl MeshConfig {
                     "must be at least 1",
                 );
             }
-            self.upstream(name)
+        }
+        for (key, upstream) in &self.upstreams {
+            if !is_service_name(key) {
+                return err(
+                    &format!("upstreams.{key}"),
+                    "an upstream name is lower-case letters, digits and `-`, starting with a letter",
+                );
+            }
+            upstream
                 .validate()
                 .map_err(|(sub, reason)| (format!("upstreams.{key}.{sub}"), reason))?;
+            for service in &upstream.grpc_services {
+                if let Some((other, _)) = self.upstream_serving(service)
+                    && other != key
+                {
+                    return err(
+                        &format!("upstreams.{key}.grpc_services"),
+                        &format!("`{service}` is already served by upstreams.{other}"),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -828,8 +722,11 @@ impl UpstreamConfig {
             endpoint.parse::<http::Uri>().is_ok()
                 && (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         };
-        if !is_uri(&self.endpoint) {
-            return err("endpoint".into(), "must be an http:// or https:// URI");
+        if self.endpoints.is_empty() && !is_uri(&self.endpoint) {
+            return err(
+                "endpoint".into(),
+                "must be an http:// or https:// URI (or list `endpoints`)",
+            );
         }
         if let Some(i) = self.endpoints.iter().position(|e| !is_uri(e)) {
             return err(
@@ -852,11 +749,21 @@ impl UpstreamConfig {
         nested("retry", self.retry.validate())?;
         nested("breaker", self.breaker.validate())?;
         nested("outlier", self.outlier.validate())?;
+        if let Some(service) = self
+            .grpc_services
+            .iter()
+            .find(|s| s.is_empty() || s.contains('/') || !s.contains('.'))
+        {
+            return err(
+                "grpc_services".into(),
+                &format!("`{service}` is not a full service name (`package.Service`)"),
+            );
+        }
         for (method, policy) in &self.methods {
-            if method.is_empty() || method.starts_with('/') {
+            if !is_full_method(method) {
                 return err(
                     format!("methods.\"{method}\""),
-                    "name a method as `Method` or `package.Service/Method`",
+                    "name a method in full: `package.Service/Method`",
                 );
             }
             if policy.timeout_ms == Some(0) {
@@ -892,11 +799,14 @@ impl MeshConfig {
         if gateway.route_timeout_ms == 0 {
             return err("route_timeout_ms", "must be at least 1");
         }
-        if let Some((method, _)) = gateway.route_timeouts.iter().find(|(_, ms)| **ms == 0) {
-            return err(
-                &format!("route_timeouts.\"{method}\""),
-                "must be at least 1",
-            );
+        for (method, ms) in &gateway.route_timeouts {
+            let key = format!("route_timeouts.\"{method}\"");
+            if !is_full_method(method) {
+                return err(&key, "must be a full method name: package.Service/Method");
+            }
+            if *ms == 0 {
+                return err(&key, "must be at least 1");
+            }
         }
         if gateway.upstream_connections == 0 || gateway.upstream_connections > 64 {
             return err("upstream_connections", "must be between 1 and 64");
@@ -910,16 +820,6 @@ impl MeshConfig {
             .map_err(|(key, reason)| (format!("gateway.rate_limit.{key}"), reason))?;
         if gateway.tls.cert_file.is_empty() != gateway.tls.key_file.is_empty() {
             return err("tls", "set both cert_file and key_file, or neither");
-        }
-        for (i, set) in gateway.descriptor_sets.iter().enumerate() {
-            if !(set.endpoint.starts_with("http://") || set.endpoint.starts_with("https://"))
-                || set.endpoint.parse::<http::Uri>().is_err()
-            {
-                return err(
-                    &format!("descriptor_sets[{i}].endpoint"),
-                    "must be an http:// or https:// URI",
-                );
-            }
         }
         Ok(())
     }
@@ -939,24 +839,66 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     })
 }
 
-/// `WEFT_SERVICES__ORDER__LISTEN` -> `["services", "order", "listen"]`, for known sections only,
-/// so unrelated `WEFT_*` variables (`WEFT_CONFIG`, `WEFT_TEST_*`) are left alone.
-fn env_key(name: &str) -> Option<Vec<String>> {
-    const SECTIONS: &[&str] = &[
-        "environment",
-        "telemetry",
-        "server",
-        "jwt",
-        "auth",
-        "order",
-        "services",
-        "upstreams",
-        "gateway",
-        "faults",
-    ];
+/// The mesh's own top-level keys; every other top-level table is a service's settings.
+const SECTIONS: &[&str] = &[
+    "environment",
+    "telemetry",
+    "server",
+    "jwt",
+    "services",
+    "upstreams",
+    "gateway",
+    "faults",
+];
+
+/// `WEFT_SERVICES__ORDER__LISTEN` -> `["services", "order", "listen"]`, for the mesh's sections
+/// and the settings of the `services` declared, so unrelated `WEFT_*` variables (`WEFT_CONFIG`,
+/// `WEFT_TEST_*`) are left alone.
+fn env_key(name: &str, services: &[String]) -> Option<Vec<String>> {
     let rest = name.strip_prefix(ENV_PREFIX)?;
     let key: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-    SECTIONS.contains(&key[0].as_str()).then_some(key)
+    let section = key[0].as_str();
+    (SECTIONS.contains(&section) || services.iter().any(|s| s == section)).then_some(key)
+}
+
+/// The names of the services a mesh-config table and its variables declare.
+fn declared_services(table: &toml::Table, env: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = table
+        .get("services")
+        .and_then(toml::Value::as_table)
+        .map(|services| services.keys().cloned().collect())
+        .unwrap_or_default();
+    let prefix = format!("{ENV_PREFIX}SERVICES__");
+    for (var, _) in env {
+        if let Some(name) = var.strip_prefix(&prefix).and_then(|rest| rest.split("__").next()) {
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    names
+}
+
+/// The name the service declared as `[services.<name>]` goes by in logs, traces, metrics and
+/// service tokens: `weft-<name>` (`weft-order`).
+pub fn process_name(name: &str) -> String {
+    format!("weft-{name}")
+}
+
+/// A service or upstream name: `order`, `echo-2`.
+fn is_service_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The one spelling of a method in mesh-config: `package.Service/Method`.
+pub fn is_full_method(name: &str) -> bool {
+    name.split_once('/').is_some_and(|(service, method)| {
+        service.contains('.')
+            && !service.starts_with('.')
+            && !method.is_empty()
+            && !method.contains(['/', '.'])
+    })
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -1009,36 +951,73 @@ mod tests {
         result
     }
 
+    /// Two services declared the way mesh-config/local.toml does.
+    const TWO_SERVICES: &str = "\
+        [services.order]\nlisten = \"127.0.0.1:50053\"\ndatabase_url = \"sqlite://x.db\"\n\
+        [services.user]\nlisten = \"127.0.0.1:50052\"\n\
+        [upstreams.user]\nendpoint = \"http://127.0.0.1:50052\"\n\
+        grpc_services = [\"weft.user.v1.UserService\"]\n";
+
     #[test]
-    fn defaults_are_valid_and_local() {
+    fn the_defaults_are_valid_and_declare_no_service() {
         let config = MeshConfig::load_from(None, []).unwrap();
-        assert_eq!(config.services.order.listen.port(), 50053);
-        assert_eq!(config.upstreams.user.endpoint, "http://127.0.0.1:50052");
+        assert!(config.services.is_empty() && config.upstreams.is_empty());
         assert_eq!(config.server.max_concurrent_requests, 1024);
-        assert!(!config.order.seed_demo_products);
+        let err = config.service("order").unwrap_err();
+        assert!(err.to_string().contains("[services.order]"), "{err}");
     }
 
     #[test]
-    fn the_order_section_is_read_from_file_and_env() {
-        let config = load_text("[order]\nseed_demo_products = true\n", &[]).unwrap();
-        assert!(config.order.seed_demo_products);
-        let config = load_text("", &[("WEFT_ORDER__SEED_DEMO_PRODUCTS", "true")]).unwrap();
-        assert!(config.order.seed_demo_products);
+    fn services_and_upstreams_are_declared_by_name() {
+        let config = load_text(TWO_SERVICES, &[]).unwrap();
+        assert_eq!(config.service("order").unwrap().listen.port(), 50053);
+        assert_eq!(config.service("user").unwrap().database_url, "");
+        assert_eq!(config.service("user").unwrap().admin_listen.port(), 0);
+        let (name, user) = config.upstream_serving("weft.user.v1.UserService").unwrap();
+        assert_eq!((name, user.endpoint.as_str()), ("user", "http://127.0.0.1:50052"));
+        assert!(config.upstream_serving("weft.order.v1.OrderService").is_none());
+        // A service declared by a variable alone.
+        let config = load_text("", &[("WEFT_SERVICES__ECHO__LISTEN", "127.0.0.1:7000")]).unwrap();
+        assert_eq!(config.service("echo").unwrap().listen.port(), 7000);
+    }
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct OrderSettings {
+        seed_demo_products: bool,
+    }
+
+    #[test]
+    fn a_services_settings_are_its_own_table_from_file_and_env() {
+        let text = format!("{TWO_SERVICES}[order]\nseed_demo_products = true\n");
+        let config = load_text(&text, &[]).unwrap();
+        let settings: OrderSettings = config.settings("order").unwrap();
+        assert!(settings.seed_demo_products);
+        let config = load_text(TWO_SERVICES, &[("WEFT_ORDER__SEED_DEMO_PRODUCTS", "true")]).unwrap();
+        assert!(config.settings::<OrderSettings>("order").unwrap().seed_demo_products);
+        // Left out: the service's defaults.
+        let config = load_text(TWO_SERVICES, &[]).unwrap();
+        assert_eq!(config.settings::<OrderSettings>("user").unwrap(), OrderSettings::default());
+        // A typo is named with its service.
+        let text = format!("{TWO_SERVICES}[order]\nseed_demo_product = true\n");
+        let err = load_text(&text, &[]).unwrap().settings::<OrderSettings>("order").unwrap_err();
+        assert!(err.to_string().contains("seed_demo_product"), "{err}");
+        // A table named after no service is an unknown key.
+        let err = load_text("[inventory]\nx = 1\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("inventory"), "{err}");
     }
 
     #[test]
     fn file_values_override_defaults_and_env_overrides_file() {
         let config = load_text(
-            "[services.order]\nlisten = \"127.0.0.1:7000\"\ndatabase_url = \"sqlite://x.db\"\n",
+            TWO_SERVICES,
             &[
                 ("WEFT_SERVICES__ORDER__LISTEN", "127.0.0.1:7001"),
-                ("WEFT_AUTH__ADMIN_EMAILS", "[\"root@example.com\"]"),
                 ("WEFT_TEST_POSTGRES_URL", "ignored"),
             ],
         )
         .unwrap();
-        assert_eq!(config.services.order.listen.port(), 7001);
-        assert_eq!(config.auth.admin_emails, ["root@example.com"]);
+        assert_eq!(config.service("order").unwrap().listen.port(), 7001);
     }
 
     #[test]
@@ -1059,7 +1038,8 @@ mod tests {
 
     #[test]
     fn a_bad_env_value_blames_the_variable() {
-        let err = load_text("", &[("WEFT_SERVICES__USER__LISTEN", "not-an-address")]).unwrap_err();
+        let err = load_text(TWO_SERVICES, &[("WEFT_SERVICES__USER__LISTEN", "not-an-address")])
+            .unwrap_err();
         assert!(
             err.source_name.contains("WEFT_SERVICES__USER__LISTEN"),
             "{err}"
@@ -1095,19 +1075,40 @@ mod tests {
     }
 
     #[test]
-    fn admin_listeners_default_per_service_and_must_not_share_the_grpc_port() {
-        let config = MeshConfig::load_from(None, []).unwrap();
-        assert_eq!(config.services.auth.admin_listen.port(), 9101);
-        assert_eq!(config.services.user.admin_listen.port(), 9102);
-        assert_eq!(config.services.order.admin_listen.port(), 9103);
-        let config = load_text("[services.user]\nadmin_listen = \"0.0.0.0:0\"\n", &[]).unwrap();
-        assert_eq!(config.services.user.admin_listen.port(), 0);
+    fn the_admin_listener_must_not_share_the_grpc_port() {
         let err = load_text(
             "[services.order]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7000\"\n",
             &[],
         )
         .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("services.order.admin_listen"));
+    }
+
+    #[test]
+    fn method_names_have_one_spelling() {
+        assert!(is_full_method("weft.user.v1.UserService/GetMe"));
+        for wrong in ["GetMe", "weft.user.v1.UserService.GetMe", "/weft.user.v1.UserService/GetMe"] {
+            assert!(!is_full_method(wrong), "{wrong}");
+        }
+        let err = load_text("[upstreams.user]\nendpoint = \"http://x:1\"\n[upstreams.user.methods.GetMe]\ntimeout_ms = 5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("upstreams.user.methods.\"GetMe\""));
+        let err = load_text("[gateway.route_timeouts]\n\"a.B.C\" = 5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("gateway.route_timeouts.\"a.B.C\""));
+    }
+
+    #[test]
+    fn a_grpc_service_is_served_by_one_upstream_and_names_are_checked() {
+        let err = load_text(
+            "[upstreams.a]\nendpoint = \"http://x:1\"\ngrpc_services = [\"p.S\"]\n\
+             [upstreams.b]\nendpoint = \"http://x:2\"\ngrpc_services = [\"p.S\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("already served"), "{err}");
+        let err = load_text("[services.gateway]\nlisten = \"127.0.0.1:1\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("services.gateway"));
+        let err = load_text("[services.Order]\nlisten = \"127.0.0.1:1\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("services.Order"));
     }
 
     #[test]

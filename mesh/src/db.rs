@@ -30,6 +30,9 @@ pub enum DbError {
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The service has no (valid) `[services.<name>]` with a `database_url`.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Which database engine a [`Database`] runs on.
@@ -110,6 +113,31 @@ pub fn span(engine: Engine, operation: &'static str, collection: &'static str) -
 // === impl Database ===
 
 impl Database {
+    /// Opens the database of the service `name` (`services.<name>.database_url` and
+    /// `database_max_connections`), running `migrator`.
+    pub async fn open_service(
+        config: &crate::MeshConfig,
+        name: &str,
+        migrator: &Migrator,
+    ) -> Result<Self, DbError> {
+        let service = config.service(name)?;
+        if service.database_url.is_empty() {
+            return Err(crate::config::ConfigError {
+                source_name: "mesh-config".into(),
+                key: Some(format!("services.{name}.database_url")),
+                reason: "not set: this service keeps data (sqlite://path or postgres://...)"
+                    .into(),
+            }
+            .into());
+        }
+        Self::open(
+            &service.database_url,
+            service.database_max_connections,
+            migrator,
+        )
+        .await
+    }
+
     /// Opens the database at `url` (creating a SQLite file and its folder if missing), runs
     /// `migrator`, and opens the pools.
     pub async fn open(

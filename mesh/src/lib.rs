@@ -2,7 +2,10 @@
 //!
 //! What a sidecar proxy would do in another mesh lives here as tower layers and builders:
 //!
-//! - [`config`]: the typed mesh-config, from TOML and `WEFT_*` variables, validated at start;
+//! - [`config`]: the typed mesh-config, from TOML and `WEFT_*` variables, validated at start:
+//!   the services of the mesh are data there, by name;
+//! - [`contract`]: what the process's descriptor sets say of each method (access, retry
+//!   safety, the token key method);
 //! - [`server`]: the gRPC server with health, reflection, graceful drain and the server stack;
 //! - [`client`]: lazily connecting channels to upstreams with the client stack;
 //! - [`propagate`]: request id, credentials and trace context from inbound to outbound calls;
@@ -23,8 +26,9 @@
 //! ```ignore
 //! fn main() -> std::process::ExitCode {
 //!     let args = <weft_mesh::CommonArgs as clap::Parser>::parse();
-//!     weft_mesh::launch(ServiceName::Order, args.config, |config| async move {
-//!         weft_mesh::server::serve(config.clone(), ServiceName::Order, init(config)).await
+//!     let contract = [weft_proto::FILE_DESCRIPTOR_SET];
+//!     weft_mesh::launch("weft-order", &contract, args.config, |config| async move {
+//!         weft_mesh::server::serve(config.clone(), "order", init(config)).await
 //!     })
 //! }
 //! ```
@@ -40,6 +44,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod contract;
 pub mod db;
 pub mod deadline;
 pub mod fault;
@@ -61,7 +66,7 @@ pub mod testing;
 
 use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
 
-pub use config::{MeshConfig, ServiceName};
+pub use config::MeshConfig;
 
 /// Command-line options every Weft process accepts (flatten into a service's own parser, or
 /// parse alone).
@@ -72,9 +77,16 @@ pub struct CommonArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Runs a process of the mesh: loads and validates the config, sets up telemetry, builds the
-/// runtime and runs `run` on it. Errors are printed as one readable message, never a panic.
-pub fn launch<F, Fut>(name: impl AsRef<str>, config_path: Option<PathBuf>, run: F) -> ExitCode
+/// Runs a process of the mesh: loads and validates the config and the contract (the encoded
+/// descriptor sets `contract` the binary was built with, plus those mesh-config names), sets up
+/// telemetry, builds the runtime and runs `run` on it. Errors are printed as one readable
+/// message, never a panic.
+pub fn launch<F, Fut>(
+    name: impl AsRef<str>,
+    contract: &[&[u8]],
+    config_path: Option<PathBuf>,
+    run: F,
+) -> ExitCode
 where
     F: FnOnce(Arc<MeshConfig>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -87,6 +99,13 @@ where
             return ExitCode::from(2);
         }
     };
+    match contract::Contract::load(contract, &config) {
+        Ok(contract) => contract::install(contract),
+        Err(err) => {
+            eprintln!("{name}: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match build_runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -46,7 +46,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{config::ServiceName, db::Database};
+use crate::{config::UpstreamConfig, db::Database};
 
 /// Latency histogram buckets in seconds (the gateway's too).
 pub const BUCKETS: [f64; 12] = [
@@ -355,22 +355,11 @@ fn split_path(path: &str) -> (&str, &str) {
     path.split_once('/').unwrap_or(("", path))
 }
 
-/// Every path a mesh server or client knows: the contract's methods and the built-in ones.
-fn known_paths() -> impl Iterator<Item = &'static str> {
-    weft_proto::METHOD_ACCESS
-        .iter()
-        .map(|(path, _)| *path)
-        .chain(BUILTIN_METHODS)
-}
-
-/// The upstream answering a contract path: `/weft.user.v1.UserService/GetMe` -> `weft-user`.
-fn upstream_of(path: &str) -> Option<String> {
-    let (service, _) = split_path(path);
-    let mut parts = service.split('.');
-    match (parts.next(), parts.next()) {
-        (Some("weft"), Some(name)) if !name.is_empty() => Some(format!("weft-{name}")),
-        _ => None,
-    }
+/// The contract's paths of the gRPC services in `services`.
+fn paths_of<'a>(services: &'a [&str]) -> impl Iterator<Item = &'static str> + 'a {
+    crate::contract::current()
+        .paths()
+        .filter(move |path| services.contains(&split_path(path).0))
 }
 
 /// The status code a response's headers or trailers carry, if any.
@@ -539,10 +528,10 @@ pub struct ServerMetricsLayer {
 }
 
 impl ServerMetricsLayer {
-    /// Registers the in-flight gauge and prepares the table of the methods `service` serves.
-    pub fn new(service: ServiceName) -> Self {
-        let paths = known_paths()
-            .filter(|path| upstream_of(path).is_none_or(|upstream| upstream == service.as_str()));
+    /// Registers the in-flight gauge and prepares the table of the methods of the gRPC services
+    /// `grpc_services` (`weft.order.v1.OrderService`) and the built-in ones.
+    pub fn new(grpc_services: &[&str]) -> Self {
+        let paths = paths_of(grpc_services).chain(BUILTIN_METHODS);
         let recorder = &registry().recorder;
         let series = |path: &'static str| {
             let (service, method) = split_path(path);
@@ -624,21 +613,26 @@ pub struct ClientMetricsLayer {
 }
 
 impl ClientMetricsLayer {
-    /// Prepares the series of calls to `endpoint` (`http://host:port`). Contract methods are
-    /// labelled with the service that answers them (`upstream="weft-user"`), other paths with
-    /// the endpoint's `host:port`.
-    pub fn new(endpoint: &str) -> Self {
+    /// Prepares the series of calls to the upstream `name`. The methods of its gRPC services
+    /// are labelled with its process name (`upstream="weft-user"`), other paths (health) with
+    /// its first endpoint's `host:port`.
+    pub fn new(name: &str, upstream: &UpstreamConfig) -> Self {
+        let endpoint = upstream.endpoint_list().remove(0);
         let authority = endpoint
             .parse::<http::Uri>()
             .ok()
             .and_then(|uri| uri.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| endpoint.to_owned());
-        let paths = weft_proto::METHOD_ACCESS
-            .iter()
-            .map(|(path, _)| *path)
-            .chain(BUILTIN_METHODS[..2].iter().copied());
+            .unwrap_or_else(|| endpoint.clone());
+        let label = crate::config::process_name(name);
+        let services: Vec<&str> = upstream.grpc_services.iter().map(String::as_str).collect();
+        let own: Vec<&'static str> = paths_of(&services).collect();
+        let paths = own.iter().copied().chain(BUILTIN_METHODS[..2].iter().copied());
         let series = |path: &'static str| {
-            let upstream = upstream_of(path).unwrap_or_else(|| authority.clone());
+            let upstream = if own.contains(&path) {
+                label.clone()
+            } else {
+                authority.clone()
+            };
             client_series(upstream, path)
         };
         let unknown = MethodSeries::new(
@@ -958,11 +952,6 @@ mod tests {
             split_path("/weft.user.v1.UserService/GetMe"),
             ("weft.user.v1.UserService", "GetMe")
         );
-        assert_eq!(
-            upstream_of("/weft.order.v1.OrderService/CreateOrder").as_deref(),
-            Some("weft-order")
-        );
-        assert_eq!(upstream_of("/grpc.health.v1.Health/Check"), None);
     }
 
     #[test]
@@ -1005,7 +994,8 @@ mod tests {
 
     #[tokio::test]
     async fn server_calls_are_counted_by_method_and_status() {
-        let layer = ServerMetricsLayer::new(ServiceName::Order);
+        crate::contract::install_weft_for_tests();
+        let layer = ServerMetricsLayer::new(&["weft.order.v1.OrderService"]);
         // OK in the trailers of a body; NOT_FOUND in the headers (trailers-only).
         let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
             if req.uri().path().ends_with("GetProduct") {
@@ -1048,7 +1038,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_response_counts_as_cancelled_and_errors_by_their_code() {
-        let layer = ClientMetricsLayer::new("http://127.0.0.1:1");
+        crate::contract::install_weft_for_tests();
+        let mut upstream = crate::config::UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
+        upstream.grpc_services = vec!["weft.user.v1.UserService".into()];
+        let layer = ClientMetricsLayer::new("user", &upstream);
         let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
             if req.uri().path().ends_with("GetMe") {
                 Err(tonic::Status::unavailable("down"))

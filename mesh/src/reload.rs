@@ -25,12 +25,10 @@ use crate::{config::MeshConfig, live::Live};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Keys (or whole sections) of mesh-config that are read at start only.
-const RESTART_ONLY: [&str; 14] = [
+const RESTART_ONLY: [&str; 11] = [
     "environment",
     "telemetry",
     "jwt",
-    "auth",
-    "order",
     "services",
     "server.worker_threads",
     "server.max_message_bytes",
@@ -39,7 +37,6 @@ const RESTART_ONLY: [&str; 14] = [
     "gateway.listen",
     "gateway.tls",
     "gateway.upstream_connections",
-    "gateway.descriptor_sets",
 ];
 
 static CURRENT: OnceLock<Live<MeshConfig>> = OnceLock::new();
@@ -142,9 +139,12 @@ async fn reload(path: &Path, live: &Live<MeshConfig>) {
         .iter()
         .map(String::as_str)
         .filter(|key| {
-            RESTART_ONLY
-                .iter()
-                .any(|only| key == only || key.starts_with(&format!("{only}.")))
+            // A service's own settings are read by the service at start.
+            old.settings.contains_key(*key)
+                || config.settings.contains_key(*key)
+                || RESTART_ONLY
+                    .iter()
+                    .any(|only| key == only || key.starts_with(&format!("{only}.")))
         })
         .collect();
     live.set(config);
@@ -162,8 +162,11 @@ async fn reload(path: &Path, live: &Live<MeshConfig>) {
 }
 
 /// The keys whose values differ, to the second level (`gateway.route_timeouts`, `faults`).
-fn changed_keys(old: &MeshConfig, new: &MeshConfig) -> Vec<String> {
-    let (Ok(old), Ok(new)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
+fn changed_keys(old_config: &MeshConfig, new_config: &MeshConfig) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (
+        toml::Table::try_from(old_config),
+        toml::Table::try_from(new_config),
+    ) else {
         return vec!["(all)".into()];
     };
     let mut changed = Vec::new();
@@ -182,6 +185,14 @@ fn changed_keys(old: &MeshConfig, new: &MeshConfig) -> Vec<String> {
             _ => changed.push(section.clone()),
         }
     }
+    let services: std::collections::BTreeSet<&String> =
+        old_config.settings.keys().chain(new_config.settings.keys()).collect();
+    changed.extend(
+        services
+            .into_iter()
+            .filter(|name| old_config.settings.get(*name) != new_config.settings.get(*name))
+            .cloned(),
+    );
     changed
 }
 
@@ -220,14 +231,18 @@ mod tests {
         let old = MeshConfig::default();
         let mut new = old.clone();
         new.gateway.route_timeout_ms += 1;
-        new.services.user.database_url = "sqlite://elsewhere.db".into();
+        new.services.insert(
+            "user".into(),
+            toml::from_str("listen = \"127.0.0.1:1\"").unwrap(),
+        );
+        new.settings.insert("order".into(), toml::Table::new());
         new.faults.push(crate::fault::FaultRule {
             delay_ms: 1,
             ..Default::default()
         });
         assert_eq!(
             changed_keys(&old, &new),
-            vec!["faults", "gateway.route_timeout_ms", "services.user"]
+            vec!["faults", "gateway.route_timeout_ms", "services.user", "order"]
         );
         assert!(changed_keys(&old, &old).is_empty());
     }

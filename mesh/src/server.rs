@@ -28,9 +28,8 @@ use tower::ServiceBuilder;
 use tower_service::Service;
 
 use crate::{
-    auth::{AuthLayer, JwtVerifier},
-    client,
-    config::{MeshConfig, ServiceName},
+    auth::{AuthLayer, JwtVerifier, KeySource},
+    config::{MeshConfig, process_name},
     db::Database,
     deadline::ServerDeadlineLayer,
     fault::FaultLayer,
@@ -46,10 +45,10 @@ pub struct Started<S> {
     pub database: Database,
 }
 
-/// Serves the service `name` as configured, until SIGINT or SIGTERM.
+/// Serves the service `name` as `[services.<name>]` configures it, until SIGINT or SIGTERM.
 ///
 /// `init` runs while the server already answers health checks; its error stops the server.
-pub async fn serve<S, F>(config: Arc<MeshConfig>, name: ServiceName, init: F) -> anyhow::Result<()>
+pub async fn serve<S, F>(config: Arc<MeshConfig>, name: &str, init: F) -> anyhow::Result<()>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + NamedService
@@ -60,32 +59,37 @@ where
     S::Future: Send + 'static,
     F: Future<Output = anyhow::Result<Started<S>>>,
 {
-    let addr = config.service(name).listen;
+    let own = config.service(name)?;
+    let addr = own.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // `/metrics` on the admin port, from start to exit (stopped when dropped).
-    let admin = crate::metrics::AdminServer::start(config.service(name).admin_listen).await?;
+    let admin = crate::metrics::AdminServer::start(own.admin_listen).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
     health.set_not_serving::<S>().await;
+    let descriptors = prost_types::FileDescriptorSet {
+        file: crate::contract::current()
+            .pool()
+            .file_descriptor_protos()
+            .cloned()
+            .collect(),
+    };
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(descriptors)
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let verifier = JwtVerifier::new(
-        client::channel(&config, ServiceName::Auth)?,
-        &config.jwt,
-        name.as_str(),
-    );
+    let process = process_name(name);
+    let verifier = JwtVerifier::new(KeySource::from_config(&config)?, &config.jwt, &process);
     let stack = ServiceBuilder::new()
         .layer(ServerContextLayer)
-        .layer(crate::metrics::ServerMetricsLayer::new(name))
+        .layer(crate::metrics::ServerMetricsLayer::new(&[S::NAME]))
         .layer(LoadShedLayer::new(crate::reload::policy(
             &config,
             |config| ShedPolicy::from(&config.server),
@@ -115,7 +119,7 @@ where
         );
     let mut server = tokio::spawn(server);
     tracing::info!(
-        service = %name,
+        service = %process,
         addr = %local,
         admin = %admin.local_addr(),
         "listening; initialising"
@@ -136,7 +140,7 @@ where
     crate::metrics::registry().observe_database(&started.database);
     health.set_serving::<S>().await;
     health.set_service_status("", ServingStatus::Serving).await;
-    tracing::info!(service = %name, addr = %local, "serving");
+    tracing::info!(service = %process, addr = %local, "serving");
 
     tokio::select! {
         _ = shutdown_signal() => {}

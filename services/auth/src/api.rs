@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use weft_mesh::{MeshConfig, clock::now_micros, db::Database, validate::FieldError};
+use weft_mesh_proto::Jwks;
 use weft_proto::{
     auth::{
-        AuthTokens, GetJwksRequest, Jwks, LoginRequest, LogoutRequest, RefreshRequest,
+        AuthTokens, GetJwksRequest, LoginRequest, LogoutRequest, RefreshRequest,
         RegisterRequest, auth_service_server::AuthService,
     },
     user::User,
@@ -17,6 +18,7 @@ use crate::{
     keys::KeyRing,
     password::Passwords,
     store::{self, Rotation},
+    settings::AuthSettings,
     users::UserDirectory,
 };
 
@@ -24,6 +26,7 @@ use crate::{
 #[derive(Clone)]
 pub struct AuthApi {
     config: Arc<MeshConfig>,
+    settings: Arc<AuthSettings>,
     db: Database,
     keys: Arc<KeyRing>,
     passwords: Passwords,
@@ -34,6 +37,7 @@ impl AuthApi {
     /// The service over its parts.
     pub fn new(
         config: Arc<MeshConfig>,
+        settings: Arc<AuthSettings>,
         db: Database,
         keys: Arc<KeyRing>,
         passwords: Passwords,
@@ -41,6 +45,7 @@ impl AuthApi {
     ) -> Self {
         Self {
             config,
+            settings,
             db,
             keys,
             passwords,
@@ -60,7 +65,7 @@ impl AuthApi {
         let hash = self.passwords.hash(reg.password).await?;
         let creation_key =
             store::begin_registration(&self.db.write, &reg.email, &hash, now_micros()).await?;
-        let role = domain::role_for_email(&reg.email, &self.config.auth.admin_emails);
+        let role = domain::role_for_email(&reg.email, &self.settings.admin_emails);
         let user = self
             .users
             .create_user(&reg.email, &reg.display_name, role, &creation_key)

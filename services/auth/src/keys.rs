@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use weft_mesh::db::Database;
-use weft_proto::auth::Jwk;
+use weft_mesh_proto::Jwk;
 
 use crate::{domain::Error, store};
 
@@ -128,10 +128,9 @@ pub struct KeyTiming {
 }
 
 impl KeyTiming {
-    /// The timing that `config` implies.
-    pub fn new(config: &weft_mesh::MeshConfig) -> Self {
-        let millis = config
-            .auth
+    /// The timing that `config` and the service's `settings` imply.
+    pub fn new(config: &weft_mesh::MeshConfig, settings: &crate::settings::AuthSettings) -> Self {
+        let millis = settings
             .key_reload_interval_ms
             .saturating_add(config.jwt.jwks_min_refresh_interval_ms)
             .saturating_add(1_000);

@@ -9,54 +9,59 @@ pub mod api;
 pub mod domain;
 pub mod keys;
 pub mod password;
+pub mod settings;
 pub mod store;
 pub mod users;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use weft_mesh::{MeshConfig, ServiceName, db::Database, server::Started};
-use weft_proto::auth::auth_service_server::AuthServiceServer;
+use weft_mesh::{MeshConfig, db::Database, server::Started};
+use weft_proto::{auth::auth_service_server::AuthServiceServer, user::user_service_server};
 
-use crate::{api::AuthApi, keys::KeyRing, password::Passwords, users::UserDirectory};
+use crate::{
+    api::AuthApi, keys::KeyRing, password::Passwords, settings::AuthSettings,
+    users::UserDirectory,
+};
+
+/// The service's name in mesh-config (`[services.auth]`, `[auth]`).
+pub const NAME: &str = "auth";
 
 /// The service's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the database from `config`, running migrations.
 pub async fn open_database(config: &MeshConfig) -> anyhow::Result<Database> {
-    let service = config.service(ServiceName::Auth);
-    Ok(Database::open(
-        &service.database_url,
-        service.database_max_connections,
-        &MIGRATOR,
-    )
-    .await?)
+    Ok(Database::open_service(config, NAME, &MIGRATOR).await?)
 }
 
 /// Builds the service: database, signing keys (created on first start), password hasher and
 /// the weft-user client.
 pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthServiceServer<AuthApi>>> {
+    let settings = Arc::new(AuthSettings::from_config(&config)?);
     let db = open_database(&config).await?;
     let keys = Arc::new(
-        KeyRing::load(&db, keys::KeyTiming::new(&config))
+        KeyRing::load(&db, keys::KeyTiming::new(&config, &settings))
             .await
             .context("cannot load the signing keys")?,
     );
     keys.clone().spawn_reload(
         db.clone(),
-        Duration::from_millis(config.auth.key_reload_interval_ms),
+        Duration::from_millis(settings.key_reload_interval_ms),
     );
-    let passwords = Passwords::new(&config.auth.argon2)
+    let passwords = Passwords::new(&settings.argon2)
         .await
         .context("cannot set up password hashing")?;
+    let (channel, user_service) =
+        weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
     let users = UserDirectory::new(
-        weft_mesh::client::channel(&config, ServiceName::User)?,
+        channel,
+        user_service,
         keys.clone(),
         config.jwt.clone(),
     );
     let max_message = config.server.max_message_bytes;
-    let api = AuthApi::new(config, db.clone(), keys, passwords, users);
+    let api = AuthApi::new(config, settings, db.clone(), keys, passwords, users);
     let service = AuthServiceServer::new(api)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -72,7 +77,9 @@ pub async fn rotate_key(config: &MeshConfig) -> anyhow::Result<String> {
     let db = open_database(config).await?;
     let now = weft_mesh::clock::now_micros();
     let key = keys::generate_key(now)?;
-    let retire_at = now.saturating_add(keys::KeyTiming::new(config).activation_delay_micros);
+    let settings = AuthSettings::from_config(config)?;
+    let retire_at =
+        now.saturating_add(keys::KeyTiming::new(config, &settings).activation_delay_micros);
     let result = store::rotate_key(&db.write, &key, retire_at).await;
     db.close().await;
     result.context("cannot store the new signing key")?;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weft_mesh::{CommonArgs, ServiceName};
+use weft_mesh::CommonArgs;
 
 /// weft-auth: credentials, tokens and signing keys of the Weft mesh.
 #[derive(Debug, Parser)]
@@ -31,7 +31,8 @@ fn main() -> ExitCode {
         Some(Command::RotateKey { common }) => common.config.clone().or(cli.common.config),
         None => cli.common.config,
     };
-    weft_mesh::launch(ServiceName::Auth, config_path, |config| async move {
+    let contract = [weft_proto::FILE_DESCRIPTOR_SET];
+    weft_mesh::launch("weft-auth", &contract, config_path, |config| async move {
         match cli.command {
             Some(Command::RotateKey { .. }) => {
                 let kid = weft_auth::rotate_key(&config).await?;
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             None => {
-                weft_mesh::server::serve(config.clone(), ServiceName::Auth, weft_auth::init(config))
+                weft_mesh::server::serve(config.clone(), weft_auth::NAME, weft_auth::init(config))
                     .await
             }
         }

@@ -6,7 +6,7 @@ use argon2::{
         Error as HashError, PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash,
     },
 };
-use weft_mesh::config::Argon2Config;
+use crate::settings::Argon2Settings;
 
 use crate::domain::Error;
 
@@ -27,7 +27,7 @@ impl std::fmt::Debug for Passwords {
 
 impl Passwords {
     /// A hasher with `config`'s cost; computes the dummy hash (one full hash) first.
-    pub async fn new(config: &Argon2Config) -> Result<Self, Error> {
+    pub async fn new(config: &Argon2Settings) -> Result<Self, Error> {
         let params = Params::new(
             config.memory_kib,
             config.iterations,
@@ -96,8 +96,8 @@ fn verify_sync(password: &str, hash: &str) -> Result<bool, Error> {
 mod tests {
     use super::*;
 
-    fn cheap() -> Argon2Config {
-        Argon2Config {
+    fn cheap() -> Argon2Settings {
+        Argon2Settings {
             memory_kib: 64,
             iterations: 1,
             parallelism: 1,

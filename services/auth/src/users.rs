@@ -6,7 +6,7 @@ use std::{
 };
 
 use tonic::{Code, Status, metadata::MetadataValue};
-use weft_mesh::{ServiceName, client::MeshChannel, config::JwtConfig};
+use weft_mesh::{client::MeshChannel, config::JwtConfig};
 use weft_proto::user::{
     CreateUserRequest, GetUserRequest, Role as UserRole, User,
     user_service_client::UserServiceClient,
@@ -30,16 +30,20 @@ pub struct UserDirectory {
     client: UserServiceClient<MeshChannel>,
     keys: Arc<KeyRing>,
     jwt: JwtConfig,
+    /// weft-user's name as the `aud` of the service tokens it accepts.
+    audience: String,
     cached: Arc<Mutex<Option<CachedToken>>>,
 }
 
 impl UserDirectory {
-    /// A client over `channel`, signing service tokens with `keys`.
-    pub fn new(channel: MeshChannel, keys: Arc<KeyRing>, jwt: JwtConfig) -> Self {
+    /// A client over `channel` to the service named `audience` (`weft-user`), signing service
+    /// tokens with `keys`.
+    pub fn new(channel: MeshChannel, audience: String, keys: Arc<KeyRing>, jwt: JwtConfig) -> Self {
         Self {
             client: UserServiceClient::new(channel),
             keys,
             jwt,
+            audience,
             cached: Arc::new(Mutex::new(None)),
         }
     }
@@ -102,7 +106,7 @@ impl UserDirectory {
             return Ok(c.token.clone());
         }
         let now = domain::unix_secs(weft_mesh::clock::now_micros());
-        let claims = domain::service_claims(&self.jwt, ServiceName::User.as_str(), now);
+        let claims = domain::service_claims(&self.jwt, &self.audience, now);
         let token = keys.sign(&claims)?;
         let half_life = Duration::from_secs(claims.exp.saturating_sub(now)) / 2;
         *cached = Some(CachedToken {

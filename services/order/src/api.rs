@@ -231,7 +231,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use tonic::transport::Server;
-    use weft_mesh::{ServiceName, auth::Role, config::UpstreamConfig, propagate::CallContext};
+    use weft_mesh::{auth::Role, config::UpstreamConfig, propagate::CallContext};
     use weft_proto::user::{
         self as user_pb,
         user_service_server::{UserService, UserServiceServer},
@@ -304,12 +304,13 @@ mod tests {
 
     fn users_channel(endpoint: String) -> UserServiceClient<MeshChannel> {
         let mut config = weft_mesh::MeshConfig::default();
-        config.upstreams.user = UpstreamConfig {
+        let upstream = UpstreamConfig {
             connect_timeout_ms: 500,
             timeout_ms: 2000,
             ..UpstreamConfig::with_endpoint(endpoint)
         };
-        UserServiceClient::new(weft_mesh::client::channel(&config, ServiceName::User).unwrap())
+        config.upstreams.insert("user".into(), upstream);
+        UserServiceClient::new(weft_mesh::client::channel(&config, "user").unwrap())
     }
 
     async fn harness(known: &[&str]) -> Harness {

@@ -17,12 +17,26 @@ pub mod store;
 
 use std::sync::Arc;
 
-use weft_mesh::{MeshConfig, ServiceName, db::Database, server::Started};
+use serde::Deserialize;
+use weft_mesh::{MeshConfig, db::Database, server::Started};
 use weft_proto::{
-    order::order_service_server::OrderServiceServer, user::user_service_client::UserServiceClient,
+    order::order_service_server::OrderServiceServer,
+    user::{user_service_client::UserServiceClient, user_service_server},
 };
 
 use crate::{api::OrderApi, store::Store};
+
+/// The service's name in mesh-config (`[services.order]`, `[order]`).
+pub const NAME: &str = "order";
+
+/// weft-order's own settings, the `[order]` table of mesh-config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrderSettings {
+    /// On the first start with an empty catalogue, add a few demo products (once, ever);
+    /// default false (`mesh-config/local.toml` turns it on so that a new user can order at once).
+    pub seed_demo_products: bool,
+}
 
 /// The crate's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -31,18 +45,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn init(
     config: Arc<MeshConfig>,
 ) -> anyhow::Result<Started<OrderServiceServer<OrderApi>>> {
-    let settings = config.service(ServiceName::Order);
-    let database = Database::open(
-        &settings.database_url,
-        settings.database_max_connections,
-        &MIGRATOR,
-    )
-    .await?;
-    if config.order.seed_demo_products {
+    let settings: OrderSettings = config.settings(NAME)?;
+    let database = Database::open_service(&config, NAME, &MIGRATOR).await?;
+    if settings.seed_demo_products {
         let seeding = seed::seed_demo_products(&database).await?;
         tracing::info!(?seeding, "demo products (order.seed_demo_products)");
     }
-    let users = UserServiceClient::new(weft_mesh::client::channel(&config, ServiceName::User)?);
+    let (users, _) = weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
+    let users = UserServiceClient::new(users);
     let api = OrderApi::new(Store::new(database.clone()), users);
     let service = OrderServiceServer::new(api)
         .max_decoding_message_size(config.server.max_message_bytes)

@@ -1,7 +1,6 @@
 //! The `weft-order` process: products, stock and orders, served over gRPC.
 
 use clap::Parser;
-use weft_mesh::ServiceName;
 
 /// Command line of `weft-order`.
 #[derive(Debug, Parser)]
@@ -17,11 +16,13 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let contract = [weft_proto::FILE_DESCRIPTOR_SET];
     weft_mesh::launch(
-        ServiceName::Order,
+        "weft-order",
+        &contract,
         args.common.config,
         |config| async move {
-            weft_mesh::server::serve(config.clone(), ServiceName::Order, weft_order::init(config))
+            weft_mesh::server::serve(config.clone(), weft_order::NAME, weft_order::init(config))
                 .await
         },
     )

@@ -9,19 +9,20 @@ pub mod store;
 
 use std::sync::Arc;
 
-use weft_mesh::{MeshConfig, ServiceName, db::Database, server::Started};
+use weft_mesh::{MeshConfig, db::Database, server::Started};
 use weft_proto::user::user_service_server::UserServiceServer;
 
 pub use api::Api;
+
+/// The service's name in mesh-config (`[services.user]`).
+pub const NAME: &str = "user";
 
 /// The crate's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the database (running migrations) and builds the gRPC service.
 pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<UserServiceServer<Api>>> {
-    let own = config.service(ServiceName::User);
-    let database =
-        Database::open(&own.database_url, own.database_max_connections, &MIGRATOR).await?;
+    let database = Database::open_service(&config, NAME, &MIGRATOR).await?;
     let service = UserServiceServer::new(Api::new(store::Store::new(database.clone())))
         .max_decoding_message_size(config.server.max_message_bytes)
         .max_encoding_message_size(config.server.max_message_bytes);

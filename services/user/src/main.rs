@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use weft_mesh::{CommonArgs, ServiceName};
+use weft_mesh::CommonArgs;
 
 /// Serves weft.user.v1.UserService: user profiles.
 #[derive(Debug, Parser)]
@@ -15,7 +15,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    weft_mesh::launch(ServiceName::User, args.common.config, |config| async move {
-        weft_mesh::server::serve(config.clone(), ServiceName::User, weft_user::init(config)).await
+    let contract = [weft_proto::FILE_DESCRIPTOR_SET];
+    weft_mesh::launch("weft-user", &contract, args.common.config, |config| async move {
+        weft_mesh::server::serve(config.clone(), weft_user::NAME, weft_user::init(config)).await
     })
 }
