@@ -14,7 +14,7 @@ use weft_proto::{
 };
 
 use crate::{
-    domain::{self, Error},
+    domain::{self, Error, RefreshState},
     keys::KeyRing,
     password::Passwords,
     store::{self, Rotation},
@@ -116,13 +116,19 @@ impl AuthApi {
         let Some(token) = store::find_refresh(&self.db.read, &old_hash).await? else {
             return Err(Error::BadRefreshToken);
         };
-        if token.used_at.is_some() {
-            store::revoke_family(&self.db.write, &token.family_id, now).await?;
-            tracing::warn!(family_id = %token.family_id, user_id = %token.user_id, "refresh token reused; family revoked");
-            return Err(Error::BadRefreshToken);
-        }
-        if token.revoked_at.is_some() || token.expires_at <= now {
-            return Err(Error::BadRefreshToken);
+        match domain::refresh_state(
+            token.used_at.is_some(),
+            token.revoked_at,
+            token.expires_at,
+            now,
+        ) {
+            RefreshState::Reused => {
+                store::revoke_family(&self.db.write, &token.family_id, now).await?;
+                tracing::warn!(family_id = %token.family_id, user_id = %token.user_id, "refresh token reused; family revoked");
+                return Err(Error::BadRefreshToken);
+            }
+            RefreshState::Dead => return Err(Error::BadRefreshToken),
+            RefreshState::Live => {}
         }
         // Fetched before the token is spent: if weft-user is down, the token stays usable.
         let Some(user) = self.users.get_user(&token.user_id).await? else {

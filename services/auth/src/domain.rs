@@ -1,4 +1,5 @@
-//! The auth service's rules: input checks, roles, token contents, and its error type.
+//! The auth service's rules: input checks, roles, token contents, when a refresh token may be
+//! exchanged, and its error type.
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -179,6 +180,35 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// What a refresh token presented for exchange may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshState {
+    /// Unused, unexpired and in a live family: it may be exchanged, once.
+    Live,
+    /// Exchanged before: a second use means it leaked, so its family must be revoked.
+    Reused,
+    /// Expired, or its family was revoked: refused, and nothing else changes.
+    Dead,
+}
+
+/// The state of a refresh token that expires at `expires_at`, at `now` (microseconds). Reuse
+/// is judged first: a used token presented again revokes its family even when it has expired
+/// or the family is revoked already.
+pub fn refresh_state(
+    used: bool,
+    revoked_at: Option<i64>,
+    expires_at: i64,
+    now: i64,
+) -> RefreshState {
+    if used {
+        RefreshState::Reused
+    } else if revoked_at.is_some() || expires_at <= now {
+        RefreshState::Dead
+    } else {
+        RefreshState::Live
+    }
+}
+
 /// `secs` as microseconds, saturating.
 pub fn secs_to_micros(secs: u64) -> i64 {
     i64::try_from(secs)
@@ -265,6 +295,22 @@ mod tests {
         );
         assert_eq!(service.exp, 1_000 + jwt.service_token_ttl_secs);
         assert_eq!(role_claim(UserRole::Unspecified), "user");
+    }
+
+    #[test]
+    fn a_refresh_token_is_live_until_used_expired_or_revoked() {
+        use RefreshState::*;
+        let now = 1_000;
+        assert_eq!(refresh_state(false, None, now + 1, now), Live);
+        assert_eq!(
+            refresh_state(false, None, now, now),
+            Dead,
+            "expiry is exclusive"
+        );
+        assert_eq!(refresh_state(false, Some(now - 1), now + 1, now), Dead);
+        assert_eq!(refresh_state(true, None, now + 1, now), Reused);
+        // A reused token revokes its family whatever else is true of it.
+        assert_eq!(refresh_state(true, Some(now - 1), now - 1, now), Reused);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use sqlx::{AnyPool, Row as _, any::AnyRow};
 use tracing::Instrument as _;
 use weft_mesh::db::{self, Engine};
 
-use crate::{domain::Error, keys::StoredKey};
+use crate::{
+    domain::{self, Error, RefreshState},
+    keys::StoredKey,
+};
 
 // === signing keys ===
 
@@ -320,14 +323,16 @@ pub async fn rotate_refresh(
     let family_id: String = row.try_get("family_id")?;
     let token_expires_at: i64 = row.try_get("expires_at")?;
     let revoked_at: Option<i64> = row.try_get("revoked_at")?;
-    if marked == 0 {
-        revoke_family_in(&mut tx, &family_id, now).await?;
-        tx.commit().await?;
-        return Ok(Rotation::Reused);
-    }
-    if revoked_at.is_some() || token_expires_at <= now {
+    // The mark above is the atomic test of "used": it changed nothing if the token was.
+    match domain::refresh_state(marked == 0, revoked_at, token_expires_at, now) {
+        RefreshState::Reused => {
+            revoke_family_in(&mut tx, &family_id, now).await?;
+            tx.commit().await?;
+            return Ok(Rotation::Reused);
+        }
         // Dropping the transaction rolls the mark back; the token is dead either way.
-        return Ok(Rotation::Dead);
+        RefreshState::Dead => return Ok(Rotation::Dead),
+        RefreshState::Live => {}
     }
     insert_token(&mut tx, new_hash, &family_id, now, expires_at).await?;
     tx.commit().await?;

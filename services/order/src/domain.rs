@@ -1,5 +1,8 @@
 //! The rules of the shop: what a valid product and order request are, how a request is hashed
-//! for idempotency, and the crate's error type with its single mapping to a gRPC status.
+//! for idempotency, how an order takes stock and is priced, and the crate's error type with its
+//! single mapping to a gRPC status.
+
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 use tonic::Status;
@@ -375,12 +378,137 @@ pub fn replay(
     }
 }
 
+// === stock and pricing ===
+
+impl OrderRequest {
+    /// The units the order takes from each product: repeated lines of one product add up, so
+    /// its stock is checked against their sum at once.
+    pub fn units_per_product(&self) -> BTreeMap<&str, i64> {
+        units_per_product(
+            self.lines
+                .iter()
+                .map(|line| (line.product_id.as_str(), line.quantity)),
+        )
+    }
+}
+
+impl Order {
+    /// The units the order holds of each product: what cancelling it puts back.
+    pub fn units_per_product(&self) -> BTreeMap<&str, i64> {
+        units_per_product(
+            self.items
+                .iter()
+                .map(|item| (item.product_id.as_str(), item.quantity)),
+        )
+    }
+}
+
+/// Sums quantities by product id. A `BTreeMap`, so products come out in id order: the store
+/// changes their stock in that order, and concurrent orders then never deadlock.
+fn units_per_product<'a>(lines: impl Iterator<Item = (&'a str, i64)>) -> BTreeMap<&'a str, i64> {
+    let mut units = BTreeMap::new();
+    for (product_id, quantity) in lines {
+        *units.entry(product_id).or_default() += quantity;
+    }
+    units
+}
+
+/// The products an order has taken, each with the name and unit price it had then, and the
+/// currency they share. It is filled one product at a time, as the store takes each one's
+/// stock, so that a second currency stops the order at the product that brings it.
+#[derive(Debug, Default)]
+pub struct OrderPricing<'a> {
+    /// Name and unit price in cents of each product taken, by id.
+    taken: BTreeMap<&'a str, (String, i64)>,
+    /// The currency of the first product taken.
+    currency: Option<String>,
+}
+
+/// The money of a new order: its priced items, their total and their currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedOrder {
+    /// One item per requested line, in request order.
+    pub items: Vec<OrderItem>,
+    /// Sum of quantity x unit price over the items.
+    pub total_cents: i64,
+    /// The products' common currency ([`DEFAULT_CURRENCY`] when no product was taken).
+    pub currency: String,
+}
+
+impl<'a> OrderPricing<'a> {
+    /// Records a product taken for the order, at its current name, unit price and currency;
+    /// [`Error::MixedCurrencies`] when the currency differs from the first product's.
+    pub fn take(
+        &mut self,
+        product_id: &'a str,
+        name: String,
+        unit_price_cents: i64,
+        currency: String,
+    ) -> Result<(), Error> {
+        match &self.currency {
+            None => self.currency = Some(currency),
+            Some(first) if *first != currency => {
+                return Err(Error::MixedCurrencies {
+                    first: first.clone(),
+                    other: currency,
+                });
+            }
+            Some(_) => {}
+        }
+        self.taken.insert(product_id, (name, unit_price_cents));
+        Ok(())
+    }
+
+    /// Prices each line at its product's unit price, in request order, and sums them;
+    /// [`Error::TotalTooLarge`] when the total does not fit in 64 bits.
+    pub fn price(self, lines: &[OrderLine]) -> Result<PricedOrder, Error> {
+        let mut items = Vec::with_capacity(lines.len());
+        let mut total: i64 = 0;
+        for line in lines {
+            let (name, price) = self
+                .taken
+                .get(line.product_id.as_str())
+                .ok_or_else(|| Error::Internal("a line's product was not taken".into()))?;
+            total = price
+                .checked_mul(line.quantity)
+                .and_then(|cost| total.checked_add(cost))
+                .ok_or(Error::TotalTooLarge)?;
+            items.push(OrderItem {
+                product_id: line.product_id.clone(),
+                product_name: name.clone(),
+                quantity: line.quantity,
+                unit_price_cents: *price,
+            });
+        }
+        Ok(PricedOrder {
+            items,
+            total_cents: total,
+            currency: self.currency.unwrap_or_else(|| DEFAULT_CURRENCY.to_owned()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn lines(items: &[(&'static str, i64)]) -> impl ExactSizeIterator<Item = (&'static str, i64)> {
         items.iter().copied()
+    }
+
+    /// A confirmed order "o1" of user "u1" with these items (the other fields do not matter).
+    fn order_of(items: Vec<OrderItem>) -> Order {
+        Order {
+            id: "o1".into(),
+            user_id: "u1".into(),
+            status: OrderStatus::Confirmed,
+            items,
+            total_cents: 0,
+            currency: "USD".into(),
+            idempotency_key: Some("k".into()),
+            create_time: 0,
+            update_time: 0,
+        }
     }
 
     #[test]
@@ -542,22 +670,106 @@ mod tests {
 
     #[test]
     fn a_replay_needs_the_same_hash() {
-        let order = Order {
-            id: "o1".into(),
-            user_id: "u1".into(),
-            status: OrderStatus::Confirmed,
-            items: Vec::new(),
-            total_cents: 0,
-            currency: "USD".into(),
-            idempotency_key: Some("k".into()),
-            create_time: 0,
-            update_time: 0,
-        };
+        let order = order_of(Vec::new());
         assert_eq!(replay(order.clone(), Some("h"), "h").unwrap().id, "o1");
         assert!(matches!(
             replay(order.clone(), Some("h"), "x"),
             Err(Error::KeyReused)
         ));
         assert!(matches!(replay(order, None, "h"), Err(Error::KeyReused)));
+    }
+
+    #[test]
+    fn units_add_up_per_product_in_id_order() {
+        let request = order_request("", lines(&[("b", 2), ("a", 1), ("b", 3)])).unwrap();
+        let units: Vec<_> = request.units_per_product().into_iter().collect();
+        assert_eq!(units, [("a", 1), ("b", 5)]);
+
+        let order = order_of(
+            request
+                .lines
+                .iter()
+                .map(|line| OrderItem {
+                    product_id: line.product_id.clone(),
+                    product_name: String::new(),
+                    quantity: line.quantity,
+                    unit_price_cents: 0,
+                })
+                .collect(),
+        );
+        assert_eq!(order.units_per_product(), request.units_per_product());
+    }
+
+    #[test]
+    fn lines_are_priced_in_request_order_at_the_taken_prices() {
+        let request = order_request("", lines(&[("b", 2), ("a", 1), ("b", 3)])).unwrap();
+        let mut pricing = OrderPricing::default();
+        pricing.take("a", "Tea".into(), 450, "EUR".into()).unwrap();
+        pricing.take("b", "Mug".into(), 1200, "EUR".into()).unwrap();
+        let priced = pricing.price(&request.lines).unwrap();
+        let items: Vec<_> = priced
+            .items
+            .iter()
+            .map(|i| (i.product_name.as_str(), i.quantity, i.unit_price_cents))
+            .collect();
+        assert_eq!(items, [("Mug", 2, 1200), ("Tea", 1, 450), ("Mug", 3, 1200)]);
+        assert_eq!(priced.total_cents, 5 * 1200 + 450);
+        assert_eq!(priced.currency, "EUR");
+    }
+
+    #[test]
+    fn a_second_currency_is_refused_where_it_appears() {
+        let mut pricing = OrderPricing::default();
+        pricing.take("a", "A".into(), 1, "USD".into()).unwrap();
+        pricing.take("b", "B".into(), 1, "USD".into()).unwrap();
+        let err = pricing.take("c", "C".into(), 1, "EUR".into()).unwrap_err();
+        assert!(
+            matches!(&err, Error::MixedCurrencies { first, other } if first == "USD" && other == "EUR"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_total_past_64_bits_is_refused() {
+        let at_max = order_request("", lines(&[("a", 1)])).unwrap();
+        let twice = order_request("", lines(&[("a", 1), ("a", 1)])).unwrap();
+        let pricing = || {
+            let mut pricing = OrderPricing::default();
+            pricing
+                .take("a", "A".into(), i64::MAX, "USD".into())
+                .unwrap();
+            pricing
+        };
+        assert_eq!(
+            pricing().price(&at_max.lines).unwrap().total_cents,
+            i64::MAX
+        );
+        assert!(matches!(
+            pricing().price(&twice.lines),
+            Err(Error::TotalTooLarge)
+        ));
+        let dear = order_request("", lines(&[("a", 2)])).unwrap();
+        assert!(matches!(
+            pricing().price(&dear.lines),
+            Err(Error::TotalTooLarge)
+        ));
+    }
+
+    #[test]
+    fn pricing_without_products_is_in_the_default_currency_and_a_missing_one_is_a_bug() {
+        let priced = OrderPricing::default().price(&[]).unwrap();
+        assert_eq!(
+            (
+                priced.items.len(),
+                priced.total_cents,
+                priced.currency.as_str()
+            ),
+            (0, 0, DEFAULT_CURRENCY)
+        );
+        let request = order_request("", lines(&[("a", 1)])).unwrap();
+        assert!(matches!(
+            OrderPricing::default().price(&request.lines),
+            Err(Error::Internal(_))
+        ));
     }
 }

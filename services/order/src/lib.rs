@@ -1,7 +1,8 @@
 //! `weft-order`: the catalogue of products with their stock, and the orders that take from it.
 //!
 //! - [`api`]: the tonic `OrderService` (validation, owner checks, mapping to the proto);
-//! - [`domain`]: the rules (input limits, request hashing) and the crate's [`domain::Error`];
+//! - [`domain`]: the rules (input limits, request hashing, stock per product, pricing) and the
+//!   crate's [`domain::Error`];
 //! - [`store`]: the SQL, on SQLite or PostgreSQL, with stock taken in one transaction.
 //! - [`read`]: `GetProduct` on SQLite through rusqlite, inline on the runtime thread.
 //! - [`seed`]: the demo products of the local run (`order.seed_demo_products`), added once.

@@ -1,15 +1,19 @@
 //! The hot read path on SQLite: `GetProduct` through rusqlite, inline on the runtime thread.
 //!
 //! sqlx runs every SQLite connection on a worker thread of its own, so each query is a
-//! hand-off to that thread and back (futex wake-ups, context switches): the perf notes
-//! (`shared/perf-notes.md`) measured about 44 us of CPU per `GetProduct` in this service, most
-//! of it there, and the whole gateway -> order path at 17-21 % of a bare hyper server. Reading
-//! through rusqlite instead brought it to about 45 %.
+//! hand-off to that thread and back (futex wake-ups, context switches). On a 2-core box, a
+//! prototype of this read (gateway -> order service -> SQLite, measured with wrk against a bare
+//! hyper server in the same run) spent about 44 us of CPU per read in the order service, most of
+//! it in that hand-off, and reached 17 % of the bare server's requests per second through the
+//! sqlx pool, about 21 % with `test_before_acquire(false)`, and about 45 % through a per-thread
+//! rusqlite connection as below. Weft's own figures for the whole path, still well below that
+//! ratio, are in `bench/README.md`; there the SQLite read through this module is about 10k of
+//! weft-order's 74k instructions per request.
 //!
 //! Each runtime thread keeps ONE read-only connection per database file (a `thread_local!`,
 //! opened lazily on the first read, `PRAGMA query_only`, a short busy timeout) with its
 //! statements prepared once (`prepare_cached`), and runs the query right there, without an
-//! `.await`. That is not the blocking call the house rules forbid:
+//! `.await`. That is not the kind of blocking call an async runtime thread must not make:
 //!
 //! - it is one primary-key lookup: a few B-tree pages, kept in the connection's page cache
 //!   and the OS page cache, answered in microseconds (less than the gRPC decoding around it);

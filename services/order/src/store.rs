@@ -5,8 +5,6 @@
 //! it cannot go below zero whatever the concurrency, and an order's stock, order row and items
 //! are written in one transaction: an order exists whole or not at all.
 
-use std::collections::BTreeMap;
-
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use tracing::Instrument as _;
 use weft_mesh::{
@@ -16,7 +14,9 @@ use weft_mesh::{
 };
 
 use crate::{
-    domain::{self, Error, NewProduct, Order, OrderItem, OrderRequest, OrderStatus, Product},
+    domain::{
+        self, Error, NewProduct, Order, OrderItem, OrderPricing, OrderRequest, OrderStatus, Product,
+    },
     read::SqliteReader,
 };
 
@@ -335,11 +335,7 @@ impl Store {
                 .ok_or_else(|| Error::OrderNotFound(order.id.clone()));
         }
         // Products in id order, as when the stock was taken, so the two never deadlock.
-        let mut returned: BTreeMap<&str, i64> = BTreeMap::new();
-        for item in &order.items {
-            *returned.entry(item.product_id.as_str()).or_default() += item.quantity;
-        }
-        for (product_id, quantity) in returned {
+        for (product_id, quantity) in order.units_per_product() {
             sqlx::query("UPDATE products SET stock = stock + $1, update_time = $2 WHERE id = $3")
                 .bind(quantity)
                 .bind(now)
@@ -363,15 +359,10 @@ async fn write_order(
     request: &OrderRequest,
 ) -> Result<Placed, Error> {
     let now = now_micros();
-    // One decrement per distinct product, in id order: repeated lines add up, and concurrent
-    // orders lock rows in the same order (no deadlocks on PostgreSQL).
-    let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
-    for line in &request.lines {
-        *wanted.entry(line.product_id.as_str()).or_default() += line.quantity;
-    }
-    let mut taken: BTreeMap<&str, (String, i64)> = BTreeMap::new();
-    let mut currency: Option<String> = None;
-    for (&product_id, &quantity) in &wanted {
+    // One decrement per distinct product, in id order: concurrent orders lock rows in the same
+    // order (no deadlocks on PostgreSQL).
+    let mut pricing = OrderPricing::default();
+    for (product_id, quantity) in request.units_per_product() {
         let row = sqlx::query(
             "UPDATE products SET stock = stock - $1, update_time = $2 \
              WHERE id = $3 AND stock >= $1 RETURNING name, unit_price_cents, currency",
@@ -395,46 +386,21 @@ async fn write_order(
                 Error::ProductNotFound(product_id.to_owned())
             });
         };
-        let name: String = row.try_get("name")?;
-        let price: i64 = row.try_get("unit_price_cents")?;
-        let this_currency: String = row.try_get("currency")?;
-        match &currency {
-            None => currency = Some(this_currency),
-            Some(first) if *first != this_currency => {
-                return Err(Error::MixedCurrencies {
-                    first: first.clone(),
-                    other: this_currency,
-                });
-            }
-            Some(_) => {}
-        }
-        taken.insert(product_id, (name, price));
+        pricing.take(
+            product_id,
+            row.try_get("name")?,
+            row.try_get("unit_price_cents")?,
+            row.try_get("currency")?,
+        )?;
     }
-
-    let mut items = Vec::with_capacity(request.lines.len());
-    let mut total: i64 = 0;
-    for line in &request.lines {
-        let (name, price) = taken
-            .get(line.product_id.as_str())
-            .ok_or_else(|| Error::Internal("a line's product was not taken".into()))?;
-        total = price
-            .checked_mul(line.quantity)
-            .and_then(|cost| total.checked_add(cost))
-            .ok_or(Error::TotalTooLarge)?;
-        items.push(OrderItem {
-            product_id: line.product_id.clone(),
-            product_name: name.clone(),
-            quantity: line.quantity,
-            unit_price_cents: *price,
-        });
-    }
+    let priced = pricing.price(&request.lines)?;
     let order = Order {
         id: new_id(),
         user_id: user_id.to_owned(),
         status: OrderStatus::Confirmed,
-        items,
-        total_cents: total,
-        currency: currency.unwrap_or_else(|| domain::DEFAULT_CURRENCY.to_owned()),
+        items: priced.items,
+        total_cents: priced.total_cents,
+        currency: priced.currency,
         idempotency_key: request.idempotency_key.clone(),
         create_time: now,
         update_time: now,
