@@ -172,12 +172,15 @@ database_url = "sqlite://$WORK/order.db"
 
 [upstreams.auth]
 endpoint = "http://127.0.0.1:$P_AUTH"
+grpc_services = ["weft.auth.v1.AuthService"]
 
 [upstreams.user]
 endpoint = "http://127.0.0.1:$P_USER"
+grpc_services = ["weft.user.v1.UserService"]
 
 [upstreams.order]
 endpoint = "http://127.0.0.1:$P_ORDER"
+grpc_services = ["weft.order.v1.OrderService"]
 
 [gateway]
 listen = "127.0.0.1:$P_GATEWAY"
