@@ -27,6 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
+use weft_mesh::contract::Access;
 use weft_mesh::{
     auth::{AuthError, JwtVerifier, KeySource, Principal, VerifyError},
     config::{GatewayConfig, MeshConfig},
@@ -36,7 +37,6 @@ use weft_mesh::{
     reload,
     telemetry::{self, SPAN_TARGET},
 };
-use weft_mesh::contract::Access;
 
 use crate::{
     error::ApiError,
@@ -88,8 +88,7 @@ fn key_source(
     let Some(index) = table.upstreams.iter().position(|spec| spec.key == key) else {
         return Ok(None);
     };
-    let channel =
-        weft_mesh::client::with_context(upstreams[index].channel(), key, upstream_config);
+    let channel = weft_mesh::client::with_context(upstreams[index].channel(), key, upstream_config);
     Ok(Some(KeySource::new(channel, path)?))
 }
 

@@ -120,12 +120,13 @@ impl RouteTable {
             pools: Vec::new(),
         };
         let pool = contract.pool();
+        // Routes (and the OpenAPI document's tags) follow the order mesh-config declares the
+        // upstreams in, then the order of their services.
         for name in config.upstreams.keys() {
             let upstream = table.add_upstream(UpstreamSpec {
                 name: process_name(name),
                 key: name.clone(),
             });
-            let before = table.router.len();
             for service_name in contract.services_of(name) {
                 let service = pool.get_service_by_name(service_name).ok_or_else(|| {
                     TableError::Descriptor {
@@ -137,11 +138,6 @@ impl RouteTable {
                     table.add_method(&method, upstream, &config.gateway, contract)?;
                 }
             }
-            tracing::debug!(
-                upstream = name,
-                routes = table.router.len() - before,
-                "routes added"
-            );
         }
         table.pools.push(pool.clone());
         Ok(table)

@@ -88,7 +88,6 @@ use tower_service::Service;
 use crate::{connection::Connection, grpc, live::Live};
 
 /// The longest rest an ejection may be configured with.
-const MAX_EJECTION_LIMIT_MS: u64 = 24 * 60 * 60 * 1000;
 /// Time allowed for one resolution of a host name.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cost of an endpoint whose estimate decayed to zero while calls are pending (Finagle's rule:
@@ -106,75 +105,7 @@ const EJECTIONS: &str = "weft_client_ejections_total";
 
 // === OutlierPolicy ===
 
-/// When an endpoint is ejected and how it comes back: the `[upstreams.<name>.outlier]` table.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutlierPolicy {
-    /// Failures in a row (transport errors, or answers with a code in `failure_codes`) after
-    /// which an endpoint is ejected; default 5.
-    pub consecutive_failures: u32,
-    /// How long an ejected endpoint rests before one probe call is let through, in ms; a failed
-    /// probe doubles the rest; default 1000.
-    pub ejection_ms: u64,
-    /// Longest rest of an endpoint whose probes keep failing, in ms; default 30000.
-    pub max_ejection_ms: u64,
-    /// gRPC status codes (names like "UNAVAILABLE") that count as failures; transport errors
-    /// (no connection) always do; default ["UNAVAILABLE"].
-    pub failure_codes: Vec<String>,
-}
-
-impl Default for OutlierPolicy {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            ejection_ms: 1000,
-            max_ejection_ms: 30_000,
-            failure_codes: vec!["UNAVAILABLE".to_string()],
-        }
-    }
-}
-
-impl OutlierPolicy {
-    /// The first rest of an ejected endpoint.
-    pub fn ejection(&self) -> Duration {
-        Duration::from_millis(self.ejection_ms)
-    }
-
-    /// The longest rest of an ejected endpoint.
-    pub fn max_ejection(&self) -> Duration {
-        Duration::from_millis(self.max_ejection_ms)
-    }
-
-    /// Whether an answer with `code` counts as a failure of the endpoint.
-    pub fn is_failure(&self, code: Code) -> bool {
-        grpc::names_code(&self.failure_codes, code)
-    }
-
-    /// Checks the values; the error is (key in the table, reason).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |key: &str, reason: String| Err((key.to_string(), reason));
-        if self.consecutive_failures == 0 {
-            return err("consecutive_failures", "must be at least 1".into());
-        }
-        if self.ejection_ms == 0 {
-            return err("ejection_ms", "must be at least 1 ms".into());
-        }
-        if self.max_ejection_ms < self.ejection_ms {
-            return err(
-                "max_ejection_ms",
-                format!("must be at least ejection_ms ({})", self.ejection_ms),
-            );
-        }
-        if self.max_ejection_ms > MAX_EJECTION_LIMIT_MS {
-            return err(
-                "max_ejection_ms",
-                format!("must be at most {MAX_EJECTION_LIMIT_MS} (24 h)"),
-            );
-        }
-        grpc::validate_error_codes("failure_codes", &self.failure_codes)?;
-        Ok(())
-    }
-}
+pub use crate::policy::OutlierPolicy;
 
 // === BalancePolicy ===
 
@@ -989,7 +920,7 @@ fn two_distinct(n: usize) -> (usize, usize) {
 
 fn later(now: Instant, rest: Duration) -> Instant {
     now.checked_add(rest)
-        .unwrap_or_else(|| now + Duration::from_millis(MAX_EJECTION_LIMIT_MS))
+        .unwrap_or_else(|| now + Duration::from_millis(crate::policy::MAX_EJECTION_LIMIT_MS))
 }
 
 fn duration_ns(d: Duration) -> u64 {

@@ -74,7 +74,6 @@ use std::{
 
 use http::{Request, Response};
 use metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder as _, SharedString};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower_layer::Layer;
@@ -86,74 +85,7 @@ const REJECTED: &str = "weft_client_breaker_rejected_total";
 const PROBABILITY: &str = "weft_client_breaker_reject_probability";
 const OPEN: &str = "weft_client_breaker_open";
 
-/// Thresholds of an upstream's adaptive throttling (`[upstreams.<name>.breaker]`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerPolicy {
-    /// Multiplier K of the throttling formula: calls are rejected once the window holds more
-    /// than K times as many calls as the upstream accepted; at least 1.0; default 2.0.
-    pub k: f64,
-    /// Length of the sliding window in which calls are counted, in milliseconds, kept as 10
-    /// buckets; 1000 to 600000; default 10000.
-    pub window_ms: u64,
-    /// Calls the window must hold before any is rejected; default 10 (one call a second over
-    /// the default window: with less evidence, a couple of unlucky failures of a quiet upstream
-    /// would reject calls that would have succeeded).
-    pub min_requests: u32,
-    /// gRPC status codes (names like `UNAVAILABLE`) that count as failures besides transport
-    /// errors and calls dropped before an answer; any other status is an accept; default
-    /// `["UNAVAILABLE"]`.
-    pub failure_codes: Vec<String>,
-    /// While the upstream looks down (failures and no accept in the window), one call per this
-    /// interval is let through as a probe, in milliseconds; at least 1; default 1000.
-    pub probe_interval_ms: u64,
-}
-
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        Self {
-            k: 2.0,
-            window_ms: 10_000,
-            min_requests: 10,
-            failure_codes: vec!["UNAVAILABLE".to_string()],
-            probe_interval_ms: 1_000,
-        }
-    }
-}
-
-// === impl BreakerPolicy ===
-
-impl BreakerPolicy {
-    /// The sliding window's length.
-    pub fn window(&self) -> Duration {
-        Duration::from_millis(self.window_ms)
-    }
-
-    /// The interval between probes while the upstream looks down.
-    pub fn probe_interval(&self) -> Duration {
-        Duration::from_millis(self.probe_interval_ms)
-    }
-
-    /// Checks the values: `Err((key, reason))` names the first bad key of the table.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if !self.k.is_finite() || self.k < 1.0 {
-            return err("k", "must be a number of at least 1.0");
-        }
-        if !(1_000..=600_000).contains(&self.window_ms) {
-            return err("window_ms", "must be between 1000 and 600000");
-        }
-        if self.probe_interval_ms == 0 {
-            return err("probe_interval_ms", "must be at least 1");
-        }
-        grpc::validate_error_codes("failure_codes", &self.failure_codes)
-    }
-
-    /// Whether a trailers-only answer with `code` counts as a failure.
-    fn is_failure(&self, code: tonic::Code) -> bool {
-        grpc::names_code(&self.failure_codes, code)
-    }
-}
+pub use crate::policy::BreakerPolicy;
 
 /// The probability with which the SRE formula rejects a call:
 /// `max(0, (requests - k * accepts) / (requests + 1))`.

@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable that names the config file when `--config` is not given.
@@ -53,16 +54,16 @@ pub struct MeshConfig {
     pub server: ServerConfig,
     /// Access and service tokens.
     pub jwt: JwtConfig,
-    /// The services of the mesh, by name (`[services.<name>]`): where each listens and keeps
-    /// its data. The mesh knows no service but these.
-    pub services: BTreeMap<String, ServiceConfig>,
+    /// The services of the mesh, by name (`[services.<name>]`), in the order the file declares
+    /// them: where each listens and keeps its data. The mesh knows no service but these.
+    pub services: IndexMap<String, ServiceConfig>,
     /// How each service is reached by its callers (`[upstreams.<name>]`): endpoints, the gRPC
     /// services it serves, and the policies of calls to it.
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub upstreams: IndexMap<String, UpstreamConfig>,
     /// The REST gateway.
     pub gateway: GatewayConfig,
     /// Faults to inject (`[[faults]]`, see [`crate::fault`]); default none.
-    pub faults: Vec<crate::fault::FaultRule>,
+    pub faults: Vec<crate::policy::FaultRule>,
     /// Each service's own settings: the top-level table named after the service (`[order]` for
     /// `[services.order]`), read and checked by that service with [`MeshConfig::settings`].
     #[serde(skip)]
@@ -97,8 +98,8 @@ pub struct GatewayConfig {
     /// once (its own endpoints, `/healthz`, `/metrics`, ..., are not counted); default 4096.
     pub max_concurrent_requests: usize,
     /// Rate limits per client and route (`[gateway.rate_limit]`); default: the contract's
-    /// limit on the credential routes (see [`crate::ratelimit::RateLimitPolicy`]).
-    pub rate_limit: crate::ratelimit::RateLimitPolicy,
+    /// limit on the credential routes (see [`crate::policy::RateLimitPolicy`]).
+    pub rate_limit: crate::policy::RateLimitPolicy,
 }
 
 /// Cross-origin resource sharing at the gateway.
@@ -277,13 +278,13 @@ pub struct UpstreamConfig {
     pub methods: std::collections::BTreeMap<String, MethodConfig>,
     /// Retries of idempotent calls, within a budget (see [`crate::retry`]).
     #[serde(default)]
-    pub retry: crate::retry::RetryPolicy,
+    pub retry: crate::policy::RetryPolicy,
     /// Adaptive throttling when the upstream fails (see [`crate::breaker`]).
     #[serde(default)]
-    pub breaker: crate::breaker::BreakerPolicy,
+    pub breaker: crate::policy::BreakerPolicy,
     /// Ejection of failing endpoints (see [`crate::balance`]).
     #[serde(default)]
-    pub outlier: crate::balance::OutlierPolicy,
+    pub outlier: crate::policy::OutlierPolicy,
 }
 
 /// The policy of one method of an upstream; unset keys take the upstream's.
@@ -309,8 +310,8 @@ impl Default for MeshConfig {
             telemetry: TelemetryConfig::default(),
             server: ServerConfig::default(),
             jwt: JwtConfig::default(),
-            services: BTreeMap::new(),
-            upstreams: BTreeMap::new(),
+            services: IndexMap::new(),
+            upstreams: IndexMap::new(),
             gateway: GatewayConfig::default(),
             faults: Vec::new(),
             settings: BTreeMap::new(),
@@ -870,7 +871,10 @@ fn declared_services(table: &toml::Table, env: &[(String, String)]) -> Vec<Strin
         .unwrap_or_default();
     let prefix = format!("{ENV_PREFIX}SERVICES__");
     for (var, _) in env {
-        if let Some(name) = var.strip_prefix(&prefix).and_then(|rest| rest.split("__").next()) {
+        if let Some(name) = var
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split("__").next())
+        {
             names.push(name.to_ascii_lowercase());
         }
     }
@@ -974,8 +978,15 @@ mod tests {
         assert_eq!(config.service("user").unwrap().database_url, "");
         assert_eq!(config.service("user").unwrap().admin_listen.port(), 0);
         let (name, user) = config.upstream_serving("weft.user.v1.UserService").unwrap();
-        assert_eq!((name, user.endpoint.as_str()), ("user", "http://127.0.0.1:50052"));
-        assert!(config.upstream_serving("weft.order.v1.OrderService").is_none());
+        assert_eq!(
+            (name, user.endpoint.as_str()),
+            ("user", "http://127.0.0.1:50052")
+        );
+        assert!(
+            config
+                .upstream_serving("weft.order.v1.OrderService")
+                .is_none()
+        );
         // A service declared by a variable alone.
         let config = load_text("", &[("WEFT_SERVICES__ECHO__LISTEN", "127.0.0.1:7000")]).unwrap();
         assert_eq!(config.service("echo").unwrap().listen.port(), 7000);
@@ -993,14 +1004,26 @@ mod tests {
         let config = load_text(&text, &[]).unwrap();
         let settings: OrderSettings = config.settings("order").unwrap();
         assert!(settings.seed_demo_products);
-        let config = load_text(TWO_SERVICES, &[("WEFT_ORDER__SEED_DEMO_PRODUCTS", "true")]).unwrap();
-        assert!(config.settings::<OrderSettings>("order").unwrap().seed_demo_products);
+        let config =
+            load_text(TWO_SERVICES, &[("WEFT_ORDER__SEED_DEMO_PRODUCTS", "true")]).unwrap();
+        assert!(
+            config
+                .settings::<OrderSettings>("order")
+                .unwrap()
+                .seed_demo_products
+        );
         // Left out: the service's defaults.
         let config = load_text(TWO_SERVICES, &[]).unwrap();
-        assert_eq!(config.settings::<OrderSettings>("user").unwrap(), OrderSettings::default());
+        assert_eq!(
+            config.settings::<OrderSettings>("user").unwrap(),
+            OrderSettings::default()
+        );
         // A typo is named with its service.
         let text = format!("{TWO_SERVICES}[order]\nseed_demo_product = true\n");
-        let err = load_text(&text, &[]).unwrap().settings::<OrderSettings>("order").unwrap_err();
+        let err = load_text(&text, &[])
+            .unwrap()
+            .settings::<OrderSettings>("order")
+            .unwrap_err();
         assert!(err.to_string().contains("seed_demo_product"), "{err}");
         // A table named after no service is an unknown key.
         let err = load_text("[inventory]\nx = 1\n", &[]).unwrap_err();
@@ -1038,8 +1061,11 @@ mod tests {
 
     #[test]
     fn a_bad_env_value_blames_the_variable() {
-        let err = load_text(TWO_SERVICES, &[("WEFT_SERVICES__USER__LISTEN", "not-an-address")])
-            .unwrap_err();
+        let err = load_text(
+            TWO_SERVICES,
+            &[("WEFT_SERVICES__USER__LISTEN", "not-an-address")],
+        )
+        .unwrap_err();
         assert!(
             err.source_name.contains("WEFT_SERVICES__USER__LISTEN"),
             "{err}"
@@ -1087,7 +1113,11 @@ mod tests {
     #[test]
     fn method_names_have_one_spelling() {
         assert!(is_full_method("weft.user.v1.UserService/GetMe"));
-        for wrong in ["GetMe", "weft.user.v1.UserService.GetMe", "/weft.user.v1.UserService/GetMe"] {
+        for wrong in [
+            "GetMe",
+            "weft.user.v1.UserService.GetMe",
+            "/weft.user.v1.UserService/GetMe",
+        ] {
             assert!(!is_full_method(wrong), "{wrong}");
         }
         let err = load_text("[upstreams.user]\nendpoint = \"http://x:1\"\n[upstreams.user.methods.GetMe]\ntimeout_ms = 5\n", &[]).unwrap_err();

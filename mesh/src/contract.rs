@@ -135,17 +135,21 @@ impl Contract {
                 let path = grpc_path(&method);
                 let declared = access_option
                     .as_ref()
-                    .and_then(|option| match method.options().get_extension(option).as_ref() {
-                        Value::EnumNumber(n) => Access::try_from(*n).ok(),
-                        _ => None,
-                    })
+                    .and_then(
+                        |option| match method.options().get_extension(option).as_ref() {
+                            Value::EnumNumber(n) => Access::try_from(*n).ok(),
+                            _ => None,
+                        },
+                    )
                     .filter(|access| *access != Access::Unspecified);
-                let idempotent = method.method_descriptor_proto().options.as_ref().is_some_and(
-                    |options| {
+                let idempotent = method
+                    .method_descriptor_proto()
+                    .options
+                    .as_ref()
+                    .is_some_and(|options| {
                         options.idempotency_level()
                             != prost_types::method_options::IdempotencyLevel::IdempotencyUnknown
-                    },
-                );
+                    });
                 if method.output().full_name() == weft_mesh_proto::JWKS_MESSAGE
                     && jwks_path.is_none()
                 {

@@ -113,6 +113,15 @@ pub fn span(engine: Engine, operation: &'static str, collection: &'static str) -
 // === impl Database ===
 
 impl Database {
+    /// Its connection pools by name (`main` on PostgreSQL; `write` and `read` on SQLite), for
+    /// metrics.
+    pub fn pools(&self) -> Vec<(&'static str, &sqlx::AnyPool)> {
+        match self.engine {
+            Engine::Postgres => vec![("main", &self.write)],
+            Engine::Sqlite => vec![("write", &self.write), ("read", &self.read)],
+        }
+    }
+
     /// Opens the database of the service `name` (`services.<name>.database_url` and
     /// `database_max_connections`), running `migrator`.
     pub async fn open_service(
@@ -125,8 +134,7 @@ impl Database {
             return Err(crate::config::ConfigError {
                 source_name: "mesh-config".into(),
                 key: Some(format!("services.{name}.database_url")),
-                reason: "not set: this service keeps data (sqlite://path or postgres://...)"
-                    .into(),
+                reason: "not set: this service keeps data (sqlite://path or postgres://...)".into(),
             }
             .into());
         }

@@ -22,18 +22,17 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{grpc, propagate::CallContext};
-
-/// The gRPC metadata key that carries a call's remaining budget.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
-/// [`GRPC_TIMEOUT`] as a header name (a lookup by `&str` parses the name on every call).
-pub const GRPC_TIMEOUT_HEADER: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
+// The wire format of `grpc-timeout` is a gRPC fact the propagation layer needs too.
+pub use crate::grpc::{
+    GRPC_TIMEOUT, GRPC_TIMEOUT_HEADER, encode_timeout, inbound_deadline, parse_timeout,
+};
 
 /// How much before a call's deadline the server gives up on it (see [`ServerDeadline`]).
 const SERVER_LEAD: Duration = Duration::from_millis(1);
@@ -42,63 +41,6 @@ const SERVER_LEAD: Duration = Duration::from_millis(1);
 /// client stack: layers below the deadline layer (retries) must not start work after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
-
-/// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
-pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?;
-    if text.len() < 2 || text.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = text.split_at(text.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-/// Encodes `budget` as a `grpc-timeout` value, rounded down to whole milliseconds, or
-/// microseconds under 100 ms, so it never promises more than there is.
-pub fn encode_timeout(budget: Duration) -> HeaderValue {
-    const MAX: u64 = 99_999_999;
-    let micros = budget.as_micros().min(u64::MAX as u128) as u64;
-    let (mut amount, unit) = if micros < 100_000 {
-        (micros, b'u')
-    } else if micros / 1000 <= MAX {
-        (micros / 1000, b'm')
-    } else {
-        ((micros / 1_000_000).min(MAX), b'S')
-    };
-    // Digits written right to left on the stack: `format!` cost an allocation and the
-    // formatting machinery on every outgoing call. `amount` has at most 8 digits.
-    let mut text = [0u8; 9];
-    text[8] = unit;
-    let mut start = 8;
-    for slot in text[..8].iter_mut().rev() {
-        *slot = b'0' + (amount % 10) as u8;
-        amount /= 10;
-        start -= 1;
-        if amount == 0 {
-            break;
-        }
-    }
-    HeaderValue::from_bytes(&text[start..])
-        .expect("digits and a unit letter are a valid header value")
-}
-
-/// The deadline an inbound request's `grpc-timeout` sets, if any.
-pub fn inbound_deadline(headers: &HeaderMap) -> Option<Instant> {
-    let budget = parse_timeout(headers.get(&GRPC_TIMEOUT_HEADER)?)?;
-    Instant::now().checked_add(budget)
-}
 
 /// The deadline of the call the current task serves, if it has one.
 pub fn current() -> Option<Instant> {
@@ -310,6 +252,7 @@ fn is_transport_timeout(response: &Response<Body>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use tonic::Code;
     use tower::ServiceExt;
 

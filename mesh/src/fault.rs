@@ -22,86 +22,13 @@ use std::{
 };
 
 use http::{Request, Response};
-use serde::{Deserialize, Serialize};
-use tonic::{Status, body::Body};
+use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{grpc, live::Live};
 
-/// One fault to inject (an entry of `[[faults]]`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FaultRule {
-    /// The calls it applies to: a full method (`weft.user.v1.UserService/GetMe`), every
-    /// method of a service (`weft.user.v1.UserService/*`), or `*`; default `*`.
-    pub method: String,
-    /// Share of the matching calls that get the fault, in percent; default 100.
-    pub percent: f64,
-    /// Delay before the call runs, in ms; default 0 (none).
-    pub delay_ms: u64,
-    /// gRPC code to answer with instead (`UNAVAILABLE`, ...); default empty (no abort).
-    pub abort: String,
-    /// Run the call first and then lose its answer (answer `abort` instead); default false.
-    pub abort_after_call: bool,
-}
-
-impl Default for FaultRule {
-    fn default() -> Self {
-        Self {
-            method: "*".into(),
-            percent: 100.0,
-            delay_ms: 0,
-            abort: String::new(),
-            abort_after_call: false,
-        }
-    }
-}
-
-// === impl FaultRule ===
-
-impl FaultRule {
-    /// Checks the rule; the error names the key (relative to the rule) and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if !(0.0..=100.0).contains(&self.percent) {
-            return err("percent", "must be between 0 and 100");
-        }
-        if !self.abort.is_empty() {
-            grpc::error_code(&self.abort).map_err(|reason| ("abort".to_string(), reason))?;
-        }
-        if self.abort.is_empty() && self.abort_after_call {
-            return err("abort_after_call", "needs `abort`: the code to answer with");
-        }
-        if self.abort.is_empty() && self.delay_ms == 0 {
-            return err("delay_ms", "a fault needs a delay_ms or an abort");
-        }
-        if self.method != "*" && !self.method.contains('/') {
-            return err(
-                "method",
-                "must be `*`, `package.Service/*` or `package.Service/Method`",
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether the rule applies to the call at gRPC `path` (`/package.Service/Method`).
-    fn matches(&self, path: &str) -> bool {
-        let path = path.strip_prefix('/').unwrap_or(path);
-        match self.method.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == self.method,
-        }
-    }
-
-    fn abort_status(&self, path: &str) -> Option<Status> {
-        let code = grpc::error_code(&self.abort).ok()?;
-        Some(Status::new(
-            code,
-            format!("fault injected by mesh-config into {path}"),
-        ))
-    }
-}
+pub use crate::policy::FaultRule;
 
 // === FaultLayer ===
 

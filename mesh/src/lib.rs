@@ -52,6 +52,7 @@ pub mod grpc;
 pub mod live;
 pub mod metrics;
 pub mod page;
+pub mod policy;
 pub mod propagate;
 pub mod ratelimit;
 pub mod reload;
@@ -59,6 +60,7 @@ pub mod retry;
 pub mod server;
 pub mod shed;
 pub mod telemetry;
+pub mod trace_mode;
 pub mod validate;
 
 #[cfg(feature = "testing")]

@@ -46,7 +46,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{config::UpstreamConfig, db::Database};
+use crate::config::UpstreamConfig;
 
 /// Latency histogram buckets in seconds (the gateway's too).
 pub const BUCKETS: [f64; 12] = [
@@ -172,13 +172,10 @@ impl Registry {
         &self.recorder
     }
 
-    /// Samples the database pools of `database` at every render, as
-    /// `db_client_connections{pool,state}` and `db_client_connections_max{pool}`.
-    pub fn observe_database(&self, database: &Database) {
-        let observed: &[(&'static str, &sqlx::AnyPool)] = match database.engine {
-            crate::db::Engine::Postgres => &[("main", &database.write)],
-            crate::db::Engine::Sqlite => &[("write", &database.write), ("read", &database.read)],
-        };
+    /// Samples the named connection pools at every render, as
+    /// `db_client_connections{pool,state}` and `db_client_connections_max{pool}` (a service's
+    /// database registers its pools here: see `Database::pools`).
+    pub fn observe_pools(&self, observed: &[(&'static str, &sqlx::AnyPool)]) {
         let mut pools = lock(&self.pools);
         for (name, pool) in observed {
             // A pool of the same name observed before (a server started again) is replaced.
@@ -626,7 +623,10 @@ impl ClientMetricsLayer {
         let label = crate::config::process_name(name);
         let services: Vec<&str> = upstream.grpc_services.iter().map(String::as_str).collect();
         let own: Vec<&'static str> = paths_of(&services).collect();
-        let paths = own.iter().copied().chain(BUILTIN_METHODS[..2].iter().copied());
+        let paths = own
+            .iter()
+            .copied()
+            .chain(BUILTIN_METHODS[..2].iter().copied());
         let series = |path: &'static str| {
             let upstream = if own.contains(&path) {
                 label.clone()
@@ -1039,7 +1039,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_response_counts_as_cancelled_and_errors_by_their_code() {
         crate::contract::install_weft_for_tests();
-        let mut upstream = crate::config::UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
+        let mut upstream =
+            crate::config::UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
         upstream.grpc_services = vec!["weft.user.v1.UserService".into()];
         let layer = ClientMetricsLayer::new("user", &upstream);
         let service = layer.layer(tower::service_fn(|req: Request<()>| async move {

@@ -37,7 +37,7 @@ use tower_service::Service;
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::telemetry::{self, Mode, SPAN_TARGET};
+use crate::trace_mode::{self, Mode, SPAN_TARGET};
 
 /// An OpenTelemetry context: the trace a call belongs to, and its baggage.
 pub type TraceContext = opentelemetry::Context;
@@ -106,7 +106,7 @@ pub struct TraceIds {
 impl TraceIds {
     /// Ids for a call: the caller's trace continued (or a new one) and a new span id.
     fn for_call(trace: &TraceHeaders) -> Self {
-        let (trace_id, span_id, sampled) = telemetry::lite_ids(trace.parent());
+        let (trace_id, span_id, sampled) = trace_mode::lite_ids(trace.parent());
         Self {
             trace_id,
             span_id,
@@ -140,7 +140,7 @@ tokio::task_local! {
 impl CallContext {
     /// Reads the context of an inbound request, making a request id when none valid came in.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        Self::from_headers_in(telemetry::mode(), headers)
+        Self::from_headers_in(trace_mode::mode(), headers)
     }
 
     pub(crate) fn from_headers_in(mode: Mode, headers: &HeaderMap) -> Self {
@@ -151,7 +151,7 @@ impl CallContext {
             lite: mode == Mode::Lite,
             ids: std::sync::OnceLock::new(),
             trace,
-            deadline: crate::deadline::inbound_deadline(headers),
+            deadline: crate::grpc::inbound_deadline(headers),
             authorization: headers.get(AUTHORIZATION).cloned(),
             request_id_value,
         }
@@ -163,7 +163,7 @@ impl CallContext {
         let trace = TraceHeaders::of(headers);
         Self {
             request_id,
-            lite: telemetry::mode() == Mode::Lite,
+            lite: trace_mode::mode() == Mode::Lite,
             ids: std::sync::OnceLock::new(),
             trace,
             deadline: None,
@@ -379,7 +379,7 @@ pub fn with_request_id(cx: TraceContext, request_id: &str) -> TraceContext {
 /// Makes the caller of `call` the parent of `span` (which must not have started yet), and the
 /// call's request id the id of everything under it.
 pub fn start(span: &Span, call: &CallContext) {
-    if telemetry::mode() == Mode::Otel {
+    if trace_mode::mode() == Mode::Otel {
         let _ = span.set_parent(with_request_id(call.trace.to_context(), &call.request_id));
     }
 }
@@ -393,7 +393,7 @@ pub fn inject_outgoing(
     call: Option<&CallContext>,
     set: &mut dyn FnMut(HeaderName, HeaderValue),
 ) {
-    inject_outgoing_in(telemetry::mode(), span, call, set);
+    inject_outgoing_in(trace_mode::mode(), span, call, set);
 }
 
 fn inject_outgoing_in(
@@ -549,7 +549,7 @@ pub fn rpc_names(path: &str) -> (&str, &str) {
 /// A gRPC span for a call to `path` (`/package.Service/Method`), named `package.Service/Method`;
 /// a child of the current span.
 pub fn grpc_span(side: Side, path: &str) -> Span {
-    if !telemetry::spans_on() {
+    if !trace_mode::spans_on() {
         return Span::none();
     }
     let (service, method) = rpc_names(path);
@@ -708,7 +708,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let context = CallContext::from_headers(req.headers());
-        if !telemetry::spans_on() || crate::grpc::is_infrastructure(req.uri().path()) {
+        if !trace_mode::spans_on() || crate::grpc::is_infrastructure(req.uri().path()) {
             req.extensions_mut().insert(context.clone());
             let fut = context.scope(self.inner.call(req));
             return Box::pin(async move {

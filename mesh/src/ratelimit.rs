@@ -33,19 +33,16 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    num::NonZeroU32,
     sync::{Arc, RwLock},
     time::Duration,
 };
 
 use governor::{
-    Quota,
     clock::{Clock, DefaultClock},
     middleware::StateInformationMiddleware,
     state::keyed::DashMapStateStore,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use serde::{Deserialize, Serialize};
 
 use crate::live::Live;
 
@@ -58,163 +55,10 @@ pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-r
 /// may send again).
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// The rule a route matches when it names every route.
-pub const ANY_ROUTE: &str = "*";
+pub use crate::policy::ANY_ROUTE;
+use crate::policy::Cidr;
 
-/// Longest time a rule may take to refill a whole burst (`burst / per_second`): one year.
-const MAX_REFILL: Duration = Duration::from_secs(365 * 24 * 3600);
-
-// === RateLimitPolicy ===
-
-/// The gateway's rate limits (`[gateway.rate_limit]` in mesh-config).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitPolicy {
-    /// Proxies (IP addresses or CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` is believed:
-    /// a request from one is keyed by the right-most forwarded address that is not itself a
-    /// trusted proxy. Default empty: the client IP is always the TCP peer.
-    pub trusted_proxies: Vec<String>,
-    /// The limits, each with its own buckets. Setting `rules` replaces the defaults (write the
-    /// `credentials` rule again to keep it). Default: one rule `credentials` on
-    /// `POST /v1/auth/register`, `POST /v1/auth/login` and `POST /v1/auth/refresh` (one bucket
-    /// per client shared by the three routes), burst 20, refilled 1 per second.
-    pub rules: Vec<RateLimitRule>,
-}
-
-/// One limit: a bucket per client shared by the routes it names.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitRule {
-    /// The rule's name, for logs (required).
-    pub name: String,
-    /// Routes as the gateway names them, `"METHOD /template"` (`"POST /v1/auth/login"`, the
-    /// same strings as its span names and the `http_route` label of its metrics), or `"*"` for
-    /// every route (required). The routes of a rule share each client's bucket.
-    pub routes: Vec<String>,
-    /// What identifies a client: `client` (default: the verified token's subject when the
-    /// route needs a token, else the client IP) or `ip` (always the client IP).
-    #[serde(default)]
-    pub key: RateLimitKey,
-    /// Requests a client may send at once, with a full bucket (required; at least 1).
-    pub burst: u32,
-    /// Requests per second added back to each bucket, fractions allowed (`0.5`: one every 2 s)
-    /// (required; more than 0).
-    pub per_second: f64,
-}
-
-/// What identifies a client to a rule.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RateLimitKey {
-    /// The verified token's subject, or the client IP when the request has no verified token.
-    #[default]
-    Client,
-    /// The client IP, signed in or not.
-    Ip,
-}
-
-// === impl RateLimitPolicy ===
-
-impl Default for RateLimitPolicy {
-    fn default() -> Self {
-        Self {
-            trusted_proxies: Vec::new(),
-            rules: vec![RateLimitRule {
-                name: "credentials".into(),
-                routes: vec![
-                    "POST /v1/auth/register".into(),
-                    "POST /v1/auth/login".into(),
-                    "POST /v1/auth/refresh".into(),
-                ],
-                key: RateLimitKey::Client,
-                burst: 20,
-                per_second: 1.0,
-            }],
-        }
-    }
-}
-
-impl RateLimitPolicy {
-    /// Checks every value: `(key relative to [gateway.rate_limit], reason)` for the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
-            Cidr::parse(proxy).map_err(|reason| (format!("trusted_proxies[{i}]"), reason))?;
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            let key = |field: &str| format!("rules[{i}].{field}");
-            if rule.name.trim().is_empty() {
-                return Err((key("name"), "must not be empty".into()));
-            }
-            if rule.routes.is_empty() {
-                return Err((
-                    key("routes"),
-                    "must name at least one route, or \"*\"".into(),
-                ));
-            }
-            for route in &rule.routes {
-                if !is_route_name(route) {
-                    return Err((
-                        key("routes"),
-                        format!(
-                            "`{route}` is not a route: write \"METHOD /template\" as the \
-                             gateway names it (\"POST /v1/auth/login\"), or \"*\""
-                        ),
-                    ));
-                }
-            }
-            if rule.burst == 0 {
-                return Err((key("burst"), "must be at least 1".into()));
-            }
-            if !(rule.per_second.is_finite() && rule.per_second > 0.0) {
-                return Err((key("per_second"), "must be a number above 0".into()));
-            }
-            if rule.per_second > 1e9 {
-                return Err((key("per_second"), "must be at most 1000000000".into()));
-            }
-            if rule.quota().is_none() {
-                return Err((
-                    key("per_second"),
-                    format!(
-                        "refilling a burst of {} at {}/s takes more than a year",
-                        rule.burst, rule.per_second
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl RateLimitRule {
-    /// The GCRA quota of this rule, None when its values are out of range.
-    fn quota(&self) -> Option<Quota> {
-        let burst = NonZeroU32::new(self.burst)?;
-        if !(self.per_second.is_finite() && self.per_second > 0.0) {
-            return None;
-        }
-        let period = Duration::try_from_secs_f64(1.0 / self.per_second).ok()?;
-        if period.checked_mul(self.burst)? > MAX_REFILL {
-            return None;
-        }
-        Some(Quota::with_period(period)?.allow_burst(burst))
-    }
-}
-
-/// Whether `route` is `*` or `METHOD /template`.
-fn is_route_name(route: &str) -> bool {
-    if route == ANY_ROUTE {
-        return true;
-    }
-    match route.split_once(' ') {
-        Some((method, template)) => {
-            !method.is_empty()
-                && method.bytes().all(|b| b.is_ascii_uppercase())
-                && template.starts_with('/')
-                && !template.contains(char::is_whitespace)
-        }
-        None => false,
-    }
-}
+pub use crate::policy::{RateLimitKey, RateLimitPolicy, RateLimitRule};
 
 // === Decision ===
 
@@ -579,54 +423,6 @@ fn parse_forwarded(entry: &str) -> Option<IpAddr> {
         .parse::<IpAddr>()
         .ok()
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
-}
-
-/// An IP network: an address and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
-    fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("`{text}` is not an IP address or CIDR: {why}");
-        let (addr, prefix) = match text.trim().split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text.trim(), None),
-        };
-        let addr = addr
-            .parse::<IpAddr>()
-            .map_err(|_| bad("bad address"))?
-            .to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(prefix) => prefix
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| bad(&format!("prefix length must be 0..={max}")))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
-    }
-
-    /// Whether `ip` (canonical) is in the network.
-    fn contains(&self, ip: IpAddr) -> bool {
-        let (net, ip, bits) = match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                (u128::from(u32::from(net)), u128::from(u32::from(ip)), 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => (u128::from(net), u128::from(ip), 128),
-            _ => return false,
-        };
-        let host_bits = bits - u32::from(self.prefix);
-        if host_bits >= 128 {
-            return true;
-        }
-        (net >> host_bits) == (ip >> host_bits)
-    }
 }
 
 #[cfg(test)]

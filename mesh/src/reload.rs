@@ -185,8 +185,11 @@ fn changed_keys(old_config: &MeshConfig, new_config: &MeshConfig) -> Vec<String>
             _ => changed.push(section.clone()),
         }
     }
-    let services: std::collections::BTreeSet<&String> =
-        old_config.settings.keys().chain(new_config.settings.keys()).collect();
+    let services: std::collections::BTreeSet<&String> = old_config
+        .settings
+        .keys()
+        .chain(new_config.settings.keys())
+        .collect();
     changed.extend(
         services
             .into_iter()
@@ -242,7 +245,12 @@ mod tests {
         });
         assert_eq!(
             changed_keys(&old, &new),
-            vec!["faults", "gateway.route_timeout_ms", "services.user", "order"]
+            vec![
+                "faults",
+                "gateway.route_timeout_ms",
+                "services.user",
+                "order"
+            ]
         );
         assert!(changed_keys(&old, &old).is_empty());
     }

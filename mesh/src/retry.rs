@@ -53,9 +53,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
 use metrics::{Counter, Key, KeyName, Label, Metadata, Recorder as _, SharedString};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tonic::{Code, Status, body::Body};
+use tonic::{Status, body::Body};
 use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -69,108 +68,7 @@ const SKIPPED: &str = "weft_client_retries_skipped_total";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Retryable;
 
-/// How an upstream's calls are retried (`[upstreams.<name>.retry]`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryPolicy {
-    /// Attempts per call, counting the first (1: no retries); 1 to 10; default 3.
-    pub max_attempts: u32,
-    /// Backoff before the first retry at most, in milliseconds, doubling for each next one;
-    /// at least 1; default 25.
-    pub backoff_base_ms: u64,
-    /// Longest backoff before a retry, in milliseconds; at least `backoff_base_ms`; default 250.
-    pub backoff_max_ms: u64,
-    /// gRPC status codes (names like `UNAVAILABLE`) of trailers-only answers that are retried;
-    /// transport errors always are; default `["UNAVAILABLE"]`.
-    pub retry_on: Vec<String>,
-    /// Retries may add at most this share of the calls made over the window, in percent;
-    /// 0 to 1000; default 20.
-    pub budget_percent: f64,
-    /// Retries per second allowed over the window whatever the share above (a floor);
-    /// default 10.
-    pub budget_min_per_sec: u32,
-    /// The sliding window over which calls and retries are counted, in milliseconds; 1000 to
-    /// 60000; default 10000.
-    pub budget_window_ms: u64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            backoff_base_ms: 25,
-            backoff_max_ms: 250,
-            retry_on: vec!["UNAVAILABLE".to_string()],
-            budget_percent: 20.0,
-            budget_min_per_sec: 10,
-            budget_window_ms: 10_000,
-        }
-    }
-}
-
-// === impl RetryPolicy ===
-
-impl RetryPolicy {
-    /// The backoff ceiling of the first retry.
-    pub fn backoff_base(&self) -> Duration {
-        Duration::from_millis(self.backoff_base_ms)
-    }
-
-    /// The largest backoff ceiling.
-    pub fn backoff_max(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms)
-    }
-
-    /// The window of the retry budget.
-    pub fn budget_window(&self) -> Duration {
-        Duration::from_millis(self.budget_window_ms)
-    }
-
-    /// The longest backoff before retry number `retry` (1 for the first):
-    /// `min(backoff_max, backoff_base * 2^(retry - 1))`.
-    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u64
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u64::MAX);
-        Duration::from_millis(
-            self.backoff_base_ms
-                .saturating_mul(factor)
-                .min(self.backoff_max_ms),
-        )
-    }
-
-    /// A random backoff before retry number `retry`, uniform in `[0, backoff_ceiling(retry)]`.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self.backoff_ceiling(retry).as_micros();
-        Duration::from_micros(fastrand::u64(0..=ceiling.min(u128::from(u64::MAX)) as u64))
-    }
-
-    /// Whether a trailers-only answer with `code` is retried.
-    pub fn retries_on(&self, code: Code) -> bool {
-        grpc::names_code(&self.retry_on, code)
-    }
-
-    /// Checks the values: `Err((key, reason))` names the first bad key of the table.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if !(1..=10).contains(&self.max_attempts) {
-            return err("max_attempts", "must be between 1 and 10");
-        }
-        if self.backoff_base_ms == 0 {
-            return err("backoff_base_ms", "must be at least 1");
-        }
-        if self.backoff_max_ms < self.backoff_base_ms {
-            return err("backoff_max_ms", "must be at least backoff_base_ms");
-        }
-        if !self.budget_percent.is_finite() || !(0.0..=1000.0).contains(&self.budget_percent) {
-            return err("budget_percent", "must be a number between 0 and 1000");
-        }
-        if !(1_000..=60_000).contains(&self.budget_window_ms) {
-            return err("budget_window_ms", "must be between 1000 and 60000");
-        }
-        grpc::validate_error_codes("retry_on", &self.retry_on)
-    }
-}
+pub use crate::policy::RetryPolicy;
 
 // === RetryLayer ===
 
@@ -459,6 +357,7 @@ mod tests {
         io,
         sync::atomic::{AtomicUsize, Ordering},
     };
+    use tonic::Code;
 
     use http_body::Frame;
     use tower::ServiceExt as _;

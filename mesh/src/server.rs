@@ -137,7 +137,7 @@ where
         }
     };
     let _ = slot.set(started.service);
-    crate::metrics::registry().observe_database(&started.database);
+    crate::metrics::registry().observe_pools(&started.database.pools());
     health.set_serving::<S>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(service = %process, addr = %local, "serving");

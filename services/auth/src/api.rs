@@ -7,8 +7,8 @@ use weft_mesh::{MeshConfig, clock::now_micros, db::Database, validate::FieldErro
 use weft_mesh_proto::Jwks;
 use weft_proto::{
     auth::{
-        AuthTokens, GetJwksRequest, LoginRequest, LogoutRequest, RefreshRequest,
-        RegisterRequest, auth_service_server::AuthService,
+        AuthTokens, GetJwksRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+        auth_service_server::AuthService,
     },
     user::User,
 };
@@ -17,8 +17,8 @@ use crate::{
     domain::{self, Error, RefreshState},
     keys::KeyRing,
     password::Passwords,
-    store::{self, Rotation},
     settings::AuthSettings,
+    store::{self, Rotation},
     users::UserDirectory,
 };
 

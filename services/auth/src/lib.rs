@@ -20,8 +20,7 @@ use weft_mesh::{MeshConfig, db::Database, server::Started};
 use weft_proto::{auth::auth_service_server::AuthServiceServer, user::user_service_server};
 
 use crate::{
-    api::AuthApi, keys::KeyRing, password::Passwords, settings::AuthSettings,
-    users::UserDirectory,
+    api::AuthApi, keys::KeyRing, password::Passwords, settings::AuthSettings, users::UserDirectory,
 };
 
 /// The service's name in mesh-config (`[services.auth]`, `[auth]`).
@@ -54,12 +53,7 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
         .context("cannot set up password hashing")?;
     let (channel, user_service) =
         weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
-    let users = UserDirectory::new(
-        channel,
-        user_service,
-        keys.clone(),
-        config.jwt.clone(),
-    );
+    let users = UserDirectory::new(channel, user_service, keys.clone(), config.jwt.clone());
     let max_message = config.server.max_message_bytes;
     let api = AuthApi::new(config, settings, db.clone(), keys, passwords, users);
     let service = AuthServiceServer::new(api)

@@ -1,12 +1,12 @@
 //! Argon2id password hashing, off the async runtime.
 
+use crate::settings::Argon2Settings;
 use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{
         Error as HashError, PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash,
     },
 };
-use crate::settings::Argon2Settings;
 
 use crate::domain::Error;
 

@@ -52,7 +52,8 @@ pub async fn init(
         let seeding = seed::seed_demo_products(&database).await?;
         tracing::info!(?seeding, "demo products (order.seed_demo_products)");
     }
-    let (users, _) = weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
+    let (users, _) =
+        weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
     let users = UserServiceClient::new(users);
     let api = OrderApi::new(Store::new(database.clone()), users);
     let service = OrderServiceServer::new(api)

@@ -16,7 +16,12 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let contract = [weft_proto::FILE_DESCRIPTOR_SET];
-    weft_mesh::launch("weft-user", &contract, args.common.config, |config| async move {
-        weft_mesh::server::serve(config.clone(), weft_user::NAME, weft_user::init(config)).await
-    })
+    weft_mesh::launch(
+        "weft-user",
+        &contract,
+        args.common.config,
+        |config| async move {
+            weft_mesh::server::serve(config.clone(), weft_user::NAME, weft_user::init(config)).await
+        },
+    )
 }
