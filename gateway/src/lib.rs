@@ -6,22 +6,28 @@
 //! proto3 JSON mapping, and answers and errors come back as JSON.
 //!
 //! - [`route`]: path templates and the route matcher;
+//! - [`endpoint`]: one REST binding of a gRPC method, as the table made it;
 //! - [`table`]: the route table built from descriptors;
-//! - [`transcode`]: JSON and path/query values <-> protobuf;
-//! - [`upstream`]: unary gRPC calls with dynamic messages;
+//! - [`request_message`]: path variables, query parameters and JSON body -> the request message;
+//! - [`message_json`]: a decoded message -> its JSON (the reference writer);
 //! - [`wire_json`]: the JSON answer written straight from the reply's bytes;
+//! - [`upstream`]: unary gRPC calls with dynamic messages;
 //! - [`serve`]: the HTTP server and its edge policies;
 //! - [`error`]: the JSON error shape and gRPC -> HTTP status mapping;
 //! - [`openapi`], [`metrics`]: the documents and counters the gateway serves.
 
+pub mod endpoint;
 pub mod error;
+pub mod message_json;
 pub mod metrics;
 pub mod openapi;
+pub mod request_message;
 pub mod route;
 pub mod serve;
 pub mod table;
+#[cfg(test)]
+mod test_messages;
 pub mod tls;
-pub mod transcode;
 pub mod upstream;
 pub mod wire_json;
 

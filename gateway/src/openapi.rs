@@ -22,9 +22,10 @@ use serde_json::{Map, Value, json};
 use weft_proto::Access;
 
 use crate::{
+    endpoint::{BodyRule, Endpoint},
+    request_message::is_scalar_like,
     route::{PathTemplate, Segment},
-    table::{BodyRule, Endpoint, RouteTable},
-    transcode::is_scalar_like,
+    table::RouteTable,
 };
 
 /// Component name of the error body. The `-` keeps it apart from every proto full name.

@@ -40,11 +40,12 @@ use weft_mesh::{
 use weft_proto::Access;
 
 use crate::{
+    endpoint::{BodyRule, Endpoint},
     error::ApiError,
     metrics::Metrics,
+    request_message,
     route::Match,
-    table::{BodyRule, Endpoint, RouteTable},
-    transcode,
+    table::RouteTable,
     upstream::Upstream,
 };
 
@@ -364,7 +365,7 @@ impl Gateway {
             BodyRule::None => Bytes::new(),
             _ => self.read_body(&parts.headers, body).await?,
         };
-        let message = transcode::build_request(
+        let message = request_message::build_request(
             endpoint,
             bindings,
             parts.uri.query(),
