@@ -11,8 +11,9 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::Full;
 use tonic::Code;
+
+use crate::response::{HttpResponse, json_response};
 
 /// An error answer: HTTP status, gRPC code, message and extra headers.
 #[derive(Debug)]
@@ -69,20 +70,15 @@ impl ApiError {
     }
 
     /// The HTTP response, with the request id in the body (the header is added by the caller).
-    pub fn into_response(self, request_id: &str) -> http::Response<Full<Bytes>> {
+    pub fn into_response(self, request_id: &str) -> HttpResponse {
         let body = serde_json::json!({
             "code": self.code as i32,
             "message": self.message,
             "details": self.details,
             "requestId": request_id,
         });
-        let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = self.status;
+        let mut response = json_response(self.status, Bytes::from(body.to_string()));
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         for (name, value) in self.headers {
             headers.append(name, value);
         }

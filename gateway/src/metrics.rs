@@ -13,7 +13,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Recorder, SharedSt
 use metrics_exporter_prometheus::PrometheusRecorder;
 use weft_mesh::metrics::{ClientSeries, Registry};
 
-use crate::table::{Endpoint, RouteTable};
+use crate::{endpoint::Endpoint, table::RouteTable};
 
 /// Statuses the gateway answers with; each gets a pre-registered counter per route.
 const STATUSES: [u16; 18] = [

@@ -6,11 +6,11 @@
 //! templates parse, path variables and `body`/`response_body` name real fields, and no two
 //! rules match the same requests.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
-    ReflectMessage, Value,
+    DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, ReflectMessage,
+    Value,
 };
 use weft_mesh::{
     config::{GatewayConfig, MeshConfig, process_name},
@@ -18,6 +18,8 @@ use weft_mesh::{
 };
 
 use crate::{
+    endpoint::{BodyRule, Endpoint},
+    request_message::is_scalar_like,
     route::{Method, RouteError, Router},
     wire_json::ReplyWriter,
 };
@@ -44,46 +46,6 @@ pub enum TableError {
     /// Two rules collide, or a template does not parse.
     #[error(transparent)]
     Route(#[from] RouteError),
-}
-
-/// Where a request's body goes in the request message.
-#[derive(Debug, Clone)]
-pub enum BodyRule {
-    /// No body (`body` unset): fields come from the path and the query.
-    None,
-    /// `body: "*"`: the body is the whole request message.
-    Whole,
-    /// `body: "<field>"`: the body is that field.
-    Field(FieldDescriptor),
-}
-
-/// One REST binding of a gRPC method.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// `package.Service.Method`.
-    pub full_method: String,
-    /// `/package.Service/Method`, the gRPC request path.
-    pub grpc_path: http::uri::PathAndQuery,
-    /// The method's descriptor.
-    pub method: MethodDescriptor,
-    /// The path template, e.g. `/v1/products/{id}` (the `http.route` of metrics and spans).
-    pub template: String,
-    /// The HTTP method.
-    pub http_method: Method,
-    /// Where the body goes.
-    pub body: BodyRule,
-    /// The response field sent as the body, if not the whole response.
-    pub response_body: Option<FieldDescriptor>,
-    /// Who may call it.
-    pub access: Access,
-    /// Index of the upstream that serves it.
-    pub upstream: usize,
-    /// Deadline of the upstream call.
-    pub timeout: Duration,
-    /// Position in the route table (indexes per-route state such as metrics).
-    pub slot: usize,
-    /// Writes the JSON answer from the upstream's reply.
-    pub reply: Arc<ReplyWriter>,
 }
 
 /// An upstream the table routes to.
@@ -294,7 +256,7 @@ fn check_path_field(message: &MessageDescriptor, path: &[String]) -> Result<(), 
         let last = i + 1 == path.len();
         match field.kind() {
             Kind::Message(inner) if !last => current = inner,
-            Kind::Message(inner) if !crate::transcode::is_scalar_like(&inner) => {
+            Kind::Message(inner) if !is_scalar_like(&inner) => {
                 return Err(format!(
                     "`{}` is a message; bind one of its fields",
                     path.join(".")

@@ -10,7 +10,7 @@
 //! keys escaped, enum names, the JSON of absent fields); writing a reply is then one pass
 //! over its bytes per message.
 //!
-//! # The same JSON as [`transcode::render_response`], or none
+//! # The same JSON as [`message_json::render_response`], or none
 //!
 //! The answer must be what the decoded message renders to (tests compare the two on random
 //! messages of every field kind). Where the bytes leave room for doubt (a wire type that does
@@ -18,14 +18,14 @@
 //! nesting than [`MAX_DEPTH`], a `Timestamp` out of JSON's range, a message with extensions,
 //! a large map) this writer gives up and [`ReplyWriter::write`] decodes the message as before,
 //! with its errors. Well-known types other than `Timestamp` are decoded on their own and
-//! written by `transcode`, as before.
+//! written by `message_json`, as before.
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 
-use crate::transcode;
+use crate::message_json;
 
 /// Nesting deeper than this is left to prost-reflect (whose decoder stops at 100 levels).
 const MAX_DEPTH: usize = 64;
@@ -67,7 +67,7 @@ impl ReplyWriter {
             }
         }
         let message = DynamicMessage::decode(self.output.clone(), bytes)?;
-        Ok(transcode::render_response(
+        Ok(message_json::render_response(
             self.response_body.as_ref(),
             &message,
         ))
@@ -81,7 +81,7 @@ impl ReplyWriter {
 struct Layout {
     descriptor: MessageDescriptor,
     form: Form,
-    /// In the order `transcode` writes them (the descriptor's).
+    /// In the order `message_json` writes them (the descriptor's).
     fields: Vec<FieldLayout>,
     /// (field number, index in `fields`), sorted by number.
     by_number: Vec<(u32, usize)>,
@@ -95,7 +95,7 @@ enum Form {
     Fields,
     /// `google.protobuf.Timestamp`: an RFC 3339 string.
     Timestamp,
-    /// Another well-known type: decoded and written by `transcode`.
+    /// Another well-known type: decoded and written by `message_json`.
     Decoded,
     /// A message with extensions: the whole reply is decoded.
     Unsupported,
@@ -314,10 +314,10 @@ impl Layouts {
     }
 }
 
-/// `value` as `transcode` writes it; `null` if it cannot.
+/// `value` as `message_json` writes it; `null` if it cannot.
 fn rendered(value: &Value, kind: &Kind) -> Box<[u8]> {
     let mut out = Vec::new();
-    if transcode::write_value(&mut out, value, kind).is_err() {
+    if message_json::write_value(&mut out, value, kind).is_err() {
         out = b"null".to_vec();
     }
     out.into_boxed_slice()
@@ -325,7 +325,7 @@ fn rendered(value: &Value, kind: &Kind) -> Box<[u8]> {
 
 fn json_string(text: &str) -> Box<[u8]> {
     let mut out = Vec::new();
-    transcode::write_str(&mut out, text);
+    message_json::write_str(&mut out, text);
     out.into_boxed_slice()
 }
 
@@ -424,7 +424,7 @@ impl Writer<'_> {
             Form::Timestamp => timestamp(bytes, out),
             Form::Decoded => {
                 let message = DynamicMessage::decode(layout.descriptor.clone(), bytes).ok()?;
-                transcode::write_message(out, &message).ok()
+                message_json::write_message(out, &message).ok()
             }
             Form::Unsupported => None,
         }
@@ -625,18 +625,24 @@ impl Writer<'_> {
 
 fn write_scalar(scalar: &Scalar, wire: Wire<'_>, out: &mut Vec<u8>) -> Option<()> {
     match (scalar, wire) {
-        (Scalar::Int32, Wire::Varint(v)) => transcode::write_int(out, i128::from(v as i32), false),
-        (Scalar::Int64, Wire::Varint(v)) => transcode::write_int(out, i128::from(v as i64), true),
-        (Scalar::Uint32, Wire::Varint(v)) => transcode::write_int(out, i128::from(v as u32), false),
-        (Scalar::Uint64, Wire::Varint(v)) => transcode::write_int(out, i128::from(v), true),
+        (Scalar::Int32, Wire::Varint(v)) => {
+            message_json::write_int(out, i128::from(v as i32), false)
+        }
+        (Scalar::Int64, Wire::Varint(v)) => {
+            message_json::write_int(out, i128::from(v as i64), true)
+        }
+        (Scalar::Uint32, Wire::Varint(v)) => {
+            message_json::write_int(out, i128::from(v as u32), false)
+        }
+        (Scalar::Uint64, Wire::Varint(v)) => message_json::write_int(out, i128::from(v), true),
         (Scalar::Sint32, Wire::Varint(v)) => {
             let v = v as u32;
             let v = ((v >> 1) as i32) ^ -((v & 1) as i32);
-            transcode::write_int(out, i128::from(v), false)
+            message_json::write_int(out, i128::from(v), false)
         }
         (Scalar::Sint64, Wire::Varint(v)) => {
             let v = ((v >> 1) as i64) ^ -((v & 1) as i64);
-            transcode::write_int(out, i128::from(v), true)
+            message_json::write_int(out, i128::from(v), true)
         }
         (Scalar::Bool, Wire::Varint(v)) => {
             out.extend_from_slice(if v != 0 { b"true" } else { b"false" })
@@ -648,36 +654,36 @@ fn write_scalar(scalar: &Scalar, wire: Wire<'_>, out: &mut Vec<u8>) -> Option<()
             } else {
                 match names.names.binary_search_by_key(&number, |(n, _)| *n) {
                     Ok(at) => out.extend_from_slice(&names.names[at].1),
-                    Err(_) => transcode::write_int(out, i128::from(number), false),
+                    Err(_) => message_json::write_int(out, i128::from(number), false),
                 }
             }
         }
-        (Scalar::Fixed32, Wire::Fixed32(v)) => transcode::write_int(out, i128::from(v), false),
+        (Scalar::Fixed32, Wire::Fixed32(v)) => message_json::write_int(out, i128::from(v), false),
         (Scalar::Sfixed32, Wire::Fixed32(v)) => {
-            transcode::write_int(out, i128::from(v as i32), false)
+            message_json::write_int(out, i128::from(v as i32), false)
         }
         (Scalar::Float, Wire::Fixed32(v)) => {
             let v = f32::from_bits(v);
             if v.is_finite() {
                 serde_json::to_writer(&mut *out, &v).ok()?;
             } else {
-                transcode::write_non_finite(out, f64::from(v));
+                message_json::write_non_finite(out, f64::from(v));
             }
         }
-        (Scalar::Fixed64, Wire::Fixed64(v)) => transcode::write_int(out, i128::from(v), true),
+        (Scalar::Fixed64, Wire::Fixed64(v)) => message_json::write_int(out, i128::from(v), true),
         (Scalar::Sfixed64, Wire::Fixed64(v)) => {
-            transcode::write_int(out, i128::from(v as i64), true)
+            message_json::write_int(out, i128::from(v as i64), true)
         }
         (Scalar::Double, Wire::Fixed64(v)) => {
             let v = f64::from_bits(v);
             if v.is_finite() {
                 serde_json::to_writer(&mut *out, &v).ok()?;
             } else {
-                transcode::write_non_finite(out, v);
+                message_json::write_non_finite(out, v);
             }
         }
         (Scalar::String, Wire::Len(bytes)) => {
-            transcode::write_str(out, std::str::from_utf8(bytes).ok()?);
+            message_json::write_str(out, std::str::from_utf8(bytes).ok()?);
         }
         (Scalar::Bytes, Wire::Len(bytes)) => {
             out.push(b'"');
@@ -698,7 +704,7 @@ fn write_map_key(key: &Scalar, wire: Wire<'_>, out: &mut Vec<u8>) -> Option<()> 
     match key {
         Scalar::String => {
             let Wire::Len(bytes) = wire else { return None };
-            transcode::write_str(out, std::str::from_utf8(bytes).ok()?);
+            message_json::write_str(out, std::str::from_utf8(bytes).ok()?);
         }
         Scalar::Bool => {
             let Wire::Varint(v) = wire else { return None };
@@ -731,7 +737,7 @@ fn timestamp(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
             _ => {}
         }
     }
-    let text = transcode::timestamp_text_of(seconds, nanos)?;
+    let text = message_json::timestamp_text_of(seconds, nanos)?;
     out.push(b'"');
     out.extend_from_slice(text.as_str().as_bytes());
     out.push(b'"');
@@ -744,13 +750,14 @@ mod tests {
     use prost_reflect::ReflectMessage as _;
 
     use super::*;
+    use crate::test_messages::{Rng, kitchen_sink, random_message};
 
-    /// The JSON `transcode` writes for `message` (its reference), and this module's from its
+    /// The JSON `message_json` writes for `message` (its reference), and this module's from its
     /// bytes: `None` when this module gave up.
     fn both(message: &DynamicMessage) -> (Option<String>, Option<String>) {
         let bytes = message.encode_to_vec();
         let mut want = Vec::new();
-        let want = transcode::write_message(&mut want, message)
+        let want = message_json::write_message(&mut want, message)
             .ok()
             .map(|()| String::from_utf8(want).unwrap());
         let layouts = Layouts::build(&message.descriptor());
@@ -767,12 +774,12 @@ mod tests {
     }
 
     #[test]
-    fn replies_of_every_field_kind_are_written_as_transcode_writes_them() {
-        let sink = transcode::tests::kitchen_sink();
-        let mut rng = transcode::tests::Rng(0x05ee_d0fb_17e5);
+    fn replies_of_every_field_kind_are_written_as_message_json_writes_them() {
+        let sink = kitchen_sink();
+        let mut rng = Rng(0x05ee_d0fb_17e5);
         let mut written = 0;
         for _ in 0..2_000 {
-            let message = transcode::tests::random_message(&mut rng, &sink, 0);
+            let message = random_message(&mut rng, &sink, 0);
             let (got, want) = both(&message);
             let Some(want) = want else { continue };
             match got {
@@ -790,11 +797,11 @@ mod tests {
     #[test]
     fn replies_without_maps_are_the_same_bytes() {
         let table = crate::test_support::weft_table();
-        let mut rng = transcode::tests::Rng(0x0dd_ba11_0003);
+        let mut rng = Rng(0x0dd_ba11_0003);
         for service in table.pools[0].services() {
             for method in service.methods() {
                 for _ in 0..50 {
-                    let message = transcode::tests::random_message(&mut rng, &method.output(), 0);
+                    let message = random_message(&mut rng, &method.output(), 0);
                     let (got, want) = both(&message);
                     assert!(want.is_some(), "{}", method.full_name());
                     assert_eq!(got, want, "{}", method.full_name());
@@ -805,7 +812,7 @@ mod tests {
 
     #[test]
     fn doubtful_bytes_are_left_to_prost_reflect() {
-        let sink = transcode::tests::kitchen_sink();
+        let sink = kitchen_sink();
         let writer = ReplyWriter::new(sink.clone(), None);
         let layouts = Layouts::build(&sink);
         let fast = |bytes: &[u8]| {

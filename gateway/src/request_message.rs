@@ -1,0 +1,471 @@
+//! A REST request -> the gRPC request message: from path variables, query parameters and the
+//! JSON body, as the route's `google.api.http` rule says.
+//!
+//! The body is read with the canonical proto3 JSON mapping (lowerCamelCase or original field
+//! names, int64 as strings or numbers, enums by name or number, well-known types in their JSON
+//! form) and unknown fields are refused. Path variables and query parameters are then set on
+//! the message directly, field by field, so the common GET with a path id builds its request
+//! without any JSON at all. (The answer's direction is `wire_json` and `message_json`.)
+
+use base64::Engine as _;
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    Value,
+};
+
+use crate::endpoint::{BodyRule, Endpoint};
+
+/// Why a request could not be turned into a message: always the client's fault (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The body is not JSON, has trailing data, or does not fit the message.
+    #[error("invalid JSON body: {0}")]
+    Body(String),
+    /// The body nests deeper than allowed.
+    #[error("invalid JSON body: nested deeper than {0} levels")]
+    TooDeep(usize),
+    /// A query parameter names no field, or its value does not fit the field.
+    #[error("invalid query parameter `{name}`: {reason}")]
+    Query {
+        /// The parameter as sent.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A path variable's value does not fit its field.
+    #[error("invalid path value for `{name}`: {reason}")]
+    Path {
+        /// The field path.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+const WRAPPERS: [&str; 9] = [
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+];
+
+/// Whether a message type has a scalar JSON form (Timestamp, Duration, FieldMask, wrappers),
+/// so that a path or query value can set it.
+pub fn is_scalar_like(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+    ) || WRAPPERS.contains(&message.full_name())
+}
+
+/// Builds the request message of `endpoint`.
+pub fn build_request(
+    endpoint: &Endpoint,
+    bindings: Vec<(&[String], String)>,
+    query: Option<&str>,
+    body: &[u8],
+    max_depth: usize,
+) -> Result<DynamicMessage, BadRequest> {
+    let input = endpoint.method.input();
+    let mut message = match &endpoint.body {
+        BodyRule::None => DynamicMessage::new(input),
+        BodyRule::Whole => parse_body(input, body, max_depth)?,
+        BodyRule::Field(field) => {
+            let mut message = DynamicMessage::new(input);
+            if !body_is_empty(body) {
+                let value = parse_field_body(field, body, max_depth)?;
+                message.set_field(field, value);
+            }
+            message
+        }
+    };
+    for (path, raw) in bindings {
+        set_path(&mut message, path, &raw, false).map_err(|reason| BadRequest::Path {
+            name: path.join("."),
+            reason,
+        })?;
+    }
+    if let Some(query) = query {
+        let mut seen: Vec<String> = Vec::new();
+        for (name, raw) in form_urlencoded::parse(query.as_bytes()) {
+            let path: Vec<String> = name.split('.').map(str::to_owned).collect();
+            let repeated_twice = seen.contains(&name.to_string());
+            set_path(&mut message, &path, &raw, repeated_twice).map_err(|reason| {
+                BadRequest::Query {
+                    name: name.to_string(),
+                    reason,
+                }
+            })?;
+            seen.push(name.into_owned());
+        }
+    }
+    Ok(message)
+}
+
+fn body_is_empty(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
+fn parse_body(
+    descriptor: MessageDescriptor,
+    body: &[u8],
+    max_depth: usize,
+) -> Result<DynamicMessage, BadRequest> {
+    if body_is_empty(body) {
+        return Ok(DynamicMessage::new(descriptor));
+    }
+    check_depth(body, max_depth)?;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let message = DynamicMessage::deserialize_with_options(descriptor, &mut deserializer, &options)
+        .map_err(|e| BadRequest::Body(e.to_string()))?;
+    deserializer
+        .end()
+        .map_err(|e| BadRequest::Body(e.to_string()))?;
+    Ok(message)
+}
+
+fn parse_field_body(
+    field: &FieldDescriptor,
+    body: &[u8],
+    max_depth: usize,
+) -> Result<Value, BadRequest> {
+    match field.kind() {
+        Kind::Message(message) if !field.is_list() && !field.is_map() => {
+            Ok(Value::Message(parse_body(message, body, max_depth)?))
+        }
+        _ => {
+            // A scalar or repeated body field: parse it as the value of that field of the parent.
+            check_depth(body, max_depth)?;
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| BadRequest::Body(e.to_string()))?;
+            let wrapper = serde_json::json!({ field.json_name(): value });
+            let parent = DynamicMessage::deserialize_with_options(
+                field.parent_message().clone(),
+                wrapper,
+                &DeserializeOptions::new().deny_unknown_fields(true),
+            )
+            .map_err(|e| BadRequest::Body(e.to_string()))?;
+            Ok(parent.get_field(field).into_owned())
+        }
+    }
+}
+
+/// Refuses JSON nested deeper than `max` before parsing it (a parser would recurse).
+fn check_depth(body: &[u8], max: usize) -> Result<(), BadRequest> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Err(BadRequest::TooDeep(max));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sets the field at `path` (names or JSON names) from a path or query value.
+fn set_path(
+    message: &mut DynamicMessage,
+    path: &[String],
+    raw: &str,
+    again: bool,
+) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty field path")?;
+    let mut current = message;
+    for (i, name) in parents.iter().enumerate() {
+        let field = find_field(&current.descriptor(), name)
+            .ok_or_else(|| format!("no field `{}`", path[..=i].join(".")))?;
+        if field.is_list() || field.is_map() {
+            return Err(format!(
+                "`{}` is repeated and cannot be traversed",
+                path[..=i].join(".")
+            ));
+        }
+        match current.get_field_mut(&field) {
+            Value::Message(inner) if !is_scalar_like(&inner.descriptor()) => current = inner,
+            _ => return Err(format!("`{}` is not a message", path[..=i].join("."))),
+        }
+    }
+    let field = find_field(&current.descriptor(), last).ok_or_else(|| {
+        format!(
+            "no field `{}` in {}",
+            path.join("."),
+            current.descriptor().name()
+        )
+    })?;
+    if field.is_map() {
+        return Err("map fields cannot be set from the path or query".into());
+    }
+    let value = parse_scalar(&field, raw)?;
+    if field.is_list() {
+        if let Value::List(list) = current.get_field_mut(&field) {
+            list.push(value);
+        }
+    } else if again {
+        // A field mask may come as several parameters, each adding paths.
+        match (current.get_field_mut(&field), value) {
+            (Value::Message(mask), Value::Message(more))
+                if mask.descriptor().full_name() == "google.protobuf.FieldMask" =>
+            {
+                if let (Some(Value::List(paths)), Some(Value::List(extra))) = (
+                    mask.get_field_by_name_mut("paths"),
+                    more.get_field_by_name("paths").map(|v| v.into_owned()),
+                ) {
+                    paths.extend(extra);
+                }
+            }
+            _ => return Err("given more than once, but the field is not repeated".into()),
+        }
+    } else {
+        current.set_field(&field, value);
+    }
+    Ok(())
+}
+
+fn find_field(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_name(name)
+        .or_else(|| message.get_field_by_json_name(name))
+}
+
+/// Parses one path or query value as a (singular) value of `field`'s type.
+fn parse_scalar(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
+    fn num<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, String> {
+        raw.trim()
+            .parse()
+            .map_err(|_| format!("`{raw}` is not {what}"))
+    }
+    Ok(match field.kind() {
+        Kind::String => Value::String(raw.to_owned()),
+        Kind::Bool => Value::Bool(match raw {
+            "true" => true,
+            "false" => false,
+            _ => return Err(format!("`{raw}` is not true or false")),
+        }),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(num(raw, "a 32-bit integer")?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(num(raw, "a 64-bit integer")?),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(num(raw, "an unsigned 32-bit integer")?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(num(raw, "an unsigned 64-bit integer")?),
+        Kind::Float => Value::F32(num(raw, "a number")?),
+        Kind::Double => Value::F64(num(raw, "a number")?),
+        Kind::Bytes => {
+            let engines = [
+                &base64::engine::general_purpose::STANDARD,
+                &base64::engine::general_purpose::URL_SAFE,
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                &base64::engine::general_purpose::STANDARD_NO_PAD,
+            ];
+            let bytes = engines
+                .iter()
+                .find_map(|engine| engine.decode(raw).ok())
+                .ok_or_else(|| format!("`{raw}` is not base64"))?;
+            Value::Bytes(bytes.into())
+        }
+        Kind::Enum(enumeration) => {
+            match enumeration.get_value_by_name(raw) {
+                Some(value) => Value::EnumNumber(value.number()),
+                None => Value::EnumNumber(raw.parse().map_err(|_| {
+                    format!("`{raw}` is not a value of {}", enumeration.full_name())
+                })?),
+            }
+        }
+        Kind::Message(message) if message.full_name() == "google.protobuf.FieldMask" => {
+            Value::Message(field_mask(message, raw)?)
+        }
+        Kind::Message(message) if is_scalar_like(&message) => {
+            let json = match message.full_name() {
+                "google.protobuf.BoolValue" => match raw {
+                    "true" => serde_json::Value::Bool(true),
+                    "false" => serde_json::Value::Bool(false),
+                    _ => return Err(format!("`{raw}` is not true or false")),
+                },
+                _ => serde_json::Value::String(raw.to_owned()),
+            };
+            let value = DynamicMessage::deserialize(message.clone(), json)
+                .map_err(|e| format!("`{raw}` is not a valid {}: {e}", message.name()))?;
+            Value::Message(value)
+        }
+        Kind::Message(message) => {
+            return Err(format!(
+                "is a {} message; set its fields with dotted names",
+                message.name()
+            ));
+        }
+    })
+}
+
+/// A `FieldMask` from a query or path value: comma-separated paths in the JSON form
+/// (`displayName`) or as field names (`display_name`), as grpc-gateway accepts both.
+fn field_mask(descriptor: MessageDescriptor, raw: &str) -> Result<DynamicMessage, String> {
+    let paths: Vec<Value> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|path| !path.is_empty())
+        .map(|path| {
+            if !path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            {
+                return Err(format!("`{path}` is not a field path"));
+            }
+            let mut snake = String::with_capacity(path.len() + 4);
+            for c in path.chars() {
+                if c.is_ascii_uppercase() {
+                    snake.push('_');
+                    snake.push(c.to_ascii_lowercase());
+                } else {
+                    snake.push(c);
+                }
+            }
+            Ok(Value::String(snake))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut mask = DynamicMessage::new(descriptor);
+    mask.set_field_by_name("paths", Value::List(paths));
+    Ok(mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::SerializeOptions;
+
+    use super::*;
+    use crate::route::Match;
+
+    fn request(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &str,
+    ) -> Result<DynamicMessage, BadRequest> {
+        let table = crate::test_support::weft_table();
+        let Ok(Match::Found {
+            value, bindings, ..
+        }) = table.router.match_path(method, path)
+        else {
+            panic!("{method} {path} must match");
+        };
+        build_request(value, bindings, query, body.as_bytes(), 64)
+    }
+
+    fn json(message: &DynamicMessage) -> serde_json::Value {
+        let options = SerializeOptions::new().skip_default_fields(false);
+        let mut out = Vec::new();
+        message
+            .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options)
+            .unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn path_variables_fill_fields() {
+        let message = request("GET", "/v1/products/p%201", None, "").unwrap();
+        assert_eq!(json(&message)["id"], "p 1");
+    }
+
+    #[test]
+    fn nested_path_variables_body_field_and_update_mask_from_query() {
+        let message = request(
+            "PATCH",
+            "/v1/users/u1",
+            Some("updateMask=displayName"),
+            r#"{"display_name":"Ada"}"#,
+        )
+        .unwrap();
+        let json = json(&message);
+        assert_eq!(json["user"]["id"], "u1");
+        assert_eq!(json["user"]["displayName"], "Ada");
+        assert_eq!(json["updateMask"], "displayName");
+    }
+
+    #[test]
+    fn update_masks_take_json_or_field_names() {
+        for query in [
+            "updateMask=displayName,role",
+            "update_mask=display_name,role",
+            "updateMask=displayName&updateMask=role",
+        ] {
+            let message = request("PATCH", "/v1/users/u1", Some(query), "{}").unwrap();
+            assert_eq!(json(&message)["updateMask"], "displayName,role", "{query}");
+        }
+        let err = request("PATCH", "/v1/users/u1", Some("updateMask=a%20b"), "{}").unwrap_err();
+        assert!(err.to_string().contains("not a field path"), "{err}");
+    }
+
+    #[test]
+    fn camel_and_snake_case_bodies_are_both_accepted_and_int64_as_string_or_number() {
+        for body in [
+            r#"{"idempotencyKey":"k","items":[{"productId":"p","quantity":"2"}]}"#,
+            r#"{"idempotency_key":"k","items":[{"product_id":"p","quantity":2}]}"#,
+        ] {
+            let json = json(&request("POST", "/v1/orders", None, body).unwrap());
+            assert_eq!(json["idempotencyKey"], "k");
+            assert_eq!(json["items"][0]["quantity"], "2");
+        }
+    }
+
+    #[test]
+    fn query_parameters_fill_fields_and_unknown_ones_are_refused() {
+        let json =
+            json(&request("GET", "/v1/products", Some("page_size=2&pageToken=abc"), "").unwrap());
+        assert_eq!(
+            (json["pageSize"].as_i64(), json["pageToken"].as_str()),
+            (Some(2), Some("abc"))
+        );
+
+        let err = request("GET", "/v1/products", Some("nope=1"), "").unwrap_err();
+        assert!(
+            matches!(&err, BadRequest::Query { name, .. } if name == "nope"),
+            "{err}"
+        );
+        let err = request("GET", "/v1/products", Some("pageSize=two"), "").unwrap_err();
+        assert!(err.to_string().contains("pageSize"), "{err}");
+        let err = request("GET", "/v1/products", Some("pageSize=1&pageSize=2"), "").unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn bad_bodies_are_bad_requests() {
+        for body in [
+            "{",
+            r#"{"email":"a@b.c"} trailing"#,
+            r#"{"email":5}"#,
+            r#"{"unknownField":1}"#,
+            "[]",
+        ] {
+            let err = request("POST", "/v1/auth/login", None, body).unwrap_err();
+            assert!(matches!(err, BadRequest::Body(_)), "{body}: {err}");
+        }
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let err = request("POST", "/v1/auth/login", None, &deep).unwrap_err();
+        assert_eq!(err, BadRequest::TooDeep(64));
+    }
+
+    #[test]
+    fn depth_counting_ignores_brackets_in_strings() {
+        let body = format!(r#"{{"email":"{}"}}"#, "[".repeat(500));
+        assert!(check_depth(body.as_bytes(), 2).is_ok());
+        assert!(check_depth(br#"{"a":{"b":{}}}"#, 2).is_err());
+    }
+}
