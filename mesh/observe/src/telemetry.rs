@@ -985,9 +985,8 @@ mod tests {
     }
 
     #[test]
-    fn no_db_or_internal_span_outside_a_request() {
+    fn no_internal_span_outside_a_request() {
         assert!(span("x").is_none());
-        assert!(crate::db::span(crate::db::Engine::Sqlite, "SELECT", "t").is_none());
     }
 
     /// The OTLP/HTTP exporter, driven by the export queue on the process's runtime, posts

@@ -125,7 +125,7 @@ impl Database {
     /// Opens the database of the service `name` (`services.<name>.database_url` and
     /// `database_max_connections`), running `migrator`.
     pub async fn open_service(
-        config: &crate::MeshConfig,
+        config: &crate::config::MeshConfig,
         name: &str,
         migrator: &Migrator,
     ) -> Result<Self, DbError> {
@@ -260,6 +260,11 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_db_span_outside_a_request() {
+        assert!(span(Engine::Sqlite, "SELECT", "t").is_none());
+    }
 
     #[test]
     fn sqlite_urls_become_paths() {

@@ -7,7 +7,7 @@
 //! method publishes the token signing keys (the one returning `weft.api.v1.Jwks`). A fourth
 //! service is therefore added with its proto and its mesh-config entries alone.
 //!
-//! [`crate::launch`] builds the process's contract once, before anything else runs, and
+//! `launch` builds the process's contract once, before anything else runs, and
 //! [`install`]s it; layers read it with [`current`]. It is process-wide data, like the config
 //! it is built from, and never changes afterwards.
 
@@ -245,16 +245,6 @@ pub fn grpc_path(method: &MethodDescriptor) -> String {
 }
 
 static CURRENT: OnceLock<Contract> = OnceLock::new();
-
-/// Installs Weft's own contract, for unit tests that need real methods (the layers themselves
-/// know none).
-#[cfg(test)]
-pub(crate) fn install_weft_for_tests() {
-    install(
-        Contract::load(&[weft_proto::FILE_DESCRIPTOR_SET], &MeshConfig::default())
-            .expect("Weft's contract loads"),
-    );
-}
 
 /// Makes `contract` the process's contract; once per process (later calls are ignored).
 pub fn install(contract: Contract) {

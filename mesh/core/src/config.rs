@@ -62,7 +62,7 @@ pub struct MeshConfig {
     pub upstreams: IndexMap<String, UpstreamConfig>,
     /// The REST gateway.
     pub gateway: GatewayConfig,
-    /// Faults to inject (`[[faults]]`, see [`crate::fault`]); default none.
+    /// Faults to inject (`[[faults]]`, see `fault`); default none.
     pub faults: Vec<crate::policy::FaultRule>,
     /// Each service's own settings: the top-level table named after the service (`[order]` for
     /// `[services.order]`), read and checked by that service with [`MeshConfig::settings`].
@@ -276,13 +276,13 @@ pub struct UpstreamConfig {
     /// Per-method policies, keyed by full method name (`"weft.user.v1.UserService/GetUser"`).
     #[serde(default)]
     pub methods: std::collections::BTreeMap<String, MethodConfig>,
-    /// Retries of idempotent calls, within a budget (see [`crate::retry`]).
+    /// Retries of idempotent calls, within a budget (see `retry`).
     #[serde(default)]
     pub retry: crate::policy::RetryPolicy,
-    /// Adaptive throttling when the upstream fails (see [`crate::breaker`]).
+    /// Adaptive throttling when the upstream fails (see `breaker`).
     #[serde(default)]
     pub breaker: crate::policy::BreakerPolicy,
-    /// Ejection of failing endpoints (see [`crate::balance`]).
+    /// Ejection of failing endpoints (see `balance`).
     #[serde(default)]
     pub outlier: crate::policy::OutlierPolicy,
 }

@@ -8,7 +8,7 @@
 //!   status, times them, and tracks calls in flight:
 //!   `rpc_server_requests_total{rpc_service,rpc_method,rpc_grpc_status_code}`,
 //!   `rpc_server_request_duration_seconds`, `rpc_server_active_requests`.
-//! - [`ClientMetricsLayer`] (in every [`crate::client::channel`]) counts upstream calls by
+//! - [`ClientMetricsLayer`] (in every `client::channel`) counts upstream calls by
 //!   outcome: `rpc_client_requests_total{upstream,rpc_method,code}` and
 //!   `rpc_client_request_duration_seconds`. The gateway records the same series for its own
 //!   upstream calls through [`ClientSeries`].
@@ -938,6 +938,18 @@ mod tests {
     use super::*;
     use tower::ServiceExt as _;
 
+    /// Installs Weft's own contract, for tests that need real methods (the layers themselves
+    /// know none).
+    fn install_weft_contract() {
+        crate::contract::install(
+            crate::contract::Contract::load(
+                &[weft_proto::FILE_DESCRIPTOR_SET],
+                &Default::default(),
+            )
+            .expect("Weft's contract loads"),
+        );
+    }
+
     /// The value of the series whose line starts with `prefix` (0 when absent).
     fn value(text: &str, prefix: &str) -> f64 {
         text.lines()
@@ -994,7 +1006,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_calls_are_counted_by_method_and_status() {
-        crate::contract::install_weft_for_tests();
+        install_weft_contract();
         let layer = ServerMetricsLayer::new(&["weft.order.v1.OrderService"]);
         // OK in the trailers of a body; NOT_FOUND in the headers (trailers-only).
         let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
@@ -1038,7 +1050,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_response_counts_as_cancelled_and_errors_by_their_code() {
-        crate::contract::install_weft_for_tests();
+        install_weft_contract();
         let mut upstream =
             crate::config::UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
         upstream.grpc_services = vec!["weft.user.v1.UserService".into()];

@@ -1,6 +1,6 @@
 //! Hot reload of mesh-config: new policies for new calls, without a restart.
 //!
-//! [`install`] (called by [`crate::launch`]) watches the process's mesh-config file: it is read
+//! [`install`] (called by `launch`) watches the process's mesh-config file: it is read
 //! again every [`POLL_INTERVAL`] and on SIGHUP, and when its contents changed it is loaded and
 //! validated exactly as at start (file, then `WEFT_*` variables). A valid file replaces the
 //! process's [`current`] config; every policy made with [`policy`] (timeouts, retries, breaker,
@@ -239,7 +239,7 @@ mod tests {
             toml::from_str("listen = \"127.0.0.1:1\"").unwrap(),
         );
         new.settings.insert("order".into(), toml::Table::new());
-        new.faults.push(crate::fault::FaultRule {
+        new.faults.push(crate::policy::FaultRule {
             delay_ms: 1,
             ..Default::default()
         });

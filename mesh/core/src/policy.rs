@@ -193,7 +193,7 @@ impl BreakerPolicy {
     }
 
     /// Whether a trailers-only answer with `code` counts as a failure.
-    pub(crate) fn is_failure(&self, code: tonic::Code) -> bool {
+    pub fn is_failure(&self, code: tonic::Code) -> bool {
         grpc::names_code(&self.failure_codes, code)
     }
 }
@@ -329,7 +329,7 @@ impl FaultRule {
     }
 
     /// Whether the rule applies to the call at gRPC `path` (`/package.Service/Method`).
-    pub(crate) fn matches(&self, path: &str) -> bool {
+    pub fn matches(&self, path: &str) -> bool {
         let path = path.strip_prefix('/').unwrap_or(path);
         match self.method.strip_suffix('*') {
             Some(prefix) => path.starts_with(prefix),
@@ -337,7 +337,7 @@ impl FaultRule {
         }
     }
 
-    pub(crate) fn abort_status(&self, path: &str) -> Option<Status> {
+    pub fn abort_status(&self, path: &str) -> Option<Status> {
         let code = grpc::error_code(&self.abort).ok()?;
         Some(Status::new(
             code,
@@ -469,7 +469,7 @@ impl RateLimitPolicy {
 
 impl RateLimitRule {
     /// The GCRA quota of this rule, None when its values are out of range.
-    pub(crate) fn quota(&self) -> Option<Quota> {
+    pub fn quota(&self) -> Option<Quota> {
         let burst = NonZeroU32::new(self.burst)?;
         if !(self.per_second.is_finite() && self.per_second > 0.0) {
             return None;
@@ -500,14 +500,14 @@ fn is_route_name(route: &str) -> bool {
 
 /// An IP network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cidr {
+pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
     /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("`{text}` is not an IP address or CIDR: {why}");
         let (addr, prefix) = match text.trim().split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
@@ -530,7 +530,7 @@ impl Cidr {
     }
 
     /// Whether `ip` (canonical) is in the network.
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
         let (net, ip, bits) = match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 (u128::from(u32::from(net)), u128::from(u32::from(ip)), 32)
