@@ -30,6 +30,9 @@ source scripts/venv.sh
 ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 ensure_python_module yaml 'PyYAML>=6,<7'
 
+echo "==> module imports go one way"
+python3 scripts/check-module-cycles.py
+
 echo "==> building binaries"
 cargo build --workspace --bins "${FEATURES[@]}"
 echo "==> running tests"

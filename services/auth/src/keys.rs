@@ -27,32 +27,7 @@ use weft_mesh_proto::Jwk;
 
 use crate::{domain::Error, store};
 
-/// A row of `signing_keys`.
-#[derive(Clone)]
-pub struct StoredKey {
-    /// Key id: 16 hex characters of SHA-256 of the public key.
-    pub kid: String,
-    /// Standard base64 of the PKCS#8 v1 DER private key.
-    pub private_key: String,
-    /// base64url (no padding) of the 32-byte public key.
-    pub public_x: String,
-    /// When the key was made, in microseconds.
-    pub created_at: i64,
-    /// When the key stopped signing, in microseconds.
-    pub retired_at: Option<i64>,
-}
-
-impl std::fmt::Debug for StoredKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the private key.
-        f.debug_struct("StoredKey")
-            .field("kid", &self.kid)
-            .field("public_x", &self.public_x)
-            .field("created_at", &self.created_at)
-            .field("retired_at", &self.retired_at)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::store::StoredKey;
 
 /// Makes a new random key, created at `now` (microseconds).
 pub fn generate_key(now: i64) -> Result<StoredKey, Error> {
