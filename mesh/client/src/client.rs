@@ -328,18 +328,6 @@ mod tests {
     use super::*;
     use crate::config::MethodConfig;
 
-    /// Installs Weft's own contract, for tests that need real methods (the layers themselves
-    /// know none).
-    fn install_weft_contract() {
-        crate::contract::install(
-            crate::contract::Contract::load(
-                &[weft_proto::FILE_DESCRIPTOR_SET],
-                &Default::default(),
-            )
-            .expect("Weft's contract loads"),
-        );
-    }
-
     fn policy(methods: &[(&str, MethodConfig)]) -> UpstreamPolicy {
         let mut config = UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
         config.timeout_ms = 5000;
@@ -352,7 +340,12 @@ mod tests {
 
     #[test]
     fn reads_are_idempotent_as_the_proto_says_and_config_overrides() {
-        install_weft_contract();
+        // The layers know no method: these tests need a real contract.
+        let weft = crate::contract::Contract::load(
+            &[weft_proto::FILE_DESCRIPTOR_SET],
+            &Default::default(),
+        );
+        crate::contract::install(weft.expect("Weft's contract loads"));
         let default = policy(&[]);
         assert!(default.is_idempotent("/weft.user.v1.UserService/GetMe"));
         assert!(default.is_idempotent("/weft.order.v1.OrderService/GetProduct"));

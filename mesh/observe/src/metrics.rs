@@ -938,18 +938,6 @@ mod tests {
     use super::*;
     use tower::ServiceExt as _;
 
-    /// Installs Weft's own contract, for tests that need real methods (the layers themselves
-    /// know none).
-    fn install_weft_contract() {
-        crate::contract::install(
-            crate::contract::Contract::load(
-                &[weft_proto::FILE_DESCRIPTOR_SET],
-                &Default::default(),
-            )
-            .expect("Weft's contract loads"),
-        );
-    }
-
     /// The value of the series whose line starts with `prefix` (0 when absent).
     fn value(text: &str, prefix: &str) -> f64 {
         text.lines()
@@ -1006,7 +994,12 @@ mod tests {
 
     #[tokio::test]
     async fn server_calls_are_counted_by_method_and_status() {
-        install_weft_contract();
+        // The layers know no method: these tests need a real contract.
+        let weft = crate::contract::Contract::load(
+            &[weft_proto::FILE_DESCRIPTOR_SET],
+            &Default::default(),
+        );
+        crate::contract::install(weft.expect("Weft's contract loads"));
         let layer = ServerMetricsLayer::new(&["weft.order.v1.OrderService"]);
         // OK in the trailers of a body; NOT_FOUND in the headers (trailers-only).
         let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
@@ -1050,7 +1043,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_response_counts_as_cancelled_and_errors_by_their_code() {
-        install_weft_contract();
+        // The layers know no method: these tests need a real contract.
+        let weft = crate::contract::Contract::load(
+            &[weft_proto::FILE_DESCRIPTOR_SET],
+            &Default::default(),
+        );
+        crate::contract::install(weft.expect("Weft's contract loads"));
         let mut upstream =
             crate::config::UpstreamConfig::with_endpoint("http://127.0.0.1:1".into());
         upstream.grpc_services = vec!["weft.user.v1.UserService".into()];
