@@ -30,8 +30,8 @@ source scripts/venv.sh
 ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 ensure_python_module yaml 'PyYAML>=6,<7'
 
-echo "==> module imports go one way"
-python3 scripts/check-module-cycles.py
+echo "==> layout: imports go one way, the mesh names no service"
+python3 scripts/check-layout.py
 
 echo "==> building binaries"
 cargo build --workspace --bins "${FEATURES[@]}"

@@ -398,20 +398,12 @@ pub enum RateLimitKey {
 // === impl RateLimitPolicy ===
 
 impl Default for RateLimitPolicy {
+    /// No limits: which routes to limit (the credential routes, say) is for mesh-config to say;
+    /// the shipped files limit Weft's.
     fn default() -> Self {
         Self {
             trusted_proxies: Vec::new(),
-            rules: vec![RateLimitRule {
-                name: "credentials".into(),
-                routes: vec![
-                    "POST /v1/auth/register".into(),
-                    "POST /v1/auth/login".into(),
-                    "POST /v1/auth/refresh".into(),
-                ],
-                key: RateLimitKey::Client,
-                burst: 20,
-                per_second: 1.0,
-            }],
+            rules: Vec::new(),
         }
     }
 }
@@ -439,7 +431,7 @@ impl RateLimitPolicy {
                         key("routes"),
                         format!(
                             "`{route}` is not a route: write \"METHOD /template\" as the \
-                             gateway names it (\"POST /v1/auth/login\"), or \"*\""
+                             gateway names it (\"POST /v1/things/{id}\"), or \"*\""
                         ),
                     ));
                 }

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Fails when two modules of one crate import each other, directly or through others.
+"""Checks two invariants of ARCHITECTURE.md that the compiler does not; exits 1 on a breach.
 
-Every `src/` folder of the workspace is a crate; each `*.rs` file directly in it is a module.
-A module imports another when its code (comments and `#[cfg(test)] mod tests` excluded) names
-`crate::<module>`, alone or in a `use crate::{...}` group. Prints each crate's cycles, if any,
-and exits 1 when there is one. `make test` runs it (see ARCHITECTURE.md, "Invariants").
+1. Imports go one way: no two modules of one crate import each other, directly or through
+   others. Every `src/` folder of the workspace is a crate; each `*.rs` file directly in it is a
+   module. A module imports another when its code (comments and `#[cfg(test)] mod tests`
+   excluded) names `crate::<module>`, alone or in a `use crate::{...}` group.
+2. The mesh knows no service: the non-test code of `mesh/` and `gateway/` never names one of
+   Weft's services (the folders of `services/`): no `weft-<name>`, `weft.<name>.`,
+   `<Name>Service`, `/v1/<name>` or `services.<name>`/`upstreams.<name>` key.
+
+`make test` runs it.
 """
 
 import pathlib
@@ -69,15 +74,43 @@ def cycles(graph):
     return found
 
 
+def code_lines(path):
+    """The lines of `path` before its unit tests, without comment lines, numbered from 1."""
+    text = re.split(r"#\[cfg\(test\)\]\s*(?:pub(?:\(crate\))?\s+)?mod \w+", path.read_text())[0]
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip().startswith("//"):
+            yield number, line
+
+
+def service_names_in_plumbing():
+    names = sorted(d.name for d in (ROOT / "services").iterdir() if (d / "Cargo.toml").is_file())
+    alternatives = "|".join(names)
+    capitalised = "|".join(n.capitalize() for n in names)
+    pattern = re.compile(
+        rf"weft-({alternatives})\b|weft\.({alternatives})\.|\b({capitalised})Service\b"
+        rf"|/v1/({alternatives})\b|\b(services|upstreams)\.({alternatives})\b"
+    )
+    for folder in [ROOT / "mesh", ROOT / "gateway"]:
+        for path in sorted(folder.rglob("src/*.rs")):
+            if path.name.startswith("test"):
+                continue
+            for number, line in code_lines(path):
+                if pattern.search(line):
+                    yield f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+
+
 def main():
     bad = False
     for src in crate_dirs():
         for component in cycles(imports(src)):
             bad = True
             print(f"{src.parent.relative_to(ROOT)}: modules import each other: {', '.join(component)}")
+    for hit in service_names_in_plumbing():
+        bad = True
+        print(f"names a service outside services/: {hit}")
     if bad:
         return 1
-    print("no module imports another that imports it back")
+    print("no module imports another that imports it back; the mesh and the gateway name no service")
     return 0
 
 
