@@ -431,7 +431,7 @@ impl RateLimitPolicy {
                         key("routes"),
                         format!(
                             "`{route}` is not a route: write \"METHOD /template\" as the \
-                             gateway names it (\"POST /v1/things/{id}\"), or \"*\""
+                             gateway names it (\"POST /v1/things/{{id}}\"), or \"*\""
                         ),
                     ));
                 }
