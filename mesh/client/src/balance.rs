@@ -62,10 +62,9 @@
 //! the series are labelled by upstream only.
 
 use std::{
-    collections::{HashMap, HashSet},
     fmt,
     future::Future,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, Weak,
@@ -75,7 +74,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use tokio::{
     sync::{oneshot, watch},
@@ -87,9 +86,6 @@ use tower_service::Service;
 
 use crate::{connection::Connection, grpc, live::Live};
 
-/// The longest rest an ejection may be configured with.
-/// Time allowed for one resolution of a host name.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cost of an endpoint whose estimate decayed to zero while calls are pending (Finagle's rule:
 /// do not pile calls onto an endpoint merely because nothing was heard from it for long).
 const PENALTY_NS: f64 = 1e9;
@@ -185,13 +181,8 @@ impl BalancePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BalanceError {
     /// An endpoint that is not `http(s)://host[:port]`.
-    #[error("invalid upstream endpoint `{endpoint}`: {reason}")]
-    Endpoint {
-        /// The endpoint as configured.
-        endpoint: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     /// Another value of the policy out of range.
     #[error("invalid balance policy: `{key}` {reason}")]
     Policy {
@@ -205,129 +196,14 @@ pub enum BalanceError {
     NoRuntime,
 }
 
-// === endpoints as configured ===
-
-/// One address to connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    /// `scheme://ip:port`: the endpoint's identity, in logs and across rebuilds.
-    key: Arc<str>,
-    /// Where to connect.
-    uri: Uri,
-    /// The configured `scheme://host:port` of a resolved host name (the `:authority` of calls
-    /// and the TLS server name stay the name).
-    origin: Option<Uri>,
-}
-
-/// A host name to resolve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Host {
-    name: String,
-    port: u16,
-    scheme: &'static str,
-    origin: Uri,
-}
-
-/// A configured endpoint.
-enum Entry {
-    Fixed(Target),
-    Host(Host),
-}
-
-/// The endpoints of a policy: fixed addresses and host names.
-struct Plan {
-    fixed: Vec<Target>,
-    hosts: Vec<Host>,
-}
-
-impl Plan {
-    fn of(policy: &BalancePolicy) -> Result<Self, BalanceError> {
-        let mut plan = Plan {
-            fixed: Vec::new(),
-            hosts: Vec::new(),
-        };
-        for endpoint in &policy.endpoints {
-            match parse_endpoint(endpoint)? {
-                Entry::Fixed(target) => plan.fixed.push(target),
-                Entry::Host(host) => plan.hosts.push(host),
-            }
-        }
-        Ok(plan)
-    }
-
-    /// The host names, for a refusal when none resolves.
-    fn host_names(&self) -> String {
-        let names: Vec<String> = self
-            .hosts
-            .iter()
-            .map(|h| format!("{}:{}", h.name, h.port))
-            .collect();
-        names.join(", ")
-    }
-}
-
-fn parse_endpoint(endpoint: &str) -> Result<Entry, BalanceError> {
-    let bad = |reason: &str| BalanceError::Endpoint {
-        endpoint: endpoint.to_string(),
-        reason: reason.to_string(),
-    };
-    let uri: Uri = endpoint
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(&format!("not a URI ({e})")))?;
-    let scheme = match uri.scheme_str() {
-        Some("http") => "http",
-        Some("https") => "https",
-        _ => return Err(bad("must start with http:// or https://")),
-    };
-    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("must not carry user information"));
-    }
-    if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/")) {
-        return Err(bad("must be scheme://host:port, without a path or query"));
-    }
-    let host = authority.host();
-    if host.is_empty() {
-        return Err(bad("has no host"));
-    }
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    match literal.parse::<IpAddr>() {
-        Ok(ip) => target(scheme, SocketAddr::new(ip, port), None)
-            .map(Entry::Fixed)
-            .ok_or_else(|| bad("not a usable address")),
-        Err(_) => {
-            let origin = format!("{scheme}://{authority}")
-                .parse()
-                .map_err(|_| bad("not a usable host"))?;
-            Ok(Entry::Host(Host {
-                name: host.to_string(),
-                port,
-                scheme,
-                origin,
-            }))
-        }
-    }
-}
-
-fn target(scheme: &str, addr: SocketAddr, origin: Option<Uri>) -> Option<Target> {
-    let key = format!("{scheme}://{addr}");
-    let uri = key.parse().ok()?;
-    Some(Target {
-        key: key.into(),
-        uri,
-        origin,
-    })
-}
-
 /// A lazily connecting HTTP/2 connection to `target`, whose calls carry the configured
 /// `scheme://host:port` (the endpoint's origin) and go to the target's address.
 fn connect(target: &Target, policy: &BalancePolicy) -> Result<Connection, BalanceError> {
-    let bad = |reason: &str| BalanceError::Endpoint {
-        endpoint: target.key.to_string(),
-        reason: reason.to_string(),
+    let bad = |reason: &str| {
+        BalanceError::Endpoint(EndpointError {
+            endpoint: target.key.to_string(),
+            reason: reason.to_string(),
+        })
     };
     let addr: SocketAddr = target
         .uri
@@ -349,6 +225,8 @@ fn connect(target: &Target, policy: &BalancePolicy) -> Result<Connection, Balanc
 /// Makes one connection's service to a target (a [`Connection`]; a mock in tests).
 type Connector<S> =
     Arc<dyn Fn(&Target, &BalancePolicy) -> Result<S, BalanceError> + Send + Sync + 'static>;
+
+use crate::discovery::{Dns, EndpointError, Plan, Target, parse_endpoint};
 
 // === Balance ===
 
@@ -397,7 +275,7 @@ where
         }
         let current = policy.get();
         current.validate()?;
-        let plan = Plan::of(&current)?;
+        let plan = Plan::of(&current.endpoints)?;
         // Subscribed before anything else: a change made from now on is seen by the task.
         let changes = policy.subscribe();
         let (stop, stopped) = oneshot::channel();
@@ -1229,7 +1107,7 @@ async fn maintain<S>(
         }
         let policy = applied.clone();
         // `applied` was validated: this cannot fail.
-        let plan = Plan::of(&policy).unwrap_or(Plan {
+        let plan = Plan::of(&policy.endpoints).unwrap_or(Plan {
             fixed: Vec::new(),
             hosts: Vec::new(),
         });
@@ -1250,62 +1128,6 @@ async fn maintain<S>(
             changed = changes.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(policy.resolve_interval), if !plan.hosts.is_empty() => {}
         }
-    }
-}
-
-/// The last good addresses of each host name, so that a failed lookup changes nothing.
-#[derive(Default)]
-struct Dns {
-    last: HashMap<(String, u16), Vec<SocketAddr>>,
-    failing: HashSet<(String, u16)>,
-}
-
-impl Dns {
-    async fn resolve(&mut self, upstream: &str, hosts: &[Host]) -> Vec<Target> {
-        let lookups = hosts.iter().map(|host| async move {
-            let lookup = tokio::net::lookup_host((host.name.as_str(), host.port));
-            (host, tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await)
-        });
-        let results = futures::future::join_all(lookups).await;
-        let mut targets = Vec::new();
-        for (host, result) in results {
-            let key = (host.name.clone(), host.port);
-            let error = match result {
-                Ok(Ok(addrs)) => {
-                    let mut addrs: Vec<SocketAddr> = addrs.collect();
-                    addrs.sort();
-                    addrs.dedup();
-                    if self.failing.remove(&key) {
-                        tracing::info!(upstream, host = %host.name, "endpoint host name resolves again");
-                    }
-                    self.last.insert(key.clone(), addrs);
-                    None
-                }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs())),
-            };
-            if let Some(error) = error
-                && self.failing.insert(key.clone())
-            {
-                tracing::warn!(
-                    upstream,
-                    host = %host.name,
-                    error,
-                    "cannot resolve endpoint host name; keeping its last addresses"
-                );
-            }
-            for addr in self.last.get(&key).into_iter().flatten() {
-                match target(host.scheme, *addr, Some(host.origin.clone())) {
-                    Some(target) => targets.push(target),
-                    None => tracing::debug!(upstream, %addr, "resolved address not usable"),
-                }
-            }
-        }
-        self.last
-            .retain(|(name, port), _| hosts.iter().any(|h| h.name == *name && h.port == *port));
-        self.failing
-            .retain(|(name, port)| hosts.iter().any(|h| h.name == *name && h.port == *port));
-        targets
     }
 }
 
@@ -2232,7 +2054,9 @@ mod tests {
     #[test]
     fn balance_policy_validation_names_the_bad_endpoint() {
         let endpoint_error = |endpoint: &str| match policy(&[A, endpoint]).validate() {
-            Err(BalanceError::Endpoint { endpoint, reason }) => format!("{endpoint}: {reason}"),
+            Err(BalanceError::Endpoint(EndpointError { endpoint, reason })) => {
+                format!("{endpoint}: {reason}")
+            }
             other => panic!("{endpoint} should be refused, got {other:?}"),
         };
         assert!(endpoint_error("ftp://x:1").starts_with("ftp://x:1: must start with http"));
@@ -2257,22 +2081,6 @@ mod tests {
         assert_eq!(
             message,
             "invalid upstream endpoint `ftp://x`: must start with http:// or https://"
-        );
-    }
-
-    #[test]
-    fn endpoints_parse_into_addresses_and_host_names() {
-        let Ok(Entry::Fixed(target)) = parse_endpoint("http://[::1]") else {
-            panic!("an address")
-        };
-        assert_eq!(&*target.key, "http://[::1]:80");
-        assert_eq!(target.origin, None);
-        let Ok(Entry::Host(host)) = parse_endpoint("https://user.svc/") else {
-            panic!("a host")
-        };
-        assert_eq!(
-            (host.name.as_str(), host.port, host.scheme),
-            ("user.svc", 443, "https")
         );
     }
 

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod client;
 pub mod connection;
 pub mod deadline;
+pub mod discovery;
 pub mod retry;
 
 // The modules of the crates below, under the names this crate's modules know them by.
