@@ -20,8 +20,7 @@ use weft_mesh::{MeshConfig, db::Database, server::Started};
 use weft_proto::{auth::auth_service_server::AuthServiceServer, user::user_service_server};
 
 use crate::{
-    api::AuthApi, keys::KeyRing, password::Passwords, settings::AuthSettings,
-    users::UserDirectory,
+    api::AuthApi, keys::KeyRing, password::Passwords, settings::AuthSettings, users::UserDirectory,
 };
 
 /// The service's name in mesh-config (`[services.auth]`, `[auth]`).
@@ -54,12 +53,7 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
         .context("cannot set up password hashing")?;
     let (channel, user_service) =
         weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
-    let users = UserDirectory::new(
-        channel,
-        user_service,
-        keys.clone(),
-        config.jwt.clone(),
-    );
+    let users = UserDirectory::new(channel, user_service, keys.clone(), config.jwt.clone());
     let max_message = config.server.max_message_bytes;
     let api = AuthApi::new(config, settings, db.clone(), keys, passwords, users);
     let service = AuthServiceServer::new(api)
@@ -74,9 +68,21 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
 /// Creates a new signing key, published at once, which replaces the current one for signing
 /// after the activation delay (see [`keys`]); returns the new key's id.
 pub async fn rotate_key(config: &MeshConfig) -> anyhow::Result<String> {
+    let key = keys::generate_key(weft_mesh::clock::now_micros())?;
+    store_rotated(config, key).await
+}
+
+/// Stores the Ed25519 private key in `pem` (PKCS#8) as [`rotate_key`] stores a generated one:
+/// published at once, signing after the activation delay, or at once when no other key is
+/// current (a fresh database). Returns its key id.
+pub async fn import_key(config: &MeshConfig, pem: &str) -> anyhow::Result<String> {
+    let key = keys::key_from_pem(pem, weft_mesh::clock::now_micros())?;
+    store_rotated(config, key).await
+}
+
+async fn store_rotated(config: &MeshConfig, key: keys::StoredKey) -> anyhow::Result<String> {
     let db = open_database(config).await?;
-    let now = weft_mesh::clock::now_micros();
-    let key = keys::generate_key(now)?;
+    let now = key.created_at;
     let settings = AuthSettings::from_config(config)?;
     let retire_at =
         now.saturating_add(keys::KeyTiming::new(config, &settings).activation_delay_micros);
