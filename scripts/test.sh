@@ -5,8 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FEATURES=(--features weft-mesh/testing)
-
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"
     cargo install cargo-nextest --locked
@@ -31,6 +29,6 @@ ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 ensure_python_module yaml 'PyYAML>=6,<7'
 
 echo "==> building binaries"
-cargo build --workspace --bins "${FEATURES[@]}"
+cargo build --workspace --bins
 echo "==> running tests"
-cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast "$@"
+cargo nextest run --workspace --no-fail-fast "$@"

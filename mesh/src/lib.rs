@@ -19,7 +19,6 @@
 //! - [`page`], [`validate`], [`clock`]: the API conventions every service follows;
 //! - [`telemetry`]: logs and traces;
 //! - [`metrics`]: Prometheus metrics, and the services' admin listener serving them;
-//! - `testing` (feature `testing`): start the real binaries for black-box tests.
 //!
 //! A service's `main` is a few lines:
 //!
@@ -60,9 +59,6 @@ pub mod server;
 pub mod shed;
 pub mod telemetry;
 pub mod validate;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
 

@@ -281,10 +281,7 @@ mod tests {
         let jwt = JwtConfig::default();
         let access = access_claims(&jwt, "u1", UserRole::Admin, 1_000);
         assert_eq!((access.sub.as_str(), access.role.as_str()), ("u1", "admin"));
-        assert_eq!(
-            (access.iss.as_str(), access.aud.as_str()),
-            ("weft-auth", "weft")
-        );
+        assert_eq!((access.iss.as_str(), access.aud.as_str()), ("weft", "weft"));
         assert_eq!(access.exp, 1_000 + jwt.access_ttl_secs);
         assert_eq!(access.jti.len(), 32);
         let service = service_claims(&jwt, "weft-user", 1_000);
