@@ -2,8 +2,6 @@
 # Both work on a fresh machine: they install or start what they need.
 
 CARGO ?= cargo
-# One feature set for every build, so `build`, `test` and `run` share compiled artefacts.
-FEATURES := --features weft-mesh/testing
 
 # `docker compose` (the plugin) where installed, else the standalone `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -12,7 +10,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 
 ## Build every binary (debug).
 build:
-	$(CARGO) build --workspace --bins $(FEATURES)
+	$(CARGO) build --workspace --bins
 
 ## Run the whole test suite: unit tests and black-box tests on SQLite and PostgreSQL.
 test:
@@ -37,7 +35,7 @@ down:
 ## Formatting and lints, as CI checks them.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -5,8 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FEATURES=(--features weft-mesh/testing)
-
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"
     cargo install cargo-nextest --locked
@@ -34,6 +32,6 @@ echo "==> layout: imports go one way, the mesh names no service"
 python3 scripts/check-layout.py
 
 echo "==> building binaries"
-cargo build --workspace --bins "${FEATURES[@]}"
+cargo build --workspace --bins
 echo "==> running tests"
-cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast "$@"
+cargo nextest run --workspace --no-fail-fast "$@"

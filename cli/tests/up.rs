@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -19,6 +19,11 @@ use tokio::{
     process::{Child, Command},
 };
 use weft::{child::signal, probe::http_get};
+use weft_testkit::{
+    ADMIN_EMAIL,
+    config::{self, Placement, WEFT_SERVICES},
+    process::free_loopback_addrs,
+};
 
 const NAMES: [&str; 4] = ["weft-auth", "weft-user", "weft-order", "weft-gateway"];
 const WAIT: Duration = Duration::from_secs(60);
@@ -46,15 +51,6 @@ fn bin_dir() -> Option<PathBuf> {
     }
     eprintln!("note: skipping the `weft up` test: {message}");
     None
-}
-
-/// Free loopback addresses for the four processes (bound, then released).
-fn free_addrs() -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = NAMES
-        .iter()
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// A running `weft up`, its output so far, and the children's pids; kills everything on drop.
@@ -127,22 +123,24 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, lines: Arc<Mutex<Vec
 async fn start(bin_dir: &Path) -> Up {
     let dir = std::env::temp_dir().join(format!("weft-up-test-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addrs = free_addrs();
-    let mut config = String::from(
-        "environment = \"test\"\n\
-         [telemetry]\nlog_format = \"json\"\n\
-         [server]\ndrain_timeout_ms = 3000\n\
-         [order]\nseed_demo_products = true\n",
+    // The test kit's mesh-config: Weft's three services and their upstreams, the gateway.
+    let addrs = free_loopback_addrs(NAMES.len());
+    let services: Vec<Placement> = WEFT_SERVICES
+        .iter()
+        .zip(&addrs)
+        .map(|(&(name, grpc), &addr)| Placement {
+            name: name.into(),
+            addr,
+            database_url: format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+            grpc_services: vec![grpc.into()],
+        })
+        .collect();
+    let config = config::generate(
+        &services,
+        Some(addrs[3]),
+        &[ADMIN_EMAIL.to_string()],
+        "[server]\ndrain_timeout_ms = 3000\n[order]\nseed_demo_products = true\n",
     );
-    for (name, addr) in ["auth", "user", "order"].iter().zip(&addrs) {
-        let db = dir.join(format!("{name}.db"));
-        config.push_str(&format!(
-            "[services.{name}]\nlisten = \"{addr}\"\ndatabase_url = \"sqlite://{}\"\n\
-             [upstreams.{name}]\nendpoint = \"http://{addr}\"\n",
-            db.display()
-        ));
-    }
-    config.push_str(&format!("[gateway]\nlisten = \"{}\"\n", addrs[3]));
     let config_path = dir.join("mesh.toml");
     std::fs::write(&config_path, config).unwrap();
 

@@ -14,9 +14,18 @@ use std::{
 };
 
 use serde_json::Value;
-use weft_mesh::{MeshConfig, ServiceName, testing::SERVICES};
+use weft_mesh::{MeshConfig, config::process_name};
+use weft_testkit::config::WEFT_SERVICES;
 
 const GATEWAY: &str = "weft-gateway";
+
+/// Weft's services, by process name (`weft-auth`), the compose services' names.
+fn processes() -> Vec<String> {
+    WEFT_SERVICES
+        .iter()
+        .map(|(name, _)| process_name(name))
+        .collect()
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -124,16 +133,17 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
         .expect("docker-compose.yml has services");
 
     let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
-    let expected: BTreeSet<&str> = SERVICES
+    let processes = processes();
+    let expected: BTreeSet<&str> = processes
         .iter()
-        .map(|s| s.as_str())
+        .map(String::as_str)
         .chain([GATEWAY, "jaeger", "postgres", "prometheus"])
         .collect();
     assert_eq!(names, expected, "the compose services");
 
     // --- every Weft process: the image, its binary, and mesh-config/compose.toml ---
     let compose_toml = root().join("mesh-config/compose.toml");
-    for name in SERVICES.iter().map(|s| s.as_str()).chain([GATEWAY]) {
+    for name in processes.iter().map(String::as_str).chain([GATEWAY]) {
         let service = &services[name];
         let build = &service["build"];
         let context = root().join(build["context"].as_str().unwrap_or("."));
@@ -171,9 +181,11 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
     let init_sql = std::fs::read_to_string(root().join("deploy/postgres/init.sql"))
         .expect("deploy/postgres/init.sql");
     let mut scrape_expected = BTreeSet::new();
-    for name in SERVICES {
-        let key = name.key();
-        let service_config = config.service(name);
+    for (key, _) in WEFT_SERVICES {
+        let name = process_name(key);
+        let service_config = config
+            .service(key)
+            .expect("compose.toml declares the service");
         let service = &services[name.as_str()];
         let port = service_config.listen.port();
         let admin_port = service_config.admin_listen.port();
@@ -201,7 +213,10 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
             "{name} waits for PostgreSQL"
         );
 
-        let upstream = &config.upstream(name).endpoint;
+        let upstream = &config
+            .upstream(key)
+            .expect("compose.toml declares the upstream")
+            .endpoint;
         assert_eq!(
             host_port(upstream),
             (name.as_str().to_string(), port),
@@ -244,7 +259,7 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
             &format!("http://127.0.0.1:{gateway_port}/readyz")
         ]
     );
-    for name in SERVICES {
+    for name in &processes {
         assert_eq!(
             gateway["depends_on"][name.as_str()]["condition"],
             "service_healthy",
@@ -339,9 +354,9 @@ fn the_image_builds_every_binary_and_runs_as_a_user() {
         .filter(|w| w[0] == "-p")
         .map(|w| w[1])
         .collect();
-    for binary in SERVICES
+    for binary in processes()
         .iter()
-        .map(|s: &ServiceName| s.as_str())
+        .map(String::as_str)
         .chain([GATEWAY, "weft"])
     {
         assert!(

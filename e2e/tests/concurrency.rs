@@ -123,14 +123,14 @@ async fn idempotency_keys_survive_concurrency_and_restarts(backend: Backend) {
     assert_eq!(all_orders(&mesh, &alice.access_token, 0).await.len(), 1);
 
     // After restarting weft-order (and weft-user), the key still names the same order.
-    mesh.restart(ServiceName::Order).await;
+    mesh.restart("order").await;
     let again = ok(mesh
         .order()
         .create_order(bearer(&alice.access_token, request(2)))
         .await);
     assert_eq!(again.id, first.id);
     assert_eq!(again.items, first.items);
-    mesh.restart(ServiceName::User).await;
+    mesh.restart("user").await;
     let again = ok(mesh
         .order()
         .create_order(bearer(&alice.access_token, request(2)))
@@ -208,7 +208,7 @@ async fn a_crash_of_weft_order_loses_or_duplicates_nothing(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    mesh.kill(ServiceName::Order).await;
+    mesh.kill("order").await;
     let results = stream.await.expect("the stream task");
     let failed: Vec<usize> = results
         .iter()
@@ -219,7 +219,7 @@ async fn a_crash_of_weft_order_loses_or_duplicates_nothing(backend: Backend) {
         !failed.is_empty(),
         "the kill happened after the stream ended"
     );
-    mesh.restart(ServiceName::Order).await;
+    mesh.restart("order").await;
 
     // Every order answered OK exists, unchanged.
     let mut orders = mesh.order();

@@ -87,13 +87,11 @@ async fn edge_policies() {
         let reply = call.send().await;
         findings.check(&format!("401 for {what}"), || unauthenticated(&reply));
     }
-    let expired = mesh
-        .sign_token(&weft_mesh::auth::Claims {
-            iat: unix_now() - 3600,
-            exp: unix_now() - 1800,
-            ..mesh.claims("someone", "user")
-        })
-        .await;
+    let expired = mesh.sign_token(&Claims {
+        iat: unix_now() - 3600,
+        exp: unix_now() - 1800,
+        ..mesh.claims("someone", "user")
+    });
     unauthenticated(&gw.get("/v1/me").bearer(&expired).send().await);
     let foreign = foreign_token(&mesh.claims("someone", "admin"), "unknown-kid");
     unauthenticated(&gw.get("/v1/users").bearer(&foreign).send().await);
@@ -310,7 +308,7 @@ async fn edge_policies() {
     for name in ["weft-auth", "weft-user", "weft-order"] {
         assert_eq!(ready["upstreams"][name], "SERVING", "{ready}");
     }
-    mesh.kill(ServiceName::User).await;
+    mesh.kill("user").await;
     let started = Instant::now();
     let not_ready = loop {
         let reply = gw.get("/readyz").send().await;
@@ -349,7 +347,7 @@ async fn edge_policies() {
         .await
         .error(503, grpc::UNAVAILABLE, &[]);
     gw.get("/v1/products").send().await.ok();
-    mesh.restart(ServiceName::User).await;
+    mesh.restart("user").await;
     let started = Instant::now();
     while gw.get("/readyz").send().await.status != 200 {
         assert!(
@@ -848,6 +846,12 @@ fn check_openapi(doc: &Value, mesh: &TestMesh) {
         17,
         "Weft annotates 17 methods: {expected:?}"
     );
+    // Who may call each method, as the processes read it from the descriptors.
+    let contract = weft_mesh::contract::Contract::load(
+        &[weft_proto::FILE_DESCRIPTOR_SET],
+        &weft_mesh::MeshConfig::default(),
+    )
+    .expect("Weft's contract loads");
     let mut listed = BTreeSet::new();
     let paths = doc["paths"].as_object().expect("paths");
     for (path, item) in paths {
@@ -860,7 +864,7 @@ fn check_openapi(doc: &Value, mesh: &TestMesh) {
                 operation["responses"]["200"].is_object(),
                 "{verb} {path} documents its answer"
             );
-            let public = weft_proto::method_access(grpc_path) == Some(weft_proto::Access::Public);
+            let public = contract.access(grpc_path) == Some(weft_mesh::contract::Access::Public);
             assert_eq!(
                 operation.get("security").is_none(),
                 public,

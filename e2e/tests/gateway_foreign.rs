@@ -1,7 +1,7 @@
 //! weft-gateway in front of a gRPC API that is not Weft's, as Envoy's transcoder fronts any
 //! service: the `acme.echo.v1` API of e2e/proto, compiled by e2e/build.rs into a tonic server
-//! (run in-process here) and a descriptor set file named in mesh-config with
-//! `[[gateway.descriptor_sets]]`. The echo server answers with what it received, so the tests
+//! (run in-process here) and a descriptor set file named in mesh-config as an upstream's
+//! `descriptor_set` (`[upstreams.acme]`). The echo server answers with what it received, so the tests
 //! see the transcoding itself: path templates with sub-patterns and `**`, `additional_bindings`,
 //! `body: "<field>"`, `response_body`, query parameters (repeated, nested, enums, well-known
 //! types), every JSON kind, header forwarding, the whole gRPC -> HTTP status table, and a
@@ -20,104 +20,8 @@ use common::{
     *,
 };
 use serde_json::json;
-use tonic::{Request, Response, Status};
 
-/// The generated code of the test API.
-mod echo {
-    tonic::include_proto!("acme.echo.v1");
-}
-
-use echo::{
-    EchoMessage, File, GetFileRequest, GetShelfRequest, Shelf, SleepRequest, UpdateNoteRequest,
-    echo_service_server::{EchoService, EchoServiceServer},
-};
-
-/// The encoded `FileDescriptorSet` of the test API, imports included.
-const ECHO_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_descriptor.bin"));
-
-/// Metadata the echo server reports back.
-const SEEN_METADATA: [&str; 5] = [
-    "x-request-id",
-    "authorization",
-    "traceparent",
-    "grpc-timeout",
-    "baggage",
-];
-
-/// Answers with what it received.
-struct Echo;
-
-#[tonic::async_trait]
-impl EchoService for Echo {
-    async fn get_shelf(
-        &self,
-        request: Request<GetShelfRequest>,
-    ) -> Result<Response<Shelf>, Status> {
-        Ok(Response::new(shelf(request)))
-    }
-
-    async fn list_tags(
-        &self,
-        request: Request<GetShelfRequest>,
-    ) -> Result<Response<Shelf>, Status> {
-        Ok(Response::new(shelf(request)))
-    }
-
-    async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
-        Ok(Response::new(request.into_inner()))
-    }
-
-    async fn get_file(&self, request: Request<GetFileRequest>) -> Result<Response<File>, Status> {
-        Ok(Response::new(File {
-            path: request.into_inner().path,
-        }))
-    }
-
-    async fn update_note(
-        &self,
-        request: Request<UpdateNoteRequest>,
-    ) -> Result<Response<UpdateNoteRequest>, Status> {
-        Ok(Response::new(request.into_inner()))
-    }
-
-    async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<()>, Status> {
-        let millis = request.into_inner().millis.clamp(0, 60_000) as u64;
-        tokio::time::sleep(Duration::from_millis(millis)).await;
-        Ok(Response::new(()))
-    }
-
-    async fn fail(&self, request: Request<echo::FailRequest>) -> Result<Response<()>, Status> {
-        let echo::FailRequest { code, message } = request.into_inner();
-        match code {
-            0 => Ok(Response::new(())),
-            code => Err(Status::new(tonic::Code::from(code), message)),
-        }
-    }
-
-    async fn internal(&self, _request: Request<()>) -> Result<Response<()>, Status> {
-        Ok(Response::new(()))
-    }
-}
-
-fn shelf(request: Request<GetShelfRequest>) -> Shelf {
-    let metadata = SEEN_METADATA
-        .iter()
-        .filter_map(|name| {
-            let value = request.metadata().get(*name)?.to_str().ok()?;
-            Some((name.to_string(), value.to_string()))
-        })
-        .collect();
-    let request = request.into_inner();
-    Shelf {
-        name: request.name,
-        tags: request.tags,
-        mood: request.mood,
-        limit: request.limit,
-        filter: request.filter,
-        since: request.since,
-        metadata,
-    }
-}
+use weft_e2e::{ECHO_DESCRIPTOR_SET, Echo, echo::echo_service_server::EchoServiceServer};
 
 /// Starts the echo server on a free loopback port.
 async fn start_echo_server() -> SocketAddr {
@@ -142,10 +46,12 @@ async fn a_foreign_grpc_api_is_fronted_from_its_descriptor_set() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let descriptor = dir.path().join("echo.binpb");
     std::fs::write(&descriptor, ECHO_DESCRIPTOR_SET).expect("cannot write the descriptor set");
+    // An upstream the processes were not built with: its descriptor set file says what it
+    // serves, and its methods that declare no access are public.
     let toml = format!(
-        "[[gateway.descriptor_sets]]\nfile = {:?}\nendpoint = \"http://{echo}\"\n\
+        "[upstreams.acme]\nendpoint = \"http://{echo}\"\ndescriptor_set = {:?}\n\
          default_access = \"public\"\n\n\
-         [gateway.route_timeouts]\n\"acme.echo.v1.EchoService.Sleep\" = 200\n",
+         [gateway.route_timeouts]\n\"acme.echo.v1.EchoService/Sleep\" = 200\n",
         descriptor.display().to_string()
     );
     let mesh = gateway_mesh(Backend::Sqlite, &toml).await;
@@ -442,6 +348,7 @@ async fn a_foreign_grpc_api_is_fronted_from_its_descriptor_set() {
     assert_eq!(
         methods,
         [
+            "/acme.echo.v1.EchoService/AdminPing",
             "/acme.echo.v1.EchoService/Echo",
             "/acme.echo.v1.EchoService/Fail",
             "/acme.echo.v1.EchoService/GetFile",
@@ -449,6 +356,7 @@ async fn a_foreign_grpc_api_is_fronted_from_its_descriptor_set() {
             "/acme.echo.v1.EchoService/ListTags",
             "/acme.echo.v1.EchoService/Sleep",
             "/acme.echo.v1.EchoService/UpdateNote",
+            "/acme.echo.v1.EchoService/WhoAmI",
         ]
     );
     assert!(

@@ -645,9 +645,7 @@ async fn product_and_order_routes(backend: Backend) {
             .await,
     );
     // A valid token for a user weft-user does not know: FAILED_PRECONDITION.
-    let ghost = mesh
-        .sign_token(&mesh.claims(&uuid::Uuid::new_v4().simple().to_string(), "user"))
-        .await;
+    let ghost = mesh.sign_token(&mesh.claims(&uuid::Uuid::new_v4().simple().to_string(), "user"));
     gw.post("/v1/orders")
         .bearer(&ghost)
         .json(&json!({"items": [{"productId": gadget_id, "quantity": 1}]}))

@@ -538,7 +538,7 @@ async fn a_missing_user_cannot_order(backend: Backend) {
     let p = product(&mesh, "Quince", 100, "USD", 10).await;
     // A validly signed token whose subject has no profile in weft-user.
     let ghost = uuid::Uuid::new_v4().simple().to_string();
-    let token = mesh.sign_token(&mesh.claims(&ghost, "user")).await;
+    let token = mesh.sign_token(&mesh.claims(&ghost, "user"));
     ok(mesh
         .order()
         .list_orders(bearer(&token, ListOrdersRequest::default()))

@@ -9,7 +9,8 @@ use std::process::Command;
 use common::*;
 use futures::StreamExt as _;
 use tonic::Code;
-use weft_mesh::testing::{SERVICES, ServingStatus::Serving, binary};
+use weft_mesh::config::process_name;
+use weft_testkit::{ServingStatus::Serving, binary, config::WEFT_SERVICES};
 
 backends!(
     health_restarts_and_graceful_shutdown,
@@ -20,9 +21,9 @@ backends!(
 async fn health_restarts_and_graceful_shutdown(backend: Backend) {
     let mesh = TestMesh::start(backend).await;
     for (name, service) in [
-        (ServiceName::Auth, "weft.auth.v1.AuthService"),
-        (ServiceName::User, "weft.user.v1.UserService"),
-        (ServiceName::Order, "weft.order.v1.OrderService"),
+        ("auth", "weft.auth.v1.AuthService"),
+        ("user", "weft.user.v1.UserService"),
+        ("order", "weft.order.v1.OrderService"),
     ] {
         assert_eq!(
             mesh.health(name, "").await.expect("health"),
@@ -48,7 +49,7 @@ async fn health_restarts_and_graceful_shutdown(backend: Backend) {
             order_request("k", vec![line(&p.id, 2)]),
         ))
         .await);
-    for name in SERVICES {
+    for (name, _) in WEFT_SERVICES {
         mesh.restart(name).await;
     }
     let me = ok(mesh
@@ -86,7 +87,7 @@ async fn health_restarts_and_graceful_shutdown(backend: Backend) {
         .await);
 
     // SIGTERM: each exits 0, reporting a clean stop.
-    for name in [ServiceName::Order, ServiceName::User, ServiceName::Auth] {
+    for name in ["order", "user", "auth"] {
         let status = mesh.terminate(name).await;
         assert!(
             status.success(),
@@ -157,7 +158,7 @@ async fn a_service_down_fails_calls_cleanly(backend: Backend) {
     let mesh = TestMesh::start(backend).await;
     let alice = mesh.new_user().await;
     let p = product(&mesh, "Patient", 100, "USD", 10).await;
-    mesh.kill(ServiceName::User).await;
+    mesh.kill("user").await;
 
     // weft-order cannot check the user: UNAVAILABLE, and no stock is taken.
     err(
@@ -194,7 +195,7 @@ async fn a_service_down_fails_calls_cleanly(backend: Backend) {
     );
 
     // Back up: the same calls succeed, once.
-    mesh.restart(ServiceName::User).await;
+    mesh.restart("user").await;
     let tokens = ok(mesh.auth().register(register).await);
     assert_eq!(user_of(&tokens).email, "late@example.com");
     let order = ok(mesh
@@ -214,12 +215,12 @@ async fn a_service_down_fails_calls_cleanly(backend: Backend) {
 }
 
 /// Runs `service --config <file with text>` and returns (exit success, stderr).
-fn run_with_config(service: ServiceName, text: &str) -> (std::process::ExitStatus, String) {
+fn run_with_config(service: &str, text: &str) -> (std::process::ExitStatus, String) {
     let dir = std::env::temp_dir().join(format!("weft-bad-config-{}", tag()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("bad.toml");
     std::fs::write(&path, text).expect("write config");
-    let mut command = Command::new(binary(service));
+    let mut command = Command::new(binary(&process_name(service)));
     command.arg("--config").arg(&path).current_dir(&dir);
     for (key, _) in std::env::vars() {
         if key.starts_with("WEFT_") || key == "RUST_LOG" {
@@ -236,7 +237,7 @@ fn run_with_config(service: ServiceName, text: &str) -> (std::process::ExitStatu
 
 #[test]
 fn a_bad_config_names_the_key() {
-    for service in SERVICES {
+    for (service, _) in WEFT_SERVICES {
         let (status, stderr) =
             run_with_config(service, "[server]\nmax_concurrent_requests = \"many\"\n");
         assert!(!status.success(), "{service} started with a bad config");
@@ -247,29 +248,30 @@ fn a_bad_config_names_the_key() {
         assert!(!stderr.contains("panicked"), "{service} panicked: {stderr}");
     }
 
-    let (status, stderr) = run_with_config(
-        ServiceName::Order,
-        "[server]\nmax_conccurent_requests = 5\n",
-    );
+    let (status, stderr) = run_with_config("order", "[server]\nmax_conccurent_requests = 5\n");
     assert!(!status.success());
     assert!(stderr.contains("max_conccurent_requests"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let (status, stderr) = run_with_config(
-        ServiceName::Order,
-        "[services.order]\nlisten = \"not-an-address\"\n",
-    );
+    let (status, stderr) =
+        run_with_config("order", "[services.order]\nlisten = \"not-an-address\"\n");
     assert!(!status.success());
     assert!(stderr.contains("services.order.listen"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let (status, stderr) = run_with_config(ServiceName::Order, "[server\n");
+    // Nothing is built in: a process whose config does not declare it refuses to start.
+    let (status, stderr) = run_with_config("order", "environment = \"test\"\n");
+    assert!(!status.success());
+    assert!(stderr.contains("services.order"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let (status, stderr) = run_with_config("order", "[server\n");
     assert!(!status.success());
     assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // A missing file is an error too, naming it.
-    let output = Command::new(binary(ServiceName::Order))
+    let output = Command::new(binary("weft-order"))
         .args(["--config", "/nonexistent/weft/mesh.toml"])
         .output()
         .expect("run the binary");

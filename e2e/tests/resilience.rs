@@ -30,7 +30,7 @@ fn sample_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// `/metrics` of a service.
-async fn service_metrics(mesh: &TestMesh, name: ServiceName) -> String {
+async fn service_metrics(mesh: &TestMesh, name: &str) -> String {
     let admin = Gateway {
         addr: mesh.admin_addr(name),
     };
@@ -40,7 +40,7 @@ async fn service_metrics(mesh: &TestMesh, name: ServiceName) -> String {
 /// Calls of `method` (`Method` of weft-user) weft-user answered with `code`.
 async fn user_calls(mesh: &TestMesh, method: &str, code: &str) -> f64 {
     sample_sum(
-        &service_metrics(mesh, ServiceName::User).await,
+        &service_metrics(mesh, "user").await,
         "rpc_server_requests_total",
         &[("rpc_method", method), ("rpc_grpc_status_code", code)],
     )
@@ -50,7 +50,7 @@ async fn user_calls(mesh: &TestMesh, method: &str, code: &str) -> f64 {
 /// at `started`) as cancelled, and that past the delay it still had not completed.
 async fn assert_get_me_cancelled(mesh: &TestMesh, request_id: &str, started: Instant) {
     let cancelled = eventually(Duration::from_secs(3), || {
-        let logs = mesh.logs(ServiceName::User);
+        let logs = mesh.logs("user");
         async move {
             logs.lines().any(|line| {
                 line.contains(request_id) && line.contains("call cancelled before it completed")
@@ -61,7 +61,7 @@ async fn assert_get_me_cancelled(mesh: &TestMesh, request_id: &str, started: Ins
     assert!(
         cancelled,
         "weft-user logs no cancellation of request {request_id}:\n{}",
-        mesh.logs(ServiceName::User)
+        mesh.logs("user")
     );
     tokio::time::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed())).await;
     assert_eq!(
@@ -96,7 +96,7 @@ async fn a_route_timeout_answers_504_in_time_and_cancels_the_upstream_call() {
         &format!(
             r#"
             [gateway.route_timeouts]
-            "weft.user.v1.UserService.GetMe" = 200
+            "weft.user.v1.UserService/GetMe" = 200
             [[faults]]
             method = "{GET_ME}"
             delay_ms = 2000
@@ -178,7 +178,7 @@ async fn reads_see_no_error_when_one_of_two_instances_is_killed_mid_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_leave_and_join_by_a_config_edit_without_dropping_calls() {
     let (mesh, user) = two_user_instances().await;
-    let first = format!("http://{}", mesh.addr(ServiceName::User));
+    let first = format!("http://{}", mesh.addr("user"));
     let second = format!("http://{}", mesh.replica_addr(0));
 
     let readers = spawn_readers(
@@ -223,7 +223,7 @@ async fn endpoints_leave_and_join_by_a_config_edit_without_dropping_calls() {
 async fn two_user_instances() -> (TestMesh, AuthTokens) {
     let options = MeshOptions {
         gateway: true,
-        replicas: vec![ServiceName::User],
+        replicas: vec!["user".into()],
         ..MeshOptions::default()
     };
     let mesh = TestMesh::start_with(Backend::Sqlite, options).await;
@@ -371,7 +371,7 @@ async fn the_breaker_fails_fast_while_an_upstream_is_down_and_closes_when_it_ret
         .await
         .expect_status(200);
 
-    mesh.kill(ServiceName::User).await;
+    mesh.kill("user").await;
     // Fill the window with failures.
     for _ in 0..30 {
         let reply = connection
@@ -422,7 +422,7 @@ async fn the_breaker_fails_fast_while_an_upstream_is_down_and_closes_when_it_ret
         "refused calls took {median:?} (median) at the edge: {times:?}"
     );
 
-    mesh.restart(ServiceName::User).await;
+    mesh.restart("user").await;
     let back = Instant::now();
     let recovered = eventually(Duration::from_secs(3), || {
         let call = gateway.get("/v1/me").bearer(&user.access_token);
@@ -586,7 +586,7 @@ async fn an_order_whose_answer_is_lost_is_placed_once_however_often_it_is_retrie
         .await;
     reply.expect_status(503);
     let attempts = sample_sum(
-        &service_metrics(&mesh, ServiceName::Order).await,
+        &service_metrics(&mesh, "order").await,
         "rpc_server_requests_total",
         &[
             ("rpc_method", "CreateOrder"),
@@ -647,7 +647,7 @@ async fn a_route_timeout_changed_in_the_file_applies_without_a_restart_and_a_bro
     mesh.update_config(
         r#"
         [gateway.route_timeouts]
-        "weft.user.v1.UserService.GetMe" = 200
+        "weft.user.v1.UserService/GetMe" = 200
         "#,
     );
     let changed = Instant::now();

@@ -13,7 +13,7 @@ use std::{
 
 use common::{rest::Gateway, *};
 use serde_json::{Value, json};
-use weft_mesh::testing::{
+use weft_testkit::{
     CollectedSpan, Collector, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, closed_endpoint, otel_env,
 };
 
@@ -365,7 +365,7 @@ async fn queued_spans_are_flushed_on_graceful_shutdown() {
         "nothing is sent before the batch delay"
     );
     assert!(mesh.terminate_gateway().await.success());
-    mesh.terminate(ServiceName::Order).await;
+    mesh.terminate("order").await;
     let spans = collector
         .wait_for("the spans flushed at shutdown", |spans| {
             let mine = of_request(spans, &rid);

@@ -19,7 +19,6 @@
 //! - [`page`], [`validate`], [`clock`]: the API conventions every service follows;
 //! - [`telemetry`]: logs and traces;
 //! - [`metrics`]: Prometheus metrics, and the services' admin listener serving them;
-//! - `testing` (feature `testing`): start the real binaries for black-box tests.
 //!
 //! A service's `main` is a few lines:
 //!
@@ -47,9 +46,6 @@ pub use weft_server::{auth, db, fault, ratelimit, server, shed};
 pub mod clock;
 pub mod page;
 pub mod validate;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
 

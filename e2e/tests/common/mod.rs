@@ -11,11 +11,6 @@ use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 pub use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
-pub use weft_mesh::{
-    ServiceName,
-    auth::Claims,
-    testing::{ADMIN_EMAIL, Backend, MeshOptions, TestMesh, bearer, unix_now},
-};
 pub use weft_proto::{
     auth::{
         AuthTokens, GetJwksRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
@@ -30,6 +25,9 @@ pub use weft_proto::{
         User,
     },
 };
+pub use weft_testkit::{
+    ADMIN_EMAIL, Backend, Claims, MeshOptions, TestMesh, bearer, tokens::ISSUER, unix_now,
+};
 
 /// Generates, for each `async fn name(backend: Backend)`, a module `name` with the tests
 /// `sqlite` and `postgres` (the latter skipped with a note outside CI when
@@ -39,12 +37,12 @@ macro_rules! backends {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(weft_mesh::testing::Backend::Sqlite).await;
+                super::$name(weft_testkit::Backend::Sqlite).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(backend) = weft_mesh::testing::Backend::postgres() {
+                if let Some(backend) = weft_testkit::Backend::postgres() {
                     super::$name(backend).await;
                 }
             }

@@ -12,7 +12,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
-use weft_mesh::testing::TestMesh;
+use weft_testkit::TestMesh;
 
 /// Time an exchange may take before the test fails instead of hanging.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);

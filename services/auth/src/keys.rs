@@ -33,7 +33,29 @@ pub use crate::store::StoredKey;
 pub fn generate_key(now: i64) -> Result<StoredKey, Error> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
-    let key = SigningKey::from_bytes(&seed);
+    stored(&SigningKey::from_bytes(&seed), now)
+}
+
+/// The key in a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) Ed25519 private key, created at
+/// `now` (microseconds).
+pub fn key_from_pem(pem: &str, now: i64) -> Result<StoredKey, Error> {
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .skip_while(|line| *line != "-----BEGIN PRIVATE KEY-----")
+        .skip(1)
+        .take_while(|line| *line != "-----END PRIVATE KEY-----")
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| Error::internal("not a PEM `PRIVATE KEY` block"))?;
+    let key = SigningKey::from_pkcs8_der(&der)
+        .map_err(|_| Error::internal("not a PKCS#8 Ed25519 private key"))?;
+    stored(&key, now)
+}
+
+/// The stored form of `key`, created at `now`.
+fn stored(key: &SigningKey, now: i64) -> Result<StoredKey, Error> {
     // PKCS#8 v1 (no embedded public key): the widest-read form of an Ed25519 private key.
     let der = KeypairBytes {
         secret_key: key.to_bytes(),
@@ -297,6 +319,30 @@ mod tests {
             .unwrap();
         assert_eq!(kid_of(&public), key.kid);
         assert!(!format!("{key:?}").contains(&key.private_key));
+    }
+
+    #[test]
+    fn an_imported_pem_key_is_stored_like_a_generated_one() {
+        let generated = generate_key(5).unwrap();
+        let body = generated.private_key.as_bytes().chunks(64);
+        let lines: Vec<&str> = body.map(|l| std::str::from_utf8(l).unwrap()).collect();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        );
+        let imported = key_from_pem(&pem, 7).unwrap();
+        assert_eq!(imported.kid, generated.kid);
+        assert_eq!(imported.public_x, generated.public_x);
+        assert_eq!(imported.private_key, generated.private_key);
+        assert_eq!((imported.created_at, imported.retired_at), (7, None));
+        assert!(key_from_pem("not a key", 7).is_err());
+        assert!(
+            key_from_pem(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+                7
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -68,9 +68,21 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
 /// Creates a new signing key, published at once, which replaces the current one for signing
 /// after the activation delay (see [`keys`]); returns the new key's id.
 pub async fn rotate_key(config: &MeshConfig) -> anyhow::Result<String> {
+    let key = keys::generate_key(weft_mesh::clock::now_micros())?;
+    store_rotated(config, key).await
+}
+
+/// Stores the Ed25519 private key in `pem` (PKCS#8) as [`rotate_key`] stores a generated one:
+/// published at once, signing after the activation delay, or at once when no other key is
+/// current (a fresh database). Returns its key id.
+pub async fn import_key(config: &MeshConfig, pem: &str) -> anyhow::Result<String> {
+    let key = keys::key_from_pem(pem, weft_mesh::clock::now_micros())?;
+    store_rotated(config, key).await
+}
+
+async fn store_rotated(config: &MeshConfig, key: keys::StoredKey) -> anyhow::Result<String> {
     let db = open_database(config).await?;
-    let now = weft_mesh::clock::now_micros();
-    let key = keys::generate_key(now)?;
+    let now = key.created_at;
     let settings = AuthSettings::from_config(config)?;
     let retire_at =
         now.saturating_add(keys::KeyTiming::new(config, &settings).activation_delay_micros);

@@ -1,4 +1,4 @@
-//! The `weft-auth` process: serves AuthService, or rotates the signing key.
+//! The `weft-auth` process: serves AuthService, or rotates or imports the signing key.
 
 use std::process::ExitCode;
 
@@ -23,12 +23,24 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Stores an Ed25519 private key (PKCS#8 PEM) as a new signing key, as `rotate-key` stores a
+    /// generated one (it signs at once when no other key is current), prints its key id and
+    /// exits.
+    ImportKey {
+        /// The PEM file (`-----BEGIN PRIVATE KEY-----`).
+        #[arg(long, value_name = "FILE")]
+        pem: std::path::PathBuf,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Some(Command::RotateKey { common }) => common.config.clone().or(cli.common.config),
+        Some(Command::RotateKey { common } | Command::ImportKey { common, .. }) => {
+            common.config.clone().or(cli.common.config)
+        }
         None => cli.common.config,
     };
     let contract = [weft_proto::FILE_DESCRIPTOR_SET];
@@ -36,6 +48,13 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::RotateKey { .. }) => {
                 let kid = weft_auth::rotate_key(&config).await?;
+                println!("{kid}");
+                Ok(())
+            }
+            Some(Command::ImportKey { pem, .. }) => {
+                let pem = std::fs::read_to_string(&pem)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pem.display()))?;
+                let kid = weft_auth::import_key(&config, &pem).await?;
                 println!("{kid}");
                 Ok(())
             }

@@ -416,59 +416,30 @@ mod tests {
     //! The SQL runs against SQLite always, and PostgreSQL too when `WEFT_TEST_POSTGRES_URL`
     //! names a server the test may create databases on.
 
-    use sqlx::Connection as _;
     use weft_mesh::db::Database;
+    use weft_testkit::TestDatabase;
 
     use super::*;
     use crate::keys::generate_key;
 
     const SECOND: i64 = 1_000_000;
 
-    /// What to remove after a scenario.
-    enum Cleanup {
-        /// The SQLite database's folder.
-        Dir(std::path::PathBuf),
-        /// The server's admin URL and the database's name.
-        Postgres(String, String),
-    }
-
-    /// A fresh database per engine, with a clean-up to run after the scenario.
-    async fn databases() -> Vec<(Database, Cleanup)> {
-        let dir = std::env::temp_dir().join(format!("weft-auth-store-{}", uuid::Uuid::new_v4()));
-        let url = format!("sqlite://{}/auth.db", dir.display());
-        let db = Database::open(&url, 2, &crate::MIGRATOR).await.unwrap();
-        let mut dbs = vec![(db, Cleanup::Dir(dir))];
-        if let Ok(admin_url) = std::env::var("WEFT_TEST_POSTGRES_URL") {
-            let name = format!("weft_auth_store_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
+    /// A fresh, migrated database per engine (SQLite, and PostgreSQL when
+    /// `WEFT_TEST_POSTGRES_URL` is set), with what removes it after the scenario.
+    async fn databases() -> Vec<(Database, TestDatabase)> {
+        let mut databases = Vec::new();
+        for test_db in TestDatabase::each().await {
+            let db = Database::open(test_db.url(), 2, &crate::MIGRATOR)
                 .await
                 .unwrap();
-            conn.close().await.unwrap();
-            let base = admin_url
-                .rsplit_once('/')
-                .map_or(admin_url.as_str(), |(b, _)| b);
-            let url = format!("{base}/{name}");
-            let db = Database::open(&url, 2, &crate::MIGRATOR).await.unwrap();
-            dbs.push((db, Cleanup::Postgres(admin_url.clone(), name)));
+            databases.push((db, test_db));
         }
-        dbs
+        databases
     }
 
-    async fn drop_database(db: Database, cleanup: Cleanup) {
+    async fn drop_database(db: Database, test_db: TestDatabase) {
         db.close().await;
-        match cleanup {
-            Cleanup::Dir(dir) => std::fs::remove_dir_all(dir).unwrap(),
-            Cleanup::Postgres(admin_url, name) => {
-                let mut conn = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-            }
-        }
+        test_db.remove().await;
     }
 
     #[tokio::test]

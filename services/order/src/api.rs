@@ -238,6 +238,8 @@ mod tests {
     };
 
     use super::*;
+    use weft_testkit::Backend;
+
     use crate::store::testing::{TempStore, temp_store};
 
     /// A weft-user that knows a fixed set of ids and records the tokens it was called with.
@@ -324,7 +326,7 @@ mod tests {
             .add_service(UserServiceServer::new(users.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(server);
-        let store = temp_store().await;
+        let store = temp_store(&Backend::Sqlite).await;
         Harness {
             api: OrderApi::new(store.store.clone(), users_channel(format!("http://{addr}"))),
             users,
@@ -443,7 +445,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_user_service_is_unavailable() {
-        let store = temp_store().await;
+        let store = temp_store(&Backend::Sqlite).await;
         // Nothing listens on port 9 of loopback.
         let api = OrderApi::new(
             store.store.clone(),

@@ -170,22 +170,26 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 
 #[cfg(test)]
 mod tests {
+    use weft_testkit::{Backend, TestDatabase};
+
     use super::*;
 
-    /// A migrated SQLite database in a fresh folder (SQLite whatever the test environment).
-    async fn sqlite_db() -> (Database, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("weft_order_read_{}", uuid::Uuid::new_v4().simple()));
-        let url = format!("sqlite://{}/order.db", dir.display());
-        let db = Database::open(&url, 2, &crate::MIGRATOR).await.unwrap();
-        (db, dir)
+    /// A migrated SQLite database (SQLite whatever the test environment: this reader is
+    /// SQLite's), its file, and the guard that removes it.
+    async fn sqlite_db() -> (Database, PathBuf, TestDatabase) {
+        let test_db = TestDatabase::fresh(&Backend::Sqlite).await;
+        let file = PathBuf::from(test_db.url().trim_start_matches("sqlite://"));
+        let db = Database::open(test_db.url(), 2, &crate::MIGRATOR)
+            .await
+            .unwrap();
+        (db, file, test_db)
     }
 
     #[tokio::test]
     async fn the_reader_opens_the_pools_file_read_only() {
-        let (db, dir) = sqlite_db().await;
+        let (db, file, _test_db) = sqlite_db().await;
         let reader = SqliteReader::for_database(&db).unwrap();
-        assert_eq!(reader.path(), dir.join("order.db"));
+        assert_eq!(reader.path(), file);
         assert_eq!(reader.product("nope").unwrap(), None);
         // The connection refuses writes (read-only open and `query_only`).
         let write = reader.with_connection(|conn| {
@@ -198,7 +202,6 @@ mod tests {
         // The failed connection was dropped; the next read opens a new one and works.
         assert_eq!(reader.product("nope").unwrap(), None);
         db.close().await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -112,32 +112,30 @@ pub async fn seed_demo_products(db: &Database) -> Result<Seeding, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use weft_mesh::page::PageRequest;
+    use weft_testkit::TestDatabase;
 
     use super::*;
     use crate::{MIGRATOR, domain, store::Store};
 
-    /// A fresh SQLite database in its own temporary folder, removed on drop.
+    /// A fresh, migrated database, removed on drop.
     struct TempDb {
-        dir: PathBuf,
         db: Database,
+        _test_db: TestDatabase,
     }
 
     impl TempDb {
-        async fn new() -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("weft-order-seed-{}", uuid::Uuid::new_v4().simple()));
-            let url = format!("sqlite://{}", dir.join("order.db").display());
-            let db = Database::open(&url, 2, &MIGRATOR).await.unwrap();
-            Self { dir, db }
-        }
-    }
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        /// One per engine: SQLite, and PostgreSQL when `WEFT_TEST_POSTGRES_URL` is set.
+        async fn each() -> Vec<Self> {
+            let mut all = Vec::new();
+            for test_db in TestDatabase::each().await {
+                let db = Database::open(test_db.url(), 2, &MIGRATOR).await.unwrap();
+                all.push(Self {
+                    db,
+                    _test_db: test_db,
+                });
+            }
+            all
         }
     }
 
@@ -163,72 +161,76 @@ mod tests {
 
     #[tokio::test]
     async fn seeding_twice_adds_the_products_once() {
-        let temp = TempDb::new().await;
-        assert_eq!(
-            seed_demo_products(&temp.db).await.unwrap(),
-            Seeding::Added(5)
-        );
-        assert_eq!(
-            seed_demo_products(&temp.db).await.unwrap(),
-            Seeding::AlreadyDone
-        );
-        assert_eq!(product_count(&temp.db).await, 5);
+        for temp in TempDb::each().await {
+            assert_eq!(
+                seed_demo_products(&temp.db).await.unwrap(),
+                Seeding::Added(5)
+            );
+            assert_eq!(
+                seed_demo_products(&temp.db).await.unwrap(),
+                Seeding::AlreadyDone
+            );
+            assert_eq!(product_count(&temp.db).await, 5);
 
-        let store = Store::new(temp.db.clone());
-        let (products, next) = store
-            .list_products(&PageRequest::parse(0, "").unwrap())
-            .await
-            .unwrap();
-        assert!(next.is_empty());
-        let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
-        let expected: Vec<&str> = DEMO_PRODUCTS.iter().map(|d| d.0).collect();
-        assert_eq!(names, expected, "listed in the seeded order");
-        assert!(products.iter().all(|p| p.currency == "USD"));
-        temp.db.close().await;
+            let store = Store::new(temp.db.clone());
+            let (products, next) = store
+                .list_products(&PageRequest::parse(0, "").unwrap())
+                .await
+                .unwrap();
+            assert!(next.is_empty());
+            let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
+            let expected: Vec<&str> = DEMO_PRODUCTS.iter().map(|d| d.0).collect();
+            assert_eq!(names, expected, "listed in the seeded order");
+            assert!(products.iter().all(|p| p.currency == "USD"));
+            temp.db.close().await;
+        }
     }
 
     #[tokio::test]
     async fn deleted_demo_products_do_not_come_back() {
-        let temp = TempDb::new().await;
-        seed_demo_products(&temp.db).await.unwrap();
-        sqlx::query("DELETE FROM products")
-            .execute(&temp.db.write)
-            .await
-            .unwrap();
-        assert_eq!(
-            seed_demo_products(&temp.db).await.unwrap(),
-            Seeding::AlreadyDone
-        );
-        assert_eq!(product_count(&temp.db).await, 0);
-        temp.db.close().await;
+        for temp in TempDb::each().await {
+            seed_demo_products(&temp.db).await.unwrap();
+            sqlx::query("DELETE FROM products")
+                .execute(&temp.db.write)
+                .await
+                .unwrap();
+            assert_eq!(
+                seed_demo_products(&temp.db).await.unwrap(),
+                Seeding::AlreadyDone
+            );
+            assert_eq!(product_count(&temp.db).await, 0);
+            temp.db.close().await;
+        }
     }
 
     #[tokio::test]
     async fn a_catalogue_with_products_gets_no_demo_products() {
-        let temp = TempDb::new().await;
-        let store = Store::new(temp.db.clone());
-        let tea = domain::new_product("Tea", "", 100, "", 3).unwrap();
-        store.create_product(&tea).await.unwrap();
-        assert_eq!(
-            seed_demo_products(&temp.db).await.unwrap(),
-            Seeding::CatalogueNotEmpty
-        );
-        assert_eq!(
-            seed_demo_products(&temp.db).await.unwrap(),
-            Seeding::AlreadyDone
-        );
-        assert_eq!(product_count(&temp.db).await, 1);
-        temp.db.close().await;
+        for temp in TempDb::each().await {
+            let store = Store::new(temp.db.clone());
+            let tea = domain::new_product("Tea", "", 100, "", 3).unwrap();
+            store.create_product(&tea).await.unwrap();
+            assert_eq!(
+                seed_demo_products(&temp.db).await.unwrap(),
+                Seeding::CatalogueNotEmpty
+            );
+            assert_eq!(
+                seed_demo_products(&temp.db).await.unwrap(),
+                Seeding::AlreadyDone
+            );
+            assert_eq!(product_count(&temp.db).await, 1);
+            temp.db.close().await;
+        }
     }
 
     #[tokio::test]
     async fn concurrent_seeders_seed_once() {
-        let temp = TempDb::new().await;
-        let (a, b) = tokio::join!(seed_demo_products(&temp.db), seed_demo_products(&temp.db));
-        let mut outcomes = [a.unwrap(), b.unwrap()];
-        outcomes.sort_by_key(|o| matches!(o, Seeding::AlreadyDone));
-        assert_eq!(outcomes, [Seeding::Added(5), Seeding::AlreadyDone]);
-        assert_eq!(product_count(&temp.db).await, 5);
-        temp.db.close().await;
+        for temp in TempDb::each().await {
+            let (a, b) = tokio::join!(seed_demo_products(&temp.db), seed_demo_products(&temp.db));
+            let mut outcomes = [a.unwrap(), b.unwrap()];
+            outcomes.sort_by_key(|o| matches!(o, Seeding::AlreadyDone));
+            assert_eq!(outcomes, [Seeding::Added(5), Seeding::AlreadyDone]);
+            assert_eq!(product_count(&temp.db).await, 5);
+            temp.db.close().await;
+        }
     }
 }

@@ -507,10 +507,9 @@ fn orders_of(rows: &[AnyRow]) -> Result<Vec<(Order, Option<String>)>, sqlx::Erro
 
 #[cfg(test)]
 pub(crate) mod testing {
-    //! A throwaway store for unit tests: a temporary SQLite file, or a fresh PostgreSQL
-    //! database when `WEFT_TEST_POSTGRES_URL` names a server (`postgres://user@host/db`).
+    //! Throwaway stores for unit tests, on the test kit's temporary databases.
 
-    use sqlx::{Connection, Executor};
+    use weft_testkit::{Backend, TestDatabase};
 
     use super::*;
 
@@ -518,90 +517,28 @@ pub(crate) mod testing {
     pub(crate) struct TempStore {
         /// The store.
         pub(crate) store: Store,
-        cleanup: Cleanup,
+        _database: TestDatabase,
     }
 
-    enum Cleanup {
-        Dir(std::path::PathBuf),
-        Database { admin_url: String, name: String },
-    }
-
-    impl Drop for TempStore {
-        fn drop(&mut self) {
-            match &self.cleanup {
-                Cleanup::Dir(dir) => {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                Cleanup::Database { admin_url, name } => {
-                    // Drop runs inside the test's runtime: do the async clean-up on a thread of
-                    // its own.
-                    let (admin_url, name) = (admin_url.clone(), name.clone());
-                    let _ = std::thread::spawn(move || {
-                        let runtime = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()?;
-                        runtime
-                            .block_on(async {
-                                let mut conn = sqlx::AnyConnection::connect(&admin_url).await?;
-                                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                                conn.execute(sqlx::AssertSqlSafe(sql)).await?;
-                                Ok::<_, sqlx::Error>(())
-                            })
-                            .map_err(std::io::Error::other)
-                    })
-                    .join();
-                }
-            }
+    /// A fresh store on `backend`.
+    pub(crate) async fn temp_store(backend: &Backend) -> TempStore {
+        let database = TestDatabase::fresh(backend).await;
+        let db = Database::open(database.url(), 4, &crate::MIGRATOR)
+            .await
+            .expect("open test database");
+        TempStore {
+            store: Store::new(db),
+            _database: database,
         }
     }
 
-    pub(crate) async fn temp_store() -> TempStore {
-        let name = format!("weft_order_test_{}", new_id());
-        match std::env::var("WEFT_TEST_POSTGRES_URL") {
-            Ok(admin_url) if !admin_url.is_empty() => {
-                sqlx::any::install_default_drivers();
-                let mut conn = sqlx::AnyConnection::connect(&admin_url)
-                    .await
-                    .expect("connect to WEFT_TEST_POSTGRES_URL");
-                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .expect("create test database");
-                let _ = conn.close().await;
-                let url = with_database(&admin_url, &name);
-                let db = Database::open(&url, 4, &crate::MIGRATOR)
-                    .await
-                    .expect("open test database");
-                TempStore {
-                    store: Store::new(db),
-                    cleanup: Cleanup::Database { admin_url, name },
-                }
-            }
-            _ => {
-                let dir = std::env::temp_dir().join(name);
-                let url = format!("sqlite://{}/order.db", dir.display());
-                let db = Database::open(&url, 4, &crate::MIGRATOR)
-                    .await
-                    .expect("open test database");
-                TempStore {
-                    store: Store::new(db),
-                    cleanup: Cleanup::Dir(dir),
-                }
-            }
+    /// A fresh store per engine: SQLite, and PostgreSQL when `WEFT_TEST_POSTGRES_URL` is set.
+    pub(crate) async fn temp_stores() -> Vec<TempStore> {
+        let mut stores = Vec::new();
+        for backend in Backend::all() {
+            stores.push(temp_store(&backend).await);
         }
-    }
-
-    /// `url` with its database name replaced by `name`.
-    fn with_database(url: &str, name: &str) -> String {
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (url, String::new()),
-        };
-        let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-        let base = match base[authority_end..].find('/') {
-            Some(slash) => &base[..authority_end + slash],
-            None => base,
-        };
-        format!("{base}/{name}{query}")
+        stores
     }
 }
 
@@ -609,7 +546,9 @@ pub(crate) mod testing {
 mod tests {
     use weft_mesh::db::Engine;
 
-    use super::testing::temp_store;
+    use weft_testkit::Backend;
+
+    use super::testing::{temp_store, temp_stores};
     use super::*;
     use crate::domain::order_request;
 
@@ -628,304 +567,316 @@ mod tests {
 
     #[tokio::test]
     async fn products_are_created_read_listed_and_restocked() {
-        let t = temp_store().await;
-        let mut ids = Vec::new();
-        for n in 0..5 {
-            ids.push(product(&t.store, &format!("p{n}"), "", n).await.id);
-        }
-        let got = t.store.product(&ids[2]).await.unwrap().unwrap();
-        assert_eq!(
-            (got.name.as_str(), got.currency.as_str(), got.stock),
-            ("p2", "USD", 2)
-        );
-        assert!(t.store.product("nope").await.unwrap().is_none());
-
-        // Two pages of two and a last page of one, oldest first.
-        let mut seen = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = PageRequest::parse(2, &token).unwrap();
-            let (products, next) = t.store.list_products(&page).await.unwrap();
-            seen.extend(products.into_iter().map(|p| p.id));
-            if next.is_empty() {
-                break;
+        for t in temp_stores().await {
+            let mut ids = Vec::new();
+            for n in 0..5 {
+                ids.push(product(&t.store, &format!("p{n}"), "", n).await.id);
             }
-            token = next;
-        }
-        assert_eq!(seen, ids);
+            let got = t.store.product(&ids[2]).await.unwrap().unwrap();
+            assert_eq!(
+                (got.name.as_str(), got.currency.as_str(), got.stock),
+                ("p2", "USD", 2)
+            );
+            assert!(t.store.product("nope").await.unwrap().is_none());
 
-        let restocked = t.store.restock(&ids[0], 7).await.unwrap();
-        assert_eq!(restocked.stock, 7);
-        assert!(matches!(
-            t.store.restock("nope", 1).await,
-            Err(Error::ProductNotFound(_))
-        ));
+            // Two pages of two and a last page of one, oldest first.
+            let mut seen = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = PageRequest::parse(2, &token).unwrap();
+                let (products, next) = t.store.list_products(&page).await.unwrap();
+                seen.extend(products.into_iter().map(|p| p.id));
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            assert_eq!(seen, ids);
+
+            let restocked = t.store.restock(&ids[0], 7).await.unwrap();
+            assert_eq!(restocked.stock, 7);
+            assert!(matches!(
+                t.store.restock("nope", 1).await,
+                Err(Error::ProductNotFound(_))
+            ));
+        }
     }
 
     #[tokio::test]
     async fn get_product_reads_through_rusqlite_on_sqlite_and_sqlx_on_postgres() {
-        let t = temp_store().await;
-        let store = &t.store;
-        match store.db.engine {
-            Engine::Sqlite => assert!(store.sqlite.is_some(), "SQLite must read via rusqlite"),
-            Engine::Postgres => assert!(store.sqlite.is_none(), "PostgreSQL stays on sqlx"),
+        for t in temp_stores().await {
+            let store = &t.store;
+            match store.db.engine {
+                Engine::Sqlite => assert!(store.sqlite.is_some(), "SQLite must read via rusqlite"),
+                Engine::Postgres => assert!(store.sqlite.is_none(), "PostgreSQL stays on sqlx"),
+            }
+            let a = product(store, "a", "EUR", 3).await;
+            // Both paths give the same product, and the same absence.
+            assert_eq!(store.product(&a.id).await.unwrap().as_ref(), Some(&a));
+            assert_eq!(
+                store.product_via_sqlx(&a.id).await.unwrap().as_ref(),
+                Some(&a)
+            );
+            assert_eq!(store.product("nope").await.unwrap(), None);
+            assert_eq!(store.product_via_sqlx("nope").await.unwrap(), None);
+            // A committed write is visible to the very next read (WAL: a new snapshot per read).
+            let restocked = store.restock(&a.id, 4).await.unwrap();
+            assert_eq!(store.product(&a.id).await.unwrap(), Some(restocked.clone()));
+            assert_eq!(
+                store.product_via_sqlx(&a.id).await.unwrap(),
+                Some(restocked)
+            );
         }
-        let a = product(store, "a", "EUR", 3).await;
-        // Both paths give the same product, and the same absence.
-        assert_eq!(store.product(&a.id).await.unwrap().as_ref(), Some(&a));
-        assert_eq!(
-            store.product_via_sqlx(&a.id).await.unwrap().as_ref(),
-            Some(&a)
-        );
-        assert_eq!(store.product("nope").await.unwrap(), None);
-        assert_eq!(store.product_via_sqlx("nope").await.unwrap(), None);
-        // A committed write is visible to the very next read (WAL: a new snapshot per read).
-        let restocked = store.restock(&a.id, 4).await.unwrap();
-        assert_eq!(store.product(&a.id).await.unwrap(), Some(restocked.clone()));
-        assert_eq!(
-            store.product_via_sqlx(&a.id).await.unwrap(),
-            Some(restocked)
-        );
     }
 
     #[tokio::test]
     async fn one_thread_reads_several_databases() {
         // Each store's reads go to its own file, though they share this thread's connections.
-        let (t1, t2) = (temp_store().await, temp_store().await);
-        let a = product(&t1.store, "a", "USD", 1).await;
-        let b = product(&t2.store, "b", "USD", 2).await;
-        for _ in 0..3 {
-            assert_eq!(t1.store.product(&a.id).await.unwrap().as_ref(), Some(&a));
-            assert_eq!(t2.store.product(&b.id).await.unwrap().as_ref(), Some(&b));
-            assert_eq!(t1.store.product(&b.id).await.unwrap(), None);
-            assert_eq!(t2.store.product(&a.id).await.unwrap(), None);
+        for backend in Backend::all() {
+            let (t1, t2) = (temp_store(&backend).await, temp_store(&backend).await);
+            let a = product(&t1.store, "a", "USD", 1).await;
+            let b = product(&t2.store, "b", "USD", 2).await;
+            for _ in 0..3 {
+                assert_eq!(t1.store.product(&a.id).await.unwrap().as_ref(), Some(&a));
+                assert_eq!(t2.store.product(&b.id).await.unwrap().as_ref(), Some(&b));
+                assert_eq!(t1.store.product(&b.id).await.unwrap(), None);
+                assert_eq!(t2.store.product(&a.id).await.unwrap(), None);
+            }
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_beside_concurrent_orders_see_committed_stock_only() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 40).await;
-        let writers: Vec<_> = (0..40)
-            .map(|n| {
-                let store = t.store.clone();
-                let req = request("", &[(&a.id, 1)]);
-                tokio::spawn(async move { store.create_order(&format!("u{n}"), &req).await })
-            })
-            .collect();
-        let readers: Vec<_> = (0..4)
-            .map(|_| {
-                let store = t.store.clone();
-                let id = a.id.clone();
-                tokio::spawn(async move {
-                    let mut last = i64::MAX;
-                    for _ in 0..200 {
-                        let stock = store.product(&id).await.unwrap().unwrap().stock;
-                        // Stock only goes down here, and never below zero.
-                        assert!((0..=last).contains(&stock), "stock {stock} after {last}");
-                        last = stock;
-                        tokio::task::yield_now().await;
-                    }
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 40).await;
+            let writers: Vec<_> = (0..40)
+                .map(|n| {
+                    let store = t.store.clone();
+                    let req = request("", &[(&a.id, 1)]);
+                    tokio::spawn(async move { store.create_order(&format!("u{n}"), &req).await })
                 })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.unwrap().unwrap();
+                .collect();
+            let readers: Vec<_> = (0..4)
+                .map(|_| {
+                    let store = t.store.clone();
+                    let id = a.id.clone();
+                    tokio::spawn(async move {
+                        let mut last = i64::MAX;
+                        for _ in 0..200 {
+                            let stock = store.product(&id).await.unwrap().unwrap().stock;
+                            // Stock only goes down here, and never below zero.
+                            assert!((0..=last).contains(&stock), "stock {stock} after {last}");
+                            last = stock;
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.await.unwrap().unwrap();
+            }
+            for reader in readers {
+                reader.await.unwrap();
+            }
+            assert_eq!(stock(&t.store, &a.id).await, 0);
         }
-        for reader in readers {
-            reader.await.unwrap();
-        }
-        assert_eq!(stock(&t.store, &a.id).await, 0);
     }
 
     #[tokio::test]
     async fn an_order_takes_stock_and_duplicate_lines_add_up() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "EUR", 10).await;
-        let b = product(&t.store, "b", "EUR", 10).await;
-        let order = t
-            .store
-            .create_order("u1", &request("", &[(&a.id, 2), (&b.id, 1), (&a.id, 3)]))
-            .await
-            .unwrap();
-        assert_eq!(order.items.len(), 3);
-        assert_eq!(order.total_cents, 6 * 250);
-        assert_eq!(order.currency, "EUR");
-        assert_eq!(order.idempotency_key, None);
-        assert_eq!(stock(&t.store, &a.id).await, 5);
-        assert_eq!(stock(&t.store, &b.id).await, 9);
-        assert_eq!(t.store.order(&order.id).await.unwrap(), Some(order));
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "EUR", 10).await;
+            let b = product(&t.store, "b", "EUR", 10).await;
+            let order = t
+                .store
+                .create_order("u1", &request("", &[(&a.id, 2), (&b.id, 1), (&a.id, 3)]))
+                .await
+                .unwrap();
+            assert_eq!(order.items.len(), 3);
+            assert_eq!(order.total_cents, 6 * 250);
+            assert_eq!(order.currency, "EUR");
+            assert_eq!(order.idempotency_key, None);
+            assert_eq!(stock(&t.store, &a.id).await, 5);
+            assert_eq!(stock(&t.store, &b.id).await, 9);
+            assert_eq!(t.store.order(&order.id).await.unwrap(), Some(order));
+        }
     }
 
     #[tokio::test]
     async fn a_failing_order_changes_nothing() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 5).await;
-        let b = product(&t.store, "b", "USD", 1).await;
-        let e = product(&t.store, "e", "EUR", 5).await;
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 5).await;
+            let b = product(&t.store, "b", "USD", 1).await;
+            let e = product(&t.store, "e", "EUR", 5).await;
 
-        let short = t
-            .store
-            .create_order("u1", &request("", &[(&a.id, 1), (&b.id, 2)]))
-            .await;
-        assert!(matches!(short, Err(Error::InsufficientStock(id)) if id == b.id));
-        let unknown = t
-            .store
-            .create_order("u1", &request("", &[(&a.id, 1), ("nope", 1)]))
-            .await;
-        assert!(matches!(unknown, Err(Error::ProductNotFound(id)) if id == "nope"));
-        let mixed = t
-            .store
-            .create_order("u1", &request("", &[(&a.id, 1), (&e.id, 1)]))
-            .await;
-        assert!(matches!(mixed, Err(Error::MixedCurrencies { .. })));
+            let short = t
+                .store
+                .create_order("u1", &request("", &[(&a.id, 1), (&b.id, 2)]))
+                .await;
+            assert!(matches!(short, Err(Error::InsufficientStock(id)) if id == b.id));
+            let unknown = t
+                .store
+                .create_order("u1", &request("", &[(&a.id, 1), ("nope", 1)]))
+                .await;
+            assert!(matches!(unknown, Err(Error::ProductNotFound(id)) if id == "nope"));
+            let mixed = t
+                .store
+                .create_order("u1", &request("", &[(&a.id, 1), (&e.id, 1)]))
+                .await;
+            assert!(matches!(mixed, Err(Error::MixedCurrencies { .. })));
 
-        assert_eq!(stock(&t.store, &a.id).await, 5);
-        assert_eq!(stock(&t.store, &b.id).await, 1);
-        assert_eq!(stock(&t.store, &e.id).await, 5);
-        let (orders, _) = t
-            .store
-            .list_orders("u1", &PageRequest::parse(0, "").unwrap())
-            .await
-            .unwrap();
-        assert!(orders.is_empty());
+            assert_eq!(stock(&t.store, &a.id).await, 5);
+            assert_eq!(stock(&t.store, &b.id).await, 1);
+            assert_eq!(stock(&t.store, &e.id).await, 5);
+            let (orders, _) = t
+                .store
+                .list_orders("u1", &PageRequest::parse(0, "").unwrap())
+                .await
+                .unwrap();
+            assert!(orders.is_empty());
+        }
     }
 
     #[tokio::test]
     async fn an_idempotency_key_returns_the_first_order() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 10).await;
-        let first = t
-            .store
-            .create_order("u1", &request("k1", &[(&a.id, 2)]))
-            .await
-            .unwrap();
-        let again = t
-            .store
-            .create_order("u1", &request("k1", &[(&a.id, 2)]))
-            .await
-            .unwrap();
-        assert_eq!(first, again);
-        assert_eq!(stock(&t.store, &a.id).await, 8);
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 10).await;
+            let first = t
+                .store
+                .create_order("u1", &request("k1", &[(&a.id, 2)]))
+                .await
+                .unwrap();
+            let again = t
+                .store
+                .create_order("u1", &request("k1", &[(&a.id, 2)]))
+                .await
+                .unwrap();
+            assert_eq!(first, again);
+            assert_eq!(stock(&t.store, &a.id).await, 8);
 
-        let other = t
-            .store
-            .create_order("u1", &request("k1", &[(&a.id, 3)]))
-            .await;
-        assert!(matches!(other, Err(Error::KeyReused)));
-        // The same key from another user is another order.
-        let theirs = t
-            .store
-            .create_order("u2", &request("k1", &[(&a.id, 2)]))
-            .await
-            .unwrap();
-        assert_ne!(theirs.id, first.id);
-        assert_eq!(stock(&t.store, &a.id).await, 6);
+            let other = t
+                .store
+                .create_order("u1", &request("k1", &[(&a.id, 3)]))
+                .await;
+            assert!(matches!(other, Err(Error::KeyReused)));
+            // The same key from another user is another order.
+            let theirs = t
+                .store
+                .create_order("u2", &request("k1", &[(&a.id, 2)]))
+                .await
+                .unwrap();
+            assert_ne!(theirs.id, first.id);
+            assert_eq!(stock(&t.store, &a.id).await, 6);
+        }
     }
 
     #[tokio::test]
     async fn a_twin_that_loses_the_race_rolls_back() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 10).await;
-        let req = request("k1", &[(&a.id, 4)]);
-        // Both twins got past the key lookup; the second to write must leave no trace.
-        let Placed::Order(first) = t.store.place_order("u1", &req).await.unwrap() else {
-            panic!("the first twin should place the order");
-        };
-        assert!(matches!(
-            t.store.place_order("u1", &req).await.unwrap(),
-            Placed::KeyTaken
-        ));
-        assert_eq!(stock(&t.store, &a.id).await, 6);
-        // And the full path returns the winner.
-        assert_eq!(t.store.create_order("u1", &req).await.unwrap(), first);
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 10).await;
+            let req = request("k1", &[(&a.id, 4)]);
+            // Both twins got past the key lookup; the second to write must leave no trace.
+            let Placed::Order(first) = t.store.place_order("u1", &req).await.unwrap() else {
+                panic!("the first twin should place the order");
+            };
+            assert!(matches!(
+                t.store.place_order("u1", &req).await.unwrap(),
+                Placed::KeyTaken
+            ));
+            assert_eq!(stock(&t.store, &a.id).await, 6);
+            // And the full path returns the winner.
+            assert_eq!(t.store.create_order("u1", &req).await.unwrap(), first);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_orders_never_oversell() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 7).await;
-        let tasks: Vec<_> = (0..20)
-            .map(|n| {
-                let store = t.store.clone();
-                let req = request("", &[(&a.id, 1)]);
-                tokio::spawn(async move { store.create_order(&format!("u{n}"), &req).await })
-            })
-            .collect();
-        let mut placed = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => placed += 1,
-                Err(Error::InsufficientStock(_)) => {}
-                Err(other) => panic!("unexpected error: {other}"),
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 7).await;
+            let tasks: Vec<_> = (0..20)
+                .map(|n| {
+                    let store = t.store.clone();
+                    let req = request("", &[(&a.id, 1)]);
+                    tokio::spawn(async move { store.create_order(&format!("u{n}"), &req).await })
+                })
+                .collect();
+            let mut placed = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    Ok(_) => placed += 1,
+                    Err(Error::InsufficientStock(_)) => {}
+                    Err(other) => panic!("unexpected error: {other}"),
+                }
             }
+            assert_eq!(placed, 7);
+            assert_eq!(stock(&t.store, &a.id).await, 0);
         }
-        assert_eq!(placed, 7);
-        assert_eq!(stock(&t.store, &a.id).await, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_twins_get_one_order() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 100).await;
-        let tasks: Vec<_> = (0..10)
-            .map(|_| {
-                let store = t.store.clone();
-                let req = request("same", &[(&a.id, 3)]);
-                tokio::spawn(async move { store.create_order("u1", &req).await })
-            })
-            .collect();
-        let mut ids = Vec::new();
-        for task in tasks {
-            ids.push(task.await.unwrap().unwrap().id);
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 100).await;
+            let tasks: Vec<_> = (0..10)
+                .map(|_| {
+                    let store = t.store.clone();
+                    let req = request("same", &[(&a.id, 3)]);
+                    tokio::spawn(async move { store.create_order("u1", &req).await })
+                })
+                .collect();
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.push(task.await.unwrap().unwrap().id);
+            }
+            ids.dedup();
+            assert_eq!(ids.len(), 1);
+            assert_eq!(stock(&t.store, &a.id).await, 97);
         }
-        ids.dedup();
-        assert_eq!(ids.len(), 1);
-        assert_eq!(stock(&t.store, &a.id).await, 97);
     }
 
     #[tokio::test]
     async fn orders_list_newest_first_and_cancel_puts_stock_back() {
-        let t = temp_store().await;
-        let a = product(&t.store, "a", "USD", 100).await;
-        let mut placed = Vec::new();
-        for n in 1..=5 {
-            placed.push(
-                t.store
-                    .create_order("u1", &request("", &[(&a.id, n)]))
-                    .await
-                    .unwrap(),
-            );
-        }
-        t.store
-            .create_order("u2", &request("", &[(&a.id, 1)]))
-            .await
-            .unwrap();
-
-        let mut seen = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = PageRequest::parse(2, &token).unwrap();
-            let (orders, next) = t.store.list_orders("u1", &page).await.unwrap();
-            seen.extend(orders);
-            if next.is_empty() {
-                break;
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", 100).await;
+            let mut placed = Vec::new();
+            for n in 1..=5 {
+                placed.push(
+                    t.store
+                        .create_order("u1", &request("", &[(&a.id, n)]))
+                        .await
+                        .unwrap(),
+                );
             }
-            token = next;
-        }
-        // Newest first; equal times (same microsecond) fall back to the id, descending.
-        placed.sort_by(|x, y| (y.create_time, &y.id).cmp(&(x.create_time, &x.id)));
-        assert_eq!(seen, placed);
+            t.store
+                .create_order("u2", &request("", &[(&a.id, 1)]))
+                .await
+                .unwrap();
 
-        let target = placed[0].clone();
-        let quantity = target.items[0].quantity;
-        let before = stock(&t.store, &a.id).await;
-        let cancelled = t.store.cancel_order(target.clone()).await.unwrap();
-        assert_eq!(cancelled.status, OrderStatus::Cancelled);
-        assert_eq!(stock(&t.store, &a.id).await, before + quantity);
-        // A second cancel of the stale copy finds it cancelled and puts nothing back.
-        let again = t.store.cancel_order(target).await.unwrap();
-        assert_eq!(again, cancelled);
-        assert_eq!(stock(&t.store, &a.id).await, before + quantity);
+            let mut seen = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = PageRequest::parse(2, &token).unwrap();
+                let (orders, next) = t.store.list_orders("u1", &page).await.unwrap();
+                seen.extend(orders);
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            // Newest first; equal times (same microsecond) fall back to the id, descending.
+            placed.sort_by(|x, y| (y.create_time, &y.id).cmp(&(x.create_time, &x.id)));
+            assert_eq!(seen, placed);
+
+            let target = placed[0].clone();
+            let quantity = target.items[0].quantity;
+            let before = stock(&t.store, &a.id).await;
+            let cancelled = t.store.cancel_order(target.clone()).await.unwrap();
+            assert_eq!(cancelled.status, OrderStatus::Cancelled);
+            assert_eq!(stock(&t.store, &a.id).await, before + quantity);
+            // A second cancel of the stale copy finds it cancelled and puts nothing back.
+            let again = t.store.cancel_order(target).await.unwrap();
+            assert_eq!(again, cancelled);
+            assert_eq!(stock(&t.store, &a.id).await, before + quantity);
+        }
     }
 }

@@ -136,10 +136,12 @@ mod tests {
     use weft_proto::user::Role;
 
     use super::*;
-    use crate::store::tests::{TempDir, temp_store};
+    use weft_testkit::{Backend, TestDatabase};
 
-    async fn api() -> (Api, TempDir) {
-        let (store, dir) = temp_store().await;
+    use crate::store::tests::temp_store;
+
+    async fn api() -> (Api, TestDatabase) {
+        let (store, dir) = temp_store(&Backend::Sqlite).await;
         (Api::new(store), dir)
     }
 

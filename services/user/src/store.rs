@@ -195,47 +195,28 @@ fn record(row: &AnyRow) -> Result<UserRecord, UserError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::*;
     use weft_proto::user::Role;
+    use weft_testkit::{Backend, TestDatabase};
 
-    /// Removes a test database's folder when dropped.
-    pub(crate) struct TempDir(Option<std::path::PathBuf>);
+    use super::*;
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            if let Some(dir) = &self.0 {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+    /// A store on a fresh, migrated database per engine: SQLite, and PostgreSQL when
+    /// `WEFT_TEST_POSTGRES_URL` is set. The database goes with its guard.
+    pub(crate) async fn stores() -> Vec<(Store, TestDatabase)> {
+        let mut stores = Vec::new();
+        for backend in Backend::all() {
+            stores.push(temp_store(&backend).await);
         }
+        stores
     }
 
-    /// A store on a fresh SQLite file under the system temp folder, gone with the guard; or,
-    /// when `WEFT_USER_TEST_POSTGRES` names a server (`postgres://user@host:port`), on a fresh
-    /// PostgreSQL database there (left behind: the server is meant to be a throwaway).
-    pub(crate) async fn temp_store() -> (Store, TempDir) {
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        if let Ok(server) = std::env::var("WEFT_USER_TEST_POSTGRES") {
-            use sqlx::{Connection as _, Executor as _};
-            let name = format!("weft_user_test_{unique}");
-            let mut admin = sqlx::postgres::PgConnection::connect(&format!("{server}/postgres"))
-                .await
-                .expect("connect to the test PostgreSQL server");
-            admin
-                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .await
-                .expect("create a test database");
-            let db = Database::open(&format!("{server}/{name}"), 4, &crate::MIGRATOR)
-                .await
-                .expect("open test database");
-            return (Store::new(db), TempDir(None));
-        }
-        let dir = std::env::temp_dir().join(format!("weft-user-test-{unique}"));
-        let url = format!("sqlite://{}/user.db", dir.display());
-        let guard = TempDir(Some(dir));
-        let db = Database::open(&url, 2, &crate::MIGRATOR)
+    /// A store on a fresh, migrated database on `backend`.
+    pub(crate) async fn temp_store(backend: &Backend) -> (Store, TestDatabase) {
+        let test_db = TestDatabase::fresh(backend).await;
+        let db = Database::open(test_db.url(), 2, &crate::MIGRATOR)
             .await
             .expect("open test database");
-        (Store::new(db), guard)
+        (Store::new(db), test_db)
     }
 
     fn new_user(email: &str, key: &str) -> NewUser {
@@ -249,134 +230,139 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn creation_is_idempotent_per_key_and_emails_are_unique() {
-        let (store, _dir) = temp_store().await;
-        let Created::New(first) = store.create(&new_user("a@x.io", "k1")).await.unwrap() else {
-            panic!("expected a new user");
-        };
-        // Same key again, even with other fields: the first profile, unchanged.
-        let mut retry = new_user("other@x.io", "k1");
-        retry.display_name = "Bob".into();
-        assert_eq!(
-            store.create(&retry).await.unwrap(),
-            Created::Existing(first.clone())
-        );
-        // Same email, other key: taken.
-        let err = store.create(&new_user("a@x.io", "k2")).await.unwrap_err();
-        assert!(matches!(err, UserError::EmailTaken), "{err:?}");
-        assert_eq!(store.get(&first.id).await.unwrap(), Some(first));
-        assert_eq!(store.get("nope").await.unwrap(), None);
+        for (store, _db) in stores().await {
+            let Created::New(first) = store.create(&new_user("a@x.io", "k1")).await.unwrap() else {
+                panic!("expected a new user");
+            };
+            // Same key again, even with other fields: the first profile, unchanged.
+            let mut retry = new_user("other@x.io", "k1");
+            retry.display_name = "Bob".into();
+            assert_eq!(
+                store.create(&retry).await.unwrap(),
+                Created::Existing(first.clone())
+            );
+            // Same email, other key: taken.
+            let err = store.create(&new_user("a@x.io", "k2")).await.unwrap_err();
+            assert!(matches!(err, UserError::EmailTaken), "{err:?}");
+            assert_eq!(store.get(&first.id).await.unwrap(), Some(first));
+            assert_eq!(store.get("nope").await.unwrap(), None);
+        }
     }
 
     #[tokio::test]
     async fn concurrent_creates_with_one_key_make_one_profile() {
-        let (store, _dir) = temp_store().await;
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let store = store.clone();
-            calls.spawn(async move { store.create(&new_user("race@x.io", "same")).await });
+        for (store, _db) in stores().await {
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let store = store.clone();
+                calls.spawn(async move { store.create(&new_user("race@x.io", "same")).await });
+            }
+            let mut ids = std::collections::BTreeSet::new();
+            while let Some(result) = calls.join_next().await {
+                ids.insert(result.unwrap().unwrap().into_record().id);
+            }
+            assert_eq!(ids.len(), 1);
+            assert_eq!(store.list(None, 100).await.unwrap().len(), 1);
         }
-        let mut ids = std::collections::BTreeSet::new();
-        while let Some(result) = calls.join_next().await {
-            ids.insert(result.unwrap().unwrap().into_record().id);
-        }
-        assert_eq!(ids.len(), 1);
-        assert_eq!(store.list(None, 100).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn losing_the_insert_race_returns_the_winner() {
-        let (store, _dir) = temp_store().await;
-        // As if two calls with one key both passed the first lookup.
-        let winner = store
-            .insert(&new_user("a@x.io", "k1"))
-            .await
-            .unwrap()
-            .into_record();
-        let mut late = new_user("b@x.io", "k1");
-        late.display_name = "Bob".into();
-        assert_eq!(
-            store.insert(&late).await.unwrap(),
-            Created::Existing(winner)
-        );
-        let err = store.insert(&new_user("a@x.io", "k2")).await.unwrap_err();
-        assert!(matches!(err, UserError::EmailTaken), "{err:?}");
+        for (store, _db) in stores().await {
+            // As if two calls with one key both passed the first lookup.
+            let winner = store
+                .insert(&new_user("a@x.io", "k1"))
+                .await
+                .unwrap()
+                .into_record();
+            let mut late = new_user("b@x.io", "k1");
+            late.display_name = "Bob".into();
+            assert_eq!(
+                store.insert(&late).await.unwrap(),
+                Created::Existing(winner)
+            );
+            let err = store.insert(&new_user("a@x.io", "k2")).await.unwrap_err();
+            assert!(matches!(err, UserError::EmailTaken), "{err:?}");
+        }
     }
 
     #[tokio::test]
     async fn updates_change_only_what_is_asked() {
-        let (store, _dir) = temp_store().await;
-        let user = store
-            .create(&new_user("a@x.io", "k"))
-            .await
-            .unwrap()
-            .into_record();
-        let renamed = store
-            .update(
-                &user.id,
-                &Changes {
-                    display_name: Some("Grace".into()),
-                    role: None,
-                },
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (renamed.display_name.as_str(), renamed.role),
-            ("Grace", Role::User)
-        );
-        assert!(renamed.update_time >= user.update_time);
-        assert_eq!(renamed.create_time, user.create_time);
-        let promoted = store
-            .update(
-                &user.id,
-                &Changes {
-                    display_name: None,
-                    role: Some(Role::Admin),
-                },
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (promoted.display_name.as_str(), promoted.role),
-            ("Grace", Role::Admin)
-        );
-        assert_eq!(
-            store.update(&user.id, &Changes::default()).await.unwrap(),
-            Some(promoted)
-        );
-        let missing = Changes {
-            display_name: Some("X".into()),
-            role: None,
-        };
-        assert_eq!(store.update("nope", &missing).await.unwrap(), None);
+        for (store, _db) in stores().await {
+            let user = store
+                .create(&new_user("a@x.io", "k"))
+                .await
+                .unwrap()
+                .into_record();
+            let renamed = store
+                .update(
+                    &user.id,
+                    &Changes {
+                        display_name: Some("Grace".into()),
+                        role: None,
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (renamed.display_name.as_str(), renamed.role),
+                ("Grace", Role::User)
+            );
+            assert!(renamed.update_time >= user.update_time);
+            assert_eq!(renamed.create_time, user.create_time);
+            let promoted = store
+                .update(
+                    &user.id,
+                    &Changes {
+                        display_name: None,
+                        role: Some(Role::Admin),
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (promoted.display_name.as_str(), promoted.role),
+                ("Grace", Role::Admin)
+            );
+            assert_eq!(
+                store.update(&user.id, &Changes::default()).await.unwrap(),
+                Some(promoted)
+            );
+            let missing = Changes {
+                display_name: Some("X".into()),
+                role: None,
+            };
+            assert_eq!(store.update("nope", &missing).await.unwrap(), None);
+        }
     }
 
     #[tokio::test]
     async fn listing_pages_in_creation_order() {
-        let (store, _dir) = temp_store().await;
-        let mut created = Vec::new();
-        for n in 0..5 {
-            let key = format!("k{n}");
-            let user = store
-                .create(&new_user(&format!("u{n}@x.io"), &key))
-                .await
-                .unwrap();
-            created.push(user.into_record());
+        for (store, _db) in stores().await {
+            let mut created = Vec::new();
+            for n in 0..5 {
+                let key = format!("k{n}");
+                let user = store
+                    .create(&new_user(&format!("u{n}@x.io"), &key))
+                    .await
+                    .unwrap();
+                created.push(user.into_record());
+            }
+            created.sort_by(|a, b| (a.create_time, &a.id).cmp(&(b.create_time, &b.id)));
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list(after.as_ref(), 2).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some(Cursor {
+                    time: last.create_time,
+                    id: last.id.clone(),
+                });
+                seen.extend(page);
+            }
+            assert_eq!(seen, created);
         }
-        created.sort_by(|a, b| (a.create_time, &a.id).cmp(&(b.create_time, &b.id)));
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = store.list(after.as_ref(), 2).await.unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(Cursor {
-                time: last.create_time,
-                id: last.id.clone(),
-            });
-            seen.extend(page);
-        }
-        assert_eq!(seen, created);
     }
 }
