@@ -49,8 +49,8 @@ async fn a_service_added_by_configuration_is_served_like_weft_s_own(backend: Bac
         toml,
         extra_services: vec![ExtraService {
             name: "echo".into(),
-            // The server stack wants a database to observe, even of a service with no tables.
-            database: true,
+            // It keeps no data.
+            database: false,
         }],
         ..MeshOptions::default()
     };

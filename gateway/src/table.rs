@@ -84,7 +84,18 @@ impl RouteTable {
         let pool = contract.pool();
         // Routes (and the OpenAPI document's tags) follow the order mesh-config declares the
         // upstreams in, then the order of their services.
-        for name in config.upstreams.keys() {
+        for (name, upstream_config) in &config.upstreams {
+            let described = contract.services_of(name);
+            for service in &upstream_config.grpc_services {
+                if !described.contains(service) {
+                    tracing::warn!(
+                        upstream = %name,
+                        service = %service,
+                        "no descriptor describes this gRPC service, so it gets no routes: \
+                         check the name, or give the upstream a descriptor_set"
+                    );
+                }
+            }
             let upstream = table.add_upstream(UpstreamSpec {
                 name: process_name(name),
                 key: name.clone(),

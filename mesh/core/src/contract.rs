@@ -43,8 +43,11 @@ pub enum ContractError {
         /// What was wrong.
         reason: String,
     },
-    /// A `grpc_services` entry names a service that no descriptor describes.
-    #[error("key `upstreams.{upstream}.grpc_services`: no descriptor describes `{service}`")]
+    /// A `grpc_services` entry names a service that the upstream's own `descriptor_set` does
+    /// not describe.
+    #[error(
+        "key `upstreams.{upstream}.grpc_services`: its descriptor_set does not describe `{service}`"
+    )]
     UnknownService {
         /// The upstream.
         upstream: String,
@@ -104,16 +107,22 @@ impl Contract {
                     services = added;
                 }
             }
-            for service in &services {
-                if pool.get_service_by_name(service).is_none() {
+            // A process knows the contracts it was built with and the files it is given; the
+            // services of other upstreams are not its business (a service calls few of them),
+            // so they are left out here, and a caller of one finds no facts about it.
+            let mut described = Vec::new();
+            for service in services {
+                if pool.get_service_by_name(&service).is_some() {
+                    default_access.insert(service.clone(), access);
+                    described.push(service);
+                } else if upstream.descriptor_set.is_some() {
                     return Err(ContractError::UnknownService {
                         upstream: name.clone(),
-                        service: service.clone(),
+                        service,
                     });
                 }
-                default_access.insert(service.clone(), access);
             }
-            upstream_services.insert(name.clone(), services);
+            upstream_services.insert(name.clone(), described);
         }
         let mut contract = Self::from_pool(pool, &default_access);
         contract.upstream_services = upstream_services;
@@ -202,7 +211,7 @@ impl Contract {
         self.jwks_path.as_deref()
     }
 
-    /// The gRPC services the upstream `name` serves (full names).
+    /// The gRPC services the upstream `name` serves (full names) that this contract describes.
     pub fn services_of(&self, upstream: &str) -> &[String] {
         self.upstream_services
             .get(upstream)
@@ -304,13 +313,14 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_names_only_services_a_descriptor_describes() {
+    fn services_no_descriptor_describes_are_left_out_and_a_bad_file_is_an_error() {
         let mut config = MeshConfig::default();
         let mut upstream = crate::config::UpstreamConfig::with_endpoint("http://x:1".into());
-        upstream.grpc_services = vec!["acme.Nope".into()];
+        // A service this process was not built with: not its business, no facts about it.
+        upstream.grpc_services = vec!["acme.Other".into()];
         config.upstreams.insert("acme".into(), upstream.clone());
-        let err = Contract::load(&[weft_proto::FILE_DESCRIPTOR_SET], &config).unwrap_err();
-        assert!(err.to_string().contains("acme.Nope"), "{err}");
+        let contract = Contract::load(&[weft_proto::FILE_DESCRIPTOR_SET], &config).unwrap();
+        assert!(contract.services_of("acme").is_empty());
         upstream.grpc_services.clear();
         upstream.descriptor_set = Some("/nonexistent/echo.bin".into());
         config.upstreams.insert("acme".into(), upstream);

@@ -37,12 +37,13 @@ use crate::{
     shed::{LoadShedLayer, ShedPolicy},
 };
 
-/// What a service's `init` hands to [`serve`]: the tonic service and the database to close.
+/// What a service's `init` hands to [`serve`]: the tonic service and, if it keeps data, the
+/// database to observe and close.
 pub struct Started<S> {
     /// The generated tonic server wrapping the service's API.
     pub service: S,
-    /// The service's database, closed after the drain.
-    pub database: Database,
+    /// The service's database, closed after the drain; `None` for a service without data.
+    pub database: Option<Database>,
 }
 
 /// Serves the service `name` as `[services.<name>]` configures it, until SIGINT or SIGTERM.
@@ -137,7 +138,9 @@ where
         }
     };
     let _ = slot.set(started.service);
-    crate::metrics::registry().observe_pools(&started.database.pools());
+    if let Some(database) = &started.database {
+        crate::metrics::registry().observe_pools(&database.pools());
+    }
     health.set_serving::<S>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(service = %process, addr = %local, "serving");
@@ -166,7 +169,9 @@ where
             server.abort();
         }
     }
-    started.database.close().await;
+    if let Some(database) = started.database {
+        database.close().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

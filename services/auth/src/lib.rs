@@ -61,7 +61,7 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
         .max_encoding_message_size(max_message);
     Ok(Started {
         service,
-        database: db,
+        database: Some(db),
     })
 }
 

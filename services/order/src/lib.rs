@@ -59,5 +59,8 @@ pub async fn init(
     let service = OrderServiceServer::new(api)
         .max_decoding_message_size(config.server.max_message_bytes)
         .max_encoding_message_size(config.server.max_message_bytes);
-    Ok(Started { service, database })
+    Ok(Started {
+        service,
+        database: Some(database),
+    })
 }

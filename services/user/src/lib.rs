@@ -26,5 +26,8 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<UserService
     let service = UserServiceServer::new(Api::new(store::Store::new(database.clone())))
         .max_decoding_message_size(config.server.max_message_bytes)
         .max_encoding_message_size(config.server.max_message_bytes);
-    Ok(Started { service, database })
+    Ok(Started {
+        service,
+        database: Some(database),
+    })
 }
