@@ -159,25 +159,22 @@ pub struct Gateway {
     in_flight: AtomicUsize,
 }
 
-/// Where the gateway fetches token keys: the contract's key method, over the channel of the
-/// routed upstream that serves it; `None` when no upstream serves it.
+/// Where the gateway fetches token keys: the key method (`weft_mesh::auth::key_method`), over
+/// the channel of the routed upstream that serves it; `None` when no upstream serves it.
 fn key_source(
     table: &RouteTable,
     upstreams: &[Upstream],
     config: &MeshConfig,
 ) -> anyhow::Result<Option<KeySource>> {
-    let Some(path) = weft_mesh::contract::current().jwks_path() else {
-        return Ok(None);
-    };
-    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    let Some((key, upstream_config)) = config.upstream_serving(service) else {
+    let Some((path, key)) = weft_mesh::auth::key_method(config) else {
         return Ok(None);
     };
     let Some(index) = table.upstreams.iter().position(|spec| spec.key == key) else {
         return Ok(None);
     };
-    let channel = weft_mesh::client::with_context(upstreams[index].channel(), key, upstream_config);
-    Ok(Some(KeySource::new(channel, path)?))
+    let channel =
+        weft_mesh::client::with_context(upstreams[index].channel(), key, config.upstream(key)?);
+    Ok(Some(KeySource::new(channel, &path)?))
 }
 
 impl Gateway {

@@ -78,6 +78,18 @@ pub fn generate(
             toml::Value::Array(admin_emails.iter().map(|e| e.as_str().into()).collect()),
         );
         root.insert("auth".into(), auth.into());
+        // As in mesh-config/local.toml: every process fetches the token keys from weft-auth,
+        // whether or not its own contract describes weft-auth (weft-echo's does not), and the
+        // gateway limits the credential routes.
+        merge(
+            &mut root,
+            "[jwt]\nkeys_method = \"weft.auth.v1.AuthService/GetJwks\"\n\
+             [[gateway.rate_limit.rules]]\nname = \"credentials\"\n\
+             routes = [\"POST /v1/auth/register\", \"POST /v1/auth/login\", \"POST /v1/auth/refresh\"]\n\
+             burst = 20\nper_second = 1.0\n"
+                .parse()
+                .expect("valid TOML"),
+        );
     }
     if weft("order") {
         // As in mesh-config/local.toml: an order with an idempotency key may be retried.
@@ -92,7 +104,9 @@ pub fn generate(
     if let Some(addr) = gateway {
         let mut section = toml::Table::new();
         section.insert("listen".into(), addr.to_string().into());
-        root.insert("gateway".into(), section.into());
+        let mut listen = toml::Table::new();
+        listen.insert("gateway".into(), section.into());
+        merge(&mut root, listen);
     }
     if !extra.trim().is_empty() {
         let extra: toml::Table = extra

@@ -211,6 +211,11 @@ pub struct JwtConfig {
     pub service_token_ttl_secs: u64,
     /// Least time between two JWKS fetches caused by unknown `kid`s, in ms; default 5000.
     pub jwks_min_refresh_interval_ms: u64,
+    /// The method that serves the token signing keys (`package.Service/Method`, returning
+    /// `weft.api.v1.Jwks`), called on the upstream that serves its service; default empty: the
+    /// one method of the process's contract that returns `weft.api.v1.Jwks`. A process whose
+    /// contract does not describe the issuer (a service of another team) needs it set.
+    pub keys_method: String,
     /// Clock skew tolerated on `exp`, in seconds; default 30.
     pub leeway_secs: u64,
 }
@@ -383,6 +388,7 @@ impl Default for JwtConfig {
             refresh_ttl_secs: 30 * 24 * 3600,
             service_token_ttl_secs: 60,
             jwks_min_refresh_interval_ms: 5_000,
+            keys_method: String::new(),
             leeway_secs: 30,
         }
     }
@@ -649,6 +655,12 @@ impl MeshConfig {
         }
         if self.jwt.issuer.is_empty() {
             return err("jwt.issuer", "must not be empty");
+        }
+        if !self.jwt.keys_method.is_empty() && !is_full_method(&self.jwt.keys_method) {
+            return err(
+                "jwt.keys_method",
+                "must be a full method name: package.Service/Method",
+            );
         }
         if self.jwt.audience.is_empty() {
             return err("jwt.audience", "must not be empty");

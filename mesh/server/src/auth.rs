@@ -156,6 +156,20 @@ impl From<AuthError> for Status {
     }
 }
 
+/// The gRPC path of the method serving the token keys (`jwt.keys_method`, or the contract's
+/// method returning `weft.api.v1.Jwks`), and the name of the upstream that serves it; `None`
+/// when there is no such method or no upstream serves it.
+pub fn key_method(config: &MeshConfig) -> Option<(String, &str)> {
+    let path = if config.jwt.keys_method.is_empty() {
+        contract::current().jwks_path()?.to_owned()
+    } else {
+        format!("/{}", config.jwt.keys_method)
+    };
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let (upstream, _) = config.upstream_serving(service)?;
+    Some((path, upstream))
+}
+
 /// Where a verifier fetches its keys: a channel and the method's gRPC path.
 #[derive(Clone)]
 pub struct KeySource {
@@ -175,15 +189,11 @@ impl KeySource {
     /// The contract's key method ([`contract::Contract::jwks_path`]) over a channel to the
     /// upstream that serves it; `None` when the contract or the config has none.
     pub fn from_config(config: &MeshConfig) -> Result<Option<Self>, ClientError> {
-        let Some(path) = contract::current().jwks_path() else {
-            return Ok(None);
-        };
-        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        let Some((upstream, _)) = config.upstream_serving(service) else {
+        let Some((path, upstream)) = key_method(config) else {
             return Ok(None);
         };
         let channel = crate::client::channel(config, upstream)?;
-        Ok(Self::new(channel, path).ok())
+        Ok(Self::new(channel, &path).ok())
     }
 
     async fn fetch(&self) -> Result<Jwks, Status> {
