@@ -376,3 +376,20 @@ fn the_image_builds_every_binary_and_runs_as_a_user() {
         "the runtime stage runs as a non-root user"
     );
 }
+
+/// The image's cached dependency layer builds the workspace from its manifests alone: a member
+/// whose manifest it does not copy would stop `docker build` (no Docker engine here to find out).
+#[test]
+fn the_image_copies_every_workspace_members_manifest() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let members = manifest["workspace"]["members"].as_array().unwrap();
+    for member in members.iter().filter_map(|m| m.as_str()) {
+        let copied = dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/"))
+            || dockerfile.contains(&format!("COPY {member} {member}"));
+        assert!(copied, "deploy/Dockerfile does not copy {member}/Cargo.toml");
+    }
+}
