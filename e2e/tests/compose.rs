@@ -390,6 +390,9 @@ fn the_image_copies_every_workspace_members_manifest() {
     for member in members.iter().filter_map(|m| m.as_str()) {
         let copied = dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/"))
             || dockerfile.contains(&format!("COPY {member} {member}"));
-        assert!(copied, "deploy/Dockerfile does not copy {member}/Cargo.toml");
+        assert!(
+            copied,
+            "deploy/Dockerfile does not copy {member}/Cargo.toml"
+        );
     }
 }

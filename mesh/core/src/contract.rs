@@ -69,8 +69,10 @@ pub struct MethodFacts {
 #[derive(Debug, Clone)]
 pub struct Contract {
     pool: DescriptorPool,
-    /// By gRPC path (`/package.Service/Method`).
-    methods: HashMap<String, MethodFacts>,
+    /// By gRPC path (`/package.Service/Method`). Looked up on every call by the server's access
+    /// check and the client's retry policy: foldhash, not SipHash (the paths come from the
+    /// process's own descriptors, so there is no flooding to defend against).
+    methods: HashMap<String, MethodFacts, foldhash::fast::FixedState>,
     /// The path of the method that returns the token signing keys, if any.
     jwks_path: Option<String>,
     /// The gRPC services each upstream serves (its `grpc_services`, or every service of its
@@ -133,7 +135,7 @@ impl Contract {
     /// `default_access`, or else [`Access::Authenticated`].
     fn from_pool(pool: DescriptorPool, default_access: &HashMap<String, Access>) -> Self {
         let access_option = pool.get_extension_by_name(weft_mesh_proto::ACCESS_OPTION);
-        let mut methods = HashMap::new();
+        let mut methods = HashMap::default();
         let mut jwks_path = None;
         for service in pool.services() {
             let fallback = default_access

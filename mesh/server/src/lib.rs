@@ -5,6 +5,7 @@
 //! Part of the mesh library (see `ARCHITECTURE.md`); services and the gateway use it through
 //! the `weft-mesh` facade. Imports go one way: this crate uses only the crates below it.
 
+pub mod admin;
 pub mod auth;
 pub mod db;
 pub mod fault;

@@ -67,7 +67,7 @@ where
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // `/metrics` on the admin port, from start to exit (stopped when dropped).
-    let admin = crate::metrics::AdminServer::start(own.admin_listen).await?;
+    let admin = crate::admin::AdminServer::start(own.admin_listen).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -1,0 +1,140 @@
+//! The services' admin HTTP listener, beside the gRPC one: `GET /metrics` answers the
+//! Prometheus text of the process's metrics registry. Started by [`crate::server::serve`].
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::metrics::{CONTENT_TYPE, registry, spawn_upkeep};
+
+/// The services' admin HTTP listener: `GET /metrics` answers the Prometheus text of
+/// `metrics::registry`. Stops when dropped.
+pub struct AdminServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Listens on `addr` (port 0: any free port) and serves until dropped; also runs the
+    /// registry's upkeep.
+    pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin_listen, /metrics)"))?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(accept_loop(listener));
+        Ok(Self {
+            addr,
+            task,
+            upkeep: spawn_upkeep(),
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.upkeep.abort();
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener) {
+    // Connections live in the set, so aborting this task closes them too.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(admin_request);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn admin_request<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let answer = |status: StatusCode, content_type: &'static str, body: Bytes| {
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    };
+    let text = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => answer(
+            StatusCode::OK,
+            CONTENT_TYPE,
+            Bytes::from(registry().render()),
+        ),
+        (_, "/metrics") => {
+            let mut response = answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                Bytes::from_static(b"method not allowed\n"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            response
+        }
+        _ => answer(
+            StatusCode::NOT_FOUND,
+            text,
+            Bytes::from_static(b"not found: the admin listener serves /metrics\n"),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_admin_listener_serves_metrics() {
+        let admin = AdminServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = admin.local_addr();
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        };
+        let answer = get("/metrics").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(CONTENT_TYPE), "{answer}");
+        if cfg!(target_os = "linux") {
+            assert!(answer.contains("# TYPE process_cpu_seconds_total counter"));
+            assert!(answer.contains("process_resident_memory_bytes "));
+        }
+        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        drop(admin);
+        tokio::task::yield_now().await;
+    }
+}
