@@ -155,7 +155,7 @@ async fn a_service_added_by_configuration_is_served_like_weft_s_own(backend: Bac
 
     // --- metrics: the gateway and weft-echo both count the echo calls ---
     let gateway_metrics = gw.get("/metrics").send().await.text();
-    let served_by_gateway = series(
+    let served_by_gateway = sample_sum(
         &gateway_metrics,
         "rpc_client_requests_total",
         &[
@@ -168,7 +168,7 @@ async fn a_service_added_by_configuration_is_served_like_weft_s_own(backend: Bac
         served_by_gateway, ECHO_BURST as f64,
         "the gateway's calls to weft-echo (the 429 never reached it):\n{gateway_metrics}"
     );
-    let routed = series(
+    let routed = sample_sum(
         &gateway_metrics,
         "http_server_requests_total",
         &[
@@ -181,7 +181,7 @@ async fn a_service_added_by_configuration_is_served_like_weft_s_own(backend: Bac
         addr: mesh.admin_addr("echo"),
     };
     let echo_metrics = admin_port.get("/metrics").send().await.text();
-    let served = series(
+    let served = sample_sum(
         &echo_metrics,
         "rpc_server_requests_total",
         &[
@@ -197,21 +197,4 @@ async fn a_service_added_by_configuration_is_served_like_weft_s_own(backend: Bac
 
     mesh.assert_no_panics();
     mesh.stop().await;
-}
-
-/// The sum of the samples of `name` carrying every one of `labels` in a Prometheus text
-/// exposition.
-fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -13,21 +13,6 @@ use serde_json::json;
 
 const GET_ME: &str = "weft.user.v1.UserService/GetMe";
 
-/// The sum of the samples of `name` whose labels include every pair of `labels`, in the
-/// Prometheus text `metrics`.
-fn sample_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| line.split(['{', ' ']).next() == Some(name))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// `/metrics` of a service.
 async fn service_metrics(mesh: &TestMesh, name: &str) -> String {

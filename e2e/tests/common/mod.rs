@@ -251,3 +251,19 @@ pub async fn gateway_mesh(backend: Backend, toml: &str) -> TestMesh {
     };
     TestMesh::start_with(backend, options).await
 }
+
+/// The sum of the samples of `name` whose labels include every pair of `labels`, in the
+/// Prometheus text `metrics`.
+pub fn sample_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
