@@ -11,7 +11,25 @@
 //! - [`probe`]: gRPC and HTTP health checks;
 //! - [`health`]: `weft health <target>`, one check for a container's health check;
 //! - [`output`]: prefixed, optionally coloured lines.
+//!
+//! `weft bench` is a load generator for a mesh's REST gateway or gRPC services:
+//!
+//! - [`bench`]: the command, from checked arguments to the printed figures;
+//! - [`bench_args`]: its command line and usage errors;
+//! - [`bench_http`], [`bench_grpc`]: REST (HTTP/1.1) and gRPC (HTTP/2) requests;
+//! - [`bench_load`]: the closed- and open-loop driver;
+//! - [`bench_progress`]: the live progress line;
+//! - [`bench_stats`]: latency histograms, error counts, the summary;
+//! - [`bench_baseline`]: `--baseline`'s bare servers.
 
+pub mod bench;
+pub mod bench_args;
+pub mod bench_baseline;
+pub mod bench_grpc;
+pub mod bench_http;
+pub mod bench_load;
+pub mod bench_progress;
+pub mod bench_stats;
 pub mod child;
 pub mod health;
 pub mod output;
@@ -42,12 +60,18 @@ pub enum Command {
     /// Check one process's health once and exit 0 (healthy) or 1: `weft health 127.0.0.1:50051`
     /// (gRPC health) or `weft health http://127.0.0.1:8080/readyz` (HTTP 200).
     Health(health::HealthArgs),
+    /// Load a REST endpoint or a gRPC method and print throughput, latency percentiles and
+    /// errors: `weft bench http://127.0.0.1:8080/v1/products/{id} --ids-from /v1/products`
+    /// or `weft bench grpc://127.0.0.1:50053 weft.order.v1.OrderService/GetProduct --body
+    /// '{"id":"..."}'`.
+    Bench(Box<bench_args::BenchArgs>),
 }
 
 /// Runs a parsed command line; errors are printed as one readable message, never a panic.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Health(args) => health::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Up(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
