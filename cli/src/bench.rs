@@ -241,6 +241,19 @@ async fn prepare(args: &BenchArgs, checked: &Checked) -> Result<Prepared, BenchE
     let authority = match &checked.target {
         Target::Http { authority, .. } | Target::Grpc { authority, .. } => authority.clone(),
     };
+    let extra =
+        match (&checked.target, &args.descriptor_set) {
+            (Target::Grpc { .. }, Some(file)) => Some(std::fs::read(file).map_err(|e| {
+                UsageError::Grpc(format!("--descriptor-set {}: {e}", file.display()))
+            })?),
+            _ => None,
+        };
+    let json = args.body.as_deref().unwrap_or("{}");
+    // The method and the request message are usage errors: check them before connecting.
+    if let Target::Grpc { method, .. } = &checked.target {
+        bench_grpc::plan(&authority, method, json, extra.as_deref(), Vec::new())
+            .map_err(UsageError::Grpc)?;
+    }
     if let Err(e) = TcpStream::connect(&authority).await {
         return Err(BenchError::Failed(format!(
             "cannot connect to {authority}: {e}"
@@ -288,13 +301,6 @@ async fn prepare(args: &BenchArgs, checked: &Checked) -> Result<Prepared, BenchE
             })))
         }
         Target::Grpc { authority, method } => {
-            let extra = match &args.descriptor_set {
-                Some(file) => Some(std::fs::read(file).map_err(|e| {
-                    UsageError::Grpc(format!("--descriptor-set {}: {e}", file.display()))
-                })?),
-                None => None,
-            };
-            let json = args.body.as_deref().unwrap_or("{}");
             let plan = bench_grpc::plan(authority, method, json, extra.as_deref(), headers)
                 .map_err(UsageError::Grpc)?;
             Ok(Prepared::Grpc(Arc::new(plan)))
