@@ -13,7 +13,6 @@ use serde_json::json;
 
 const GET_ME: &str = "weft.user.v1.UserService/GetMe";
 
-
 /// `/metrics` of a service.
 async fn service_metrics(mesh: &TestMesh, name: &str) -> String {
     let admin = Gateway {
