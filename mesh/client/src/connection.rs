@@ -234,11 +234,11 @@ struct Inner {
 
 /// One connect attempt, shared by the calls that wait for it; once done, the connection or
 /// why there is none.
-type Attempt = OnceCell<Result<Live, Failure>>;
+type Attempt = OnceCell<Result<OpenConnection, Failure>>;
 
 /// An open connection.
 #[derive(Clone)]
-struct Live {
+struct OpenConnection {
     send: SendRequest<Bytes>,
     /// Set when the connection's task ends.
     closed: Arc<AtomicBool>,
@@ -345,7 +345,7 @@ impl Inner {
     }
 
     /// Opens the connection and spawns its task.
-    async fn open(&self) -> Result<Live, Failure> {
+    async fn open(&self) -> Result<OpenConnection, Failure> {
         let connect = async {
             let tcp = TcpStream::connect(self.addr)
                 .await
@@ -373,7 +373,7 @@ impl Inner {
         tracing::debug!(addr = %self.name, "connected");
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(connection, closed.clone(), self.name.clone()));
-        Ok(Live { send, closed })
+        Ok(OpenConnection { send, closed })
     }
 }
 
@@ -425,7 +425,7 @@ enum State<B> {
     /// Waiting for the connect attempt.
     Connecting {
         attempt: Arc<Attempt>,
-        connect: BoxFuture<Result<Live, Failure>>,
+        connect: BoxFuture<Result<OpenConnection, Failure>>,
         request: Request<B>,
     },
     /// On a connection (`fresh`: opened for this call), until it may open a stream.
