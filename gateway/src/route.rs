@@ -195,6 +195,9 @@ pub struct PathTemplate {
     segments: Vec<Segment>,
     variables: Vec<Variable>,
     verb: Option<String>,
+    /// The leading literal segments as a matching path without escapes starts (`v1/products/`
+    /// of `/v1/products/{id}`): a cheap test that spares most routes a segment-by-segment walk.
+    literal_prefix: String,
 }
 
 impl PathTemplate {
@@ -392,11 +395,13 @@ impl<'a> Parser<'a> {
         if self.pos != self.src.len() {
             return Err(self.unexpected());
         }
+        let literal_prefix = literal_prefix(&self.segments);
         Ok(PathTemplate {
             source: self.src.to_owned(),
             segments: self.segments,
             variables: self.variables,
             verb,
+            literal_prefix,
         })
     }
 
@@ -772,6 +777,8 @@ struct Candidate<'p> {
     rest_len: usize,
     /// The path body and raw verb, when the last segment has a `:`.
     verb_split: Option<(&'p str, &'p str, usize)>,
+    /// Whether the path has percent escapes (then literals compare decoded, segment by segment).
+    escaped: bool,
 }
 
 impl<'p> Candidate<'p> {
@@ -789,6 +796,7 @@ impl<'p> Candidate<'p> {
             rest,
             rest_len: segment_count(rest),
             verb_split,
+            escaped: rest.contains('%'),
         }
     }
 
@@ -806,8 +814,26 @@ impl<'p> Candidate<'p> {
         } else {
             len == template.fixed_len()
         };
-        (fits && template.matches(body)).then_some(body)
+        let prefix_fits = self.escaped || body.starts_with(&template.literal_prefix);
+        (fits && prefix_fits && template.matches(body)).then_some(body)
     }
+}
+
+/// What every escape-free path body matching `segments` starts with: the leading literals, each
+/// followed by `/` when a segment that cannot be empty comes after it (`**` may match nothing).
+fn literal_prefix(segments: &[Segment]) -> String {
+    let mut prefix = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let Segment::Literal(literal) = segment else {
+            break;
+        };
+        prefix.push_str(literal);
+        match segments.get(i + 1) {
+            Some(Segment::Literal(_) | Segment::Single) => prefix.push('/'),
+            Some(Segment::Multi) | None => break,
+        }
+    }
+    prefix
 }
 
 /// Segments of a path body; an empty body (the path `/`) has none.
@@ -1442,6 +1468,30 @@ mod tests {
         let mut reversed = routes.to_vec();
         reversed.reverse();
         check(&router(&reversed), &cases);
+    }
+
+    #[test]
+    fn the_literal_prefix_spares_the_walk_but_never_a_match() {
+        let prefix = |t: &str| PathTemplate::parse(t).unwrap().literal_prefix;
+        assert_eq!(prefix("/v1/products/{id}"), "v1/products/");
+        assert_eq!(prefix("/v1/products"), "v1/products");
+        assert_eq!(prefix("/v1/**"), "v1");
+        // A variable's literal segments are literals of the path too.
+        assert_eq!(prefix("/v1/{name=shelves/*}/books"), "v1/shelves/");
+        assert_eq!(prefix("/{id}"), "");
+        // A literal written with escapes still matches: the prefix is not used for such paths.
+        let mut router: Router<()> = Router::new();
+        router
+            .insert(Method::Get, "/v1/users/{id}", "GetUser".to_owned(), ())
+            .unwrap();
+        assert!(matches!(
+            router.match_path("GET", "/v1/%75sers/u1"),
+            Ok(Match::Found { .. })
+        ));
+        assert!(matches!(
+            router.match_path("GET", "/v1/userz/u1"),
+            Ok(Match::NotFound)
+        ));
     }
 
     #[test]
