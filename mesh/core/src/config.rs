@@ -520,8 +520,10 @@ impl MeshConfig {
             }
         }
         // Top-level tables named after a service are its settings, read by the service itself.
+        // (A service named like a section of the mesh's own is refused by `validate`.)
         let settings: BTreeMap<String, toml::Table> = services
             .iter()
+            .filter(|name| !SECTIONS.contains(&name.as_str()))
             .filter_map(|name| match table.remove(name) {
                 Some(toml::Value::Table(settings)) => Some(Ok((name.clone(), settings))),
                 Some(_) => Some(Err(ConfigError {
