@@ -232,17 +232,7 @@ fn bad_arguments_get_a_clear_message_and_exit_2() {
         (&["http://127.0.0.1:1/", "--nope"], "unexpected argument"),
         (&[], "required"),
     ];
-    for (args, message) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-            .arg("bench")
-            .args(*args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(message), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    }
+    assert_usage_errors(&cases);
 }
 
 /// A health service that counts its calls and answers NOT_FOUND for the service "missing".
@@ -358,6 +348,12 @@ fn grpc_usage_errors_exit_2() {
             "--descriptor-set",
         ),
     ];
+    assert_usage_errors(&cases);
+}
+
+/// Runs `weft bench` with each case's arguments: exit code 2, a message naming the problem on
+/// stderr, no panic.
+fn assert_usage_errors(cases: &[(&[&str], &str)]) {
     for (args, message) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
             .arg("bench")
@@ -367,5 +363,6 @@ fn grpc_usage_errors_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
