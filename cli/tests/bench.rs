@@ -232,7 +232,7 @@ fn bad_arguments_get_a_clear_message_and_exit_2() {
         (&["http://127.0.0.1:1/", "--nope"], "unexpected argument"),
         (&[], "required"),
     ];
-    assert_usage_errors(&cases);
+    assert_usage_errors(cases);
 }
 
 /// A health service that counts its calls and answers NOT_FOUND for the service "missing".
@@ -348,7 +348,7 @@ fn grpc_usage_errors_exit_2() {
             "--descriptor-set",
         ),
     ];
-    assert_usage_errors(&cases);
+    assert_usage_errors(cases);
 }
 
 /// Runs `weft bench` with each case's arguments: exit code 2, a message naming the problem on
