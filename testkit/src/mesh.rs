@@ -151,13 +151,14 @@ impl TestMesh {
             .tempdir()
             .expect("cannot create a temporary directory");
         let path = dir.path().to_path_buf();
-        let mut free = free_loopback_addrs(planned.len() + 1);
-        let gateway_addr = free.pop().expect("one address per process");
-        let gateway_addr = options.gateway.then_some(gateway_addr);
+        let config_path = path.join("mesh.toml");
 
+        // The slow steps first (databases, the signing key): ports are picked only just before
+        // the processes bind them, so that no other test's process takes one meanwhile.
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut services = Vec::new();
         let mut databases = Vec::new();
-        for ((name, grpc_services, keeps_data), addr) in planned.into_iter().zip(free) {
+        for (name, grpc_services, keeps_data) in planned {
             let database_url = if keeps_data {
                 let database = TestDatabase::in_dir(&backend, &path, &name).await;
                 let url = database.url().to_string();
@@ -168,13 +169,25 @@ impl TestMesh {
             };
             services.push(Placement {
                 name,
-                addr,
+                addr: unbound,
                 database_url,
                 grpc_services,
             });
         }
+        let signing_key = if services.iter().any(|s| s.name == "auth") {
+            let config = config::generate(&services, None, &options.admin_emails, &options.toml);
+            std::fs::write(&config_path, config).expect("cannot write the mesh config");
+            Some(import_signing_key(&path, &config_path).await)
+        } else {
+            None
+        };
 
-        let config_path = path.join("mesh.toml");
+        let mut free = free_loopback_addrs(services.len() + 1);
+        let gateway_addr = free.pop().expect("one address per process");
+        let gateway_addr = options.gateway.then_some(gateway_addr);
+        for (service, addr) in services.iter_mut().zip(free) {
+            service.addr = addr;
+        }
         let config = config::generate(
             &services,
             gateway_addr,
@@ -191,7 +204,7 @@ impl TestMesh {
         let gateway = gateway_addr.map(|addr| (addr, config::gateway_tls(&config)));
         std::fs::write(&config_path, config).expect("cannot write the mesh config");
 
-        let mut mesh = TestMesh {
+        let mesh = TestMesh {
             backend,
             dir: Some(dir),
             path,
@@ -200,7 +213,7 @@ impl TestMesh {
             services,
             admin_addrs,
             databases,
-            signing_key: None,
+            signing_key,
             children: Mutex::new(HashMap::new()),
             gateway,
             gateway_child: Mutex::new(None),
@@ -208,9 +221,6 @@ impl TestMesh {
             replicas: Mutex::new(Vec::new()),
             admin: tokio::sync::Mutex::new(None),
         };
-        if mesh.runs("auth") {
-            mesh.signing_key = Some(mesh.import_signing_key().await);
-        }
         let names: Vec<String> = mesh.services.iter().map(|s| s.name.clone()).collect();
         for name in &names {
             mesh.spawn(name);
@@ -246,10 +256,6 @@ impl TestMesh {
     /// The names of the services the mesh runs, in start order (`auth`, `user`, `order`, ...).
     pub fn service_names(&self) -> Vec<&str> {
         self.services.iter().map(|s| s.name.as_str()).collect()
-    }
-
-    fn runs(&self, name: &str) -> bool {
-        self.services.iter().any(|s| s.name == name)
     }
 
     fn placement(&self, name: &str) -> &Placement {
@@ -571,28 +577,6 @@ impl TestMesh {
         kid
     }
 
-    /// Makes a key and installs it with `weft-auth import-key --pem <file>` before weft-auth
-    /// first starts, so that it is the key weft-auth signs with.
-    async fn import_signing_key(&self) -> SigningKey {
-        let mut key = SigningKey::generate();
-        let file = self.path.join("signing-key.pem");
-        key.write_pem(&file);
-        let file = file.to_string_lossy().into_owned();
-        let out = run_to_end(
-            &binary("weft-auth"),
-            &self.config_path,
-            &self.path,
-            &["import-key", "--pem", &file],
-        )
-        .await;
-        key.kid = out.trim().to_string();
-        assert!(
-            !key.kid.is_empty(),
-            "weft-auth import-key printed no key id"
-        );
-        key
-    }
-
     /// Where the gateway listens; panics when the mesh was started without it.
     pub fn gateway_addr(&self) -> SocketAddr {
         self.gateway
@@ -822,4 +806,26 @@ impl Drop for TestMesh {
         }
         // The databases go with `self.databases` (PostgreSQL ones are dropped on a thread).
     }
+}
+
+/// Makes a key and installs it with `weft-auth import-key --pem <file>` before weft-auth
+/// first starts, so that it is the key weft-auth signs with.
+async fn import_signing_key(dir: &Path, config_path: &Path) -> SigningKey {
+    let mut key = SigningKey::generate();
+    let file = dir.join("signing-key.pem");
+    key.write_pem(&file);
+    let file = file.to_string_lossy().into_owned();
+    let out = run_to_end(
+        &binary("weft-auth"),
+        config_path,
+        dir,
+        &["import-key", "--pem", &file],
+    )
+    .await;
+    key.kid = out.trim().to_string();
+    assert!(
+        !key.kid.is_empty(),
+        "weft-auth import-key printed no key id"
+    );
+    key
 }
