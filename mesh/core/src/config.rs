@@ -193,6 +193,9 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// Deadline of a call that arrives without `grpc-timeout`, in ms; default 30000.
     pub default_deadline_ms: u64,
+    /// Whether server reflection lists the methods only the mesh's services may call
+    /// (`SERVICE` access); default false, so the public port does not advertise them.
+    pub reflection_lists_internal: bool,
 }
 
 /// Access and service token settings.
@@ -375,6 +378,7 @@ impl Default for ServerConfig {
             method_concurrency: Default::default(),
             worker_threads: 1,
             default_deadline_ms: 30_000,
+            reflection_lists_internal: false,
         }
     }
 }
@@ -729,25 +733,33 @@ impl MeshConfig {
     }
 }
 
+/// Checks that `endpoint` is an `http://` URI. The mesh dials its upstreams in clear text (it
+/// expects a private network until mTLS is built), so an `https://` endpoint would be a promise
+/// of encryption that nobody keeps: a configuration error rather than a silent downgrade.
+fn check_plaintext_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "`{endpoint}`: https:// upstreams are not supported yet (the mesh connects in clear \
+             text and expects a private network); use http://"
+        ));
+    }
+    if !endpoint.starts_with("http://") || endpoint.parse::<http::Uri>().is_err() {
+        return Err(format!("`{endpoint}` is not an http:// URI"));
+    }
+    Ok(())
+}
+
 impl UpstreamConfig {
     /// Checks the upstream's keys; the error names the key relative to the upstream's table.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, reason: &str| Err((key, reason.to_string()));
-        let is_uri = |endpoint: &str| {
-            endpoint.parse::<http::Uri>().is_ok()
-                && (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        };
-        if self.endpoints.is_empty() && !is_uri(&self.endpoint) {
-            return err(
-                "endpoint".into(),
-                "must be an http:// or https:// URI (or list `endpoints`)",
-            );
+        if self.endpoints.is_empty() {
+            check_plaintext_endpoint(&self.endpoint)
+                .map_err(|reason| ("endpoint".to_string(), reason))?;
         }
-        if let Some(i) = self.endpoints.iter().position(|e| !is_uri(e)) {
-            return err(
-                format!("endpoints[{i}]"),
-                "must be an http:// or https:// URI",
-            );
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            check_plaintext_endpoint(endpoint)
+                .map_err(|reason| (format!("endpoints[{i}]"), reason))?;
         }
         for (key, value) in [
             ("timeout_ms", self.timeout_ms),
@@ -1159,5 +1171,24 @@ mod tests {
     fn semantic_checks_name_the_key() {
         let err = load_text("[upstreams.user]\nendpoint = \"ftp://x\"\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoint"));
+    }
+
+    #[test]
+    fn an_https_upstream_is_refused_rather_than_dialled_in_clear_text() {
+        let err =
+            load_text("[upstreams.user]\nendpoint = \"https://user:443\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoint"));
+        assert!(
+            err.to_string()
+                .contains("https:// upstreams are not supported"),
+            "{err}"
+        );
+        let err = load_text(
+            "[upstreams.user]\nendpoints = [\"http://a:1\", \"https://b:1\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoints[1]"));
+        assert!(load_text("[upstreams.user]\nendpoint = \"http://user:80\"\n", &[]).is_ok());
     }
 }
