@@ -32,10 +32,11 @@ up:
 down:
 	$(COMPOSE) down
 
-## Formatting and lints, as CI checks them.
+## Formatting, lints and `cargo deny` (advisories, duplicate versions, licences), as CI checks them.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/deny.sh
 
 fmt:
 	$(CARGO) fmt --all

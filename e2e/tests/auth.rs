@@ -359,6 +359,7 @@ async fn jwks_publishes_the_signing_key(backend: Backend) {
         .iter()
         .find(|k| k.kid == kid)
         .expect("the token's kid is in the JWKS");
+    weft_mesh::jwt_crypto::install();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.set_audience(&["weft"]);
     validation.set_issuer(&[ISSUER]);

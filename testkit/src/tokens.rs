@@ -118,6 +118,7 @@ impl SigningKey {
     pub fn sign(&self, claims: &Claims) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
+        weft_mesh::jwt_crypto::install();
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&self.der))
             .expect("cannot sign the token")
     }

@@ -203,6 +203,7 @@ pub fn foreign_token(claims: &Claims, kid: &str) -> String {
     let der = key.to_pkcs8_der().expect("PKCS#8 encoding");
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.into());
+    weft_mesh::jwt_crypto::install();
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
         .expect("signing")
 }
@@ -218,11 +219,20 @@ pub fn alg_none_token(claims: &Claims, kid: &str) -> String {
 }
 
 /// An HS256 token whose HMAC secret is `secret` (the public key, in the classic algorithm
-/// confusion attack).
+/// confusion attack), signed here with a real HMAC: the mesh's JWT library is built for
+/// Ed25519 only.
 pub fn hs256_token(claims: &Claims, kid: &str, secret: &[u8]) -> String {
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).expect("signing")
+    use hmac::Mac as _;
+    let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": kid});
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_string(claims).expect("claims serialise"))
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(signed.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signed}.{signature}")
 }
 
 /// `token` with its payload replaced by `claims`, the original signature kept.

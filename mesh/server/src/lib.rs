@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod db;
 pub mod fault;
+pub mod jwt_crypto;
 pub mod ratelimit;
 pub mod server;
 pub mod shed;

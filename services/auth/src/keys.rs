@@ -206,6 +206,7 @@ impl KeySet {
             kid: Some(self.kid.clone()),
             ..Default::default()
         };
+        weft_mesh::jwt_crypto::install();
         jsonwebtoken::encode(&header, claims, &self.encoding)
             .map_err(|e| Error::internal(format!("cannot sign token: {e}")))
     }
