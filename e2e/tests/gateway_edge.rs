@@ -549,6 +549,24 @@ async fn bad_input_table() {
         });
     }
 
+    // A field the service refuses comes with a google.rpc.BadRequest naming it.
+    let reply = gw
+        .post("/v1/auth/register")
+        .json(&serde_json::json!({"email": "not-an-email", "password": "long enough", "displayName": "X"}))
+        .send()
+        .await;
+    findings.check("a service's field violation", || {
+        let body = reply.error(400, grpc::INVALID_ARGUMENT, &["email"]);
+        assert_eq!(
+            body["details"],
+            serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": "email", "description": "must be an email address like name@example.com"}],
+            }]),
+            "{body}"
+        );
+    });
+
     // A body without Content-Type is not JSON either; an empty one needs none.
     let reply = gw
         .post("/v1/auth/login")

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use tonic::Code;
+use tonic_types::{BadRequest, StatusExt as _};
 
 use crate::response::{HttpResponse, json_response};
 
@@ -60,6 +61,7 @@ impl ApiError {
     /// RESOURCE_EXHAUSTED one carries `Retry-After` (see [`retry_after_secs`]).
     pub fn from_status(status: &tonic::Status) -> Self {
         let mut error = Self::new(status.code(), status.message());
+        error.details = json_details(status);
         if status.code() == Code::Unavailable || status.code() == Code::ResourceExhausted {
             error.headers.push((
                 header::RETRY_AFTER,
@@ -89,6 +91,25 @@ impl ApiError {
         }
         response
     }
+}
+
+/// The status's `google.rpc` details the gateway knows, in their proto3 JSON form (an `Any`
+/// with its `@type`): today `BadRequest`, whose field violations tell a client which input
+/// field to fix. Details of other types are left out rather than shown as opaque bytes.
+fn json_details(status: &tonic::Status) -> Vec<serde_json::Value> {
+    if status.details().is_empty() {
+        return Vec::new();
+    }
+    let details = status.get_error_details();
+    let Some(bad_request) = details.bad_request() else {
+        return Vec::new();
+    };
+    let violations: Vec<_> = bad_request
+        .field_violations
+        .iter()
+        .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+        .collect();
+    vec![serde_json::json!({"@type": BadRequest::TYPE_URL, "fieldViolations": violations})]
 }
 
 /// Seconds a client should wait before retrying after `status`: the upstream's

@@ -4,7 +4,8 @@
 //! INVALID_ARGUMENT with a message like `items[3].quantity: must be between 1 and 1000` and a
 //! `google.rpc.BadRequest` detail, the shape gRPC and REST clients know.
 
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 /// An invalid input field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +29,8 @@ impl FieldError {
 
 impl From<FieldError> for Status {
     fn from(err: FieldError) -> Status {
-        Status::invalid_argument(err.to_string())
+        let details = ErrorDetails::with_bad_request_violation(&err.field, &err.reason);
+        Status::with_error_details(Code::InvalidArgument, err.to_string(), details)
     }
 }
 
@@ -139,6 +141,21 @@ mod tests {
         ] {
             assert_eq!(email("email", bad).unwrap_err().field, "email", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_field_error_is_invalid_argument_with_a_bad_request_detail() {
+        let status = Status::from(FieldError::new("items[3].quantity", "must be at least 1"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "items[3].quantity: must be at least 1");
+        let details = status.get_error_details();
+        let violations = &details
+            .bad_request()
+            .expect("a BadRequest")
+            .field_violations;
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "items[3].quantity");
+        assert_eq!(violations[0].description, "must be at least 1");
     }
 
     #[test]

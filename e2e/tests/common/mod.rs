@@ -88,10 +88,24 @@ pub fn err<T: Debug>(result: Result<Response<T>, Status>, code: Code, needles: &
     status
 }
 
-/// INVALID_ARGUMENT naming `field`.
+/// INVALID_ARGUMENT whose message names `field`, and a `google.rpc.BadRequest` detail whose
+/// violation (field path and description) says it too.
 #[track_caller]
 pub fn invalid<T: Debug>(result: Result<Response<T>, Status>, field: &str) -> Status {
-    err(result, Code::InvalidArgument, &[field])
+    use tonic_types::StatusExt as _;
+    let status = err(result, Code::InvalidArgument, &[field]);
+    let details = status.get_error_details();
+    let violations = details
+        .bad_request()
+        .map(|bad| bad.field_violations.as_slice())
+        .unwrap_or_default();
+    assert!(
+        violations
+            .iter()
+            .any(|v| format!("{}: {}", v.field, v.description).contains(field)),
+        "a BadRequest detail naming `{field}`: {violations:?} in {status:?}"
+    );
+    status
 }
 
 /// A product made by the admin.
