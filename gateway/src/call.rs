@@ -170,7 +170,7 @@ impl ApiCalls {
                     AuthError::MissingToken => Some("Bearer"),
                     AuthError::Invalid(VerifyError::KeysUnavailable) => None,
                     AuthError::Invalid(_) => Some("Bearer error=\"invalid_token\""),
-                    AuthError::Forbidden(_) => None,
+                    AuthError::Forbidden(_) | AuthError::OutsideContract(_) => None,
                 };
                 let status = tonic::Status::from(err);
                 let error = ApiError::new(status.code(), status.message().to_owned());

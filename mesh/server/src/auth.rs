@@ -142,6 +142,20 @@ pub enum AuthError {
         _ => "this method is internal to the mesh",
     })]
     Forbidden(Access),
+    /// A method the process's contract does not describe, so no access is declared for it.
+    #[error("`{0}` is not in this process's contract")]
+    OutsideContract(String),
+}
+
+/// Whether `path` is a method of the services every process serves beside its contract
+/// (`grpc.health.v1`, server reflection), open to probes and tools without a token.
+fn is_open_infrastructure(path: &str) -> bool {
+    const OPEN: [&str; 3] = [
+        "/grpc.health.v1.Health/",
+        "/grpc.reflection.v1.ServerReflection/",
+        "/grpc.reflection.v1alpha.ServerReflection/",
+    ];
+    OPEN.iter().any(|prefix| path.starts_with(prefix))
 }
 
 impl From<AuthError> for Status {
@@ -151,6 +165,7 @@ impl From<AuthError> for Status {
                 Status::unavailable("cannot verify tokens: signing keys unavailable")
             }
             AuthError::Forbidden(_) => Status::permission_denied(err.to_string()),
+            AuthError::OutsideContract(_) => Status::unimplemented(err.to_string()),
             err => Status::unauthenticated(err.to_string()),
         }
     }
@@ -221,8 +236,59 @@ struct VerifierInner {
     validation: Validation,
     keys: RwLock<HashMap<String, DecodingKey>>,
     /// Single flight for JWKS fetches; an async mutex because the fetch is awaited under it.
-    refresh: tokio::sync::Mutex<Option<Instant>>,
-    min_refresh_interval: Duration,
+    refresh: tokio::sync::Mutex<FetchBackoff>,
+}
+
+/// When the next JWKS fetch may start: at most one per `min_interval` after a success, so
+/// a flood of forged `kid`s cannot become a flood of fetches; after failures, sooner at first
+/// (the issuer may just be starting) but backing off up to `min_interval`, so an issuer that is
+/// down is not asked again by every request that arrives meanwhile.
+#[derive(Debug)]
+struct FetchBackoff {
+    min_interval: Duration,
+    last_attempt: Option<Instant>,
+    failures: u32,
+}
+
+impl FetchBackoff {
+    /// The first retry after a failure; each further failure doubles it, up to `min_interval`.
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+    fn new(min_interval: Duration) -> Self {
+        Self {
+            min_interval,
+            last_attempt: None,
+            failures: 0,
+        }
+    }
+
+    /// `Ok(true)`: fetch now; `Ok(false)`: fetched recently, use the keys held;
+    /// `Err`: the last fetch failed and its back-off has not run out.
+    fn may_fetch(&self, now: Instant) -> Result<bool, VerifyError> {
+        let Some(last) = self.last_attempt else {
+            return Ok(true);
+        };
+        let wait = match self.failures {
+            0 => self.min_interval,
+            n => Self::FIRST_RETRY
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(self.min_interval),
+        };
+        match (now.saturating_duration_since(last) >= wait, self.failures) {
+            (true, _) => Ok(true),
+            (false, 0) => Ok(false),
+            (false, _) => Err(VerifyError::KeysUnavailable),
+        }
+    }
+
+    fn record(&mut self, now: Instant, succeeded: bool) {
+        self.last_attempt = Some(now);
+        self.failures = if succeeded {
+            0
+        } else {
+            self.failures.saturating_add(1)
+        };
+    }
 }
 
 // === impl JwtVerifier ===
@@ -231,6 +297,7 @@ impl JwtVerifier {
     /// A verifier that fetches keys from `source` and accepts tokens whose `aud` is the mesh's
     /// audience or `service` (the service tokens addressed to this service).
     pub fn new(source: Option<KeySource>, config: &JwtConfig, service: &str) -> Self {
+        crate::jwt_crypto::install();
         if source.is_none() {
             tracing::warn!(
                 "no upstream serves the contract's key method (returning weft.api.v1.Jwks): \
@@ -247,8 +314,9 @@ impl JwtVerifier {
                 source,
                 validation,
                 keys: RwLock::new(HashMap::new()),
-                refresh: tokio::sync::Mutex::new(None),
-                min_refresh_interval: Duration::from_millis(config.jwks_min_refresh_interval_ms),
+                refresh: tokio::sync::Mutex::new(FetchBackoff::new(Duration::from_millis(
+                    config.jwks_min_refresh_interval_ms,
+                ))),
             }),
         }
     }
@@ -282,22 +350,20 @@ impl JwtVerifier {
     }
 
     async fn refresh_keys(&self) -> Result<(), VerifyError> {
-        let mut last = self.inner.refresh.lock().await;
-        if let Some(at) = *last
-            && at.elapsed() < self.inner.min_refresh_interval
-        {
+        let mut backoff = self.inner.refresh.lock().await;
+        if !backoff.may_fetch(Instant::now())? {
             // Fetched recently (perhaps by the caller we waited behind): use what we have.
             return Ok(());
         }
-        *last = Some(Instant::now());
         let source = self
             .inner
             .source
             .as_ref()
             .ok_or(VerifyError::KeysUnavailable)?;
-        let jwks = source.fetch().await.map_err(|status| {
+        let fetched = source.fetch().await;
+        backoff.record(Instant::now(), fetched.is_ok());
+        let jwks = fetched.map_err(|status| {
             tracing::warn!(code = ?status.code(), message = status.message(), "JWKS fetch failed");
-            *last = None;
             VerifyError::KeysUnavailable
         })?;
         let keys = decoding_keys(&jwks);
@@ -383,10 +449,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Health and reflection are outside the contract and open to probes.
-        let access = contract::current()
-            .access(req.uri().path())
-            .unwrap_or(Access::Public);
+        let path = req.uri().path();
+        let access = match contract::current().access(path) {
+            Some(access) => access,
+            // Health and reflection are outside the contract and open to probes.
+            None if is_open_infrastructure(path) => Access::Public,
+            // A method nobody declared an access for is refused, not served to anyone: a
+            // service whose descriptors did not reach the contract fails closed.
+            None => {
+                let refused = Status::from(AuthError::OutsideContract(path.to_owned()));
+                let refused = refused.into_http();
+                return Box::pin(async move { Ok(refused) });
+            }
+        };
         if access == Access::Public {
             return Box::pin(self.inner.call(req));
         }
@@ -478,5 +553,65 @@ mod tests {
             keys: vec![good, short, rsa],
         });
         assert_eq!(keys.keys().collect::<Vec<_>>(), ["k1"]);
+    }
+
+    #[test]
+    fn a_failed_key_fetch_backs_off_and_a_success_waits_the_full_interval() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut backoff = FetchBackoff::new(Duration::from_millis(5000));
+        assert!(matches!(backoff.may_fetch(at(0)), Ok(true)));
+        backoff.record(at(0), false);
+        // Callers arriving during the back-off are told at once that the keys are unavailable,
+        // without a fetch of their own.
+        assert!(matches!(
+            backoff.may_fetch(at(50)),
+            Err(VerifyError::KeysUnavailable)
+        ));
+        assert!(matches!(backoff.may_fetch(at(100)), Ok(true)));
+        backoff.record(at(100), false);
+        assert!(
+            backoff.may_fetch(at(250)).is_err(),
+            "the second retry waits 200 ms"
+        );
+        assert!(matches!(backoff.may_fetch(at(300)), Ok(true)));
+        for n in 0..20 {
+            backoff.record(at(300 + n), false);
+        }
+        assert!(
+            backoff.may_fetch(at(319 + 4999)).is_err(),
+            "capped at the interval"
+        );
+        assert!(matches!(backoff.may_fetch(at(319 + 5000)), Ok(true)));
+        backoff.record(at(6000), true);
+        assert!(matches!(backoff.may_fetch(at(6100)), Ok(false)));
+        assert!(matches!(backoff.may_fetch(at(11000)), Ok(true)));
+    }
+
+    #[tokio::test]
+    async fn a_method_outside_the_contract_is_refused_and_health_stays_open() {
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let verifier = JwtVerifier::new(None, &JwtConfig::default(), "weft-test");
+        let mut service = AuthLayer::new(verifier).layer(inner);
+        let call = |path: &str| Request::builder().uri(path).body(()).unwrap();
+
+        // A method no contract describes, as a service whose descriptors were left out.
+        let refused = service.call(call("/weft.nowhere.v1.Elsewhere/Call")).await;
+        let status = Status::from_header_map(refused.unwrap().headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(status.message().contains("not in this process's contract"));
+
+        for open in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            let answer = service.call(call(open)).await.unwrap();
+            assert!(
+                Status::from_header_map(answer.headers()).is_none(),
+                "{open}"
+            );
+        }
     }
 }

@@ -74,13 +74,7 @@ where
         .set_service_status("", ServingStatus::NotServing)
         .await;
     health.set_not_serving::<S>().await;
-    let descriptors = prost_types::FileDescriptorSet {
-        file: crate::contract::current()
-            .pool()
-            .file_descriptor_protos()
-            .cloned()
-            .collect(),
-    };
+    let descriptors = reflected_descriptors(config.server.reflection_lists_internal);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_file_descriptor_set(descriptors)
         .build_v1()
@@ -298,9 +292,55 @@ where
     }
 }
 
+/// The contract's descriptors as server reflection shows them: without the methods only
+/// other services of the mesh may call (`SERVICE` access, e.g. `CreateUser`) unless
+/// `include_internal`, so the public port does not advertise the mesh's internals.
+fn reflected_descriptors(include_internal: bool) -> prost_types::FileDescriptorSet {
+    let contract = crate::contract::current();
+    let mut files: Vec<_> = contract.pool().file_descriptor_protos().cloned().collect();
+    if !include_internal {
+        for file in &mut files {
+            let package = file.package().to_owned();
+            for service in &mut file.service {
+                let prefix = match package.as_str() {
+                    "" => format!("/{}/", service.name()),
+                    package => format!("/{package}.{}/", service.name()),
+                };
+                service.method.retain(|method| {
+                    let path = format!("{prefix}{}", method.name());
+                    contract.access(&path) != Some(crate::contract::Access::Service)
+                });
+            }
+        }
+    }
+    prost_types::FileDescriptorSet { file: files }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_path_of;
+    use super::{is_path_of, reflected_descriptors};
+
+    #[test]
+    fn reflection_leaves_out_internal_methods_unless_asked() {
+        let weft = crate::contract::Contract::load(
+            &[weft_proto::FILE_DESCRIPTOR_SET],
+            &Default::default(),
+        );
+        crate::contract::install(weft.expect("Weft's contract loads"));
+        let methods_of = |set: prost_types::FileDescriptorSet| -> Vec<String> {
+            set.file
+                .iter()
+                .flat_map(|file| &file.service)
+                .filter(|service| service.name() == "UserService")
+                .flat_map(|service| service.method.iter().map(|m| m.name().to_owned()))
+                .collect()
+        };
+        let public = methods_of(reflected_descriptors(false));
+        assert!(public.contains(&"GetMe".to_owned()), "{public:?}");
+        assert!(!public.contains(&"CreateUser".to_owned()), "{public:?}");
+        let all = methods_of(reflected_descriptors(true));
+        assert!(all.contains(&"CreateUser".to_owned()), "{all:?}");
+    }
 
     #[test]
     fn only_the_services_own_methods_take_the_direct_route() {
