@@ -318,6 +318,17 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
     }
     targets.remove("localhost:9090");
     assert_eq!(targets, scrape_expected, "Prometheus scrape targets");
+
+    // --- only the API is published beyond the host's loopback ---
+    for (name, service) in services {
+        for mapping in strings(&service["ports"]) {
+            let public = name == GATEWAY && mapping == format!("{gateway_port}:{gateway_port}");
+            assert!(
+                public || mapping.starts_with("127.0.0.1:"),
+                "{name} publishes `{mapping}` on every interface: bind it to 127.0.0.1"
+            );
+        }
+    }
 }
 
 #[test]
