@@ -96,24 +96,26 @@ async fn reports_exactly_the_requests_the_server_saw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percentiles_match_a_known_server_delay() {
+    // 200 ms, so that the few ms a busy machine (a build beside the tests) adds to scheduling
+    // stay well inside the 10 % asked for.
     fn slow(_: u64) -> (u16, Duration) {
-        (200, Duration::from_millis(50))
+        (200, Duration::from_millis(200))
     }
     let (addr, _) = http_server(slow).await;
     let url = format!("http://{addr}/");
     // The warm-up opens the connections: no connect time in the measured requests.
-    let s = bench(&[&url, "-n", "60", "-c", "4", "--warmup", "200ms"])
+    let s = bench(&[&url, "-n", "48", "-c", "8", "--warmup", "300ms"])
         .await
         .summary;
-    assert_eq!(s.requests, 60);
+    assert_eq!(s.requests, 48);
     for (name, value) in [("p50", s.p50_ms), ("p90", s.p90_ms)] {
         assert!(
-            (50.0..=55.0).contains(&value),
-            "{name} {value} ms is not within 10 % of 50 ms: {s:?}"
+            (200.0..=220.0).contains(&value),
+            "{name} {value} ms is not within 10 % of 200 ms: {s:?}"
         );
     }
-    // p99 of 60 requests is their slowest, which a busy machine's scheduling may delay.
-    assert!((50.0..=100.0).contains(&s.p99_ms), "{s:?}");
+    // p99 of 48 requests is their slowest, which a busy machine's scheduling may delay.
+    assert!((200.0..=400.0).contains(&s.p99_ms), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
