@@ -55,7 +55,7 @@ pub struct ExtraService {
 }
 
 /// Extra settings of a test mesh.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MeshOptions {
     /// TOML merged over the generated mesh-config (section by section), e.g.
     /// `"[jwt]\naccess_ttl_secs = 2\n"`.
@@ -76,19 +76,6 @@ pub struct MeshOptions {
     pub replicas: Vec<String>,
     /// Services started after Weft's three; default none.
     pub extra_services: Vec<ExtraService>,
-}
-
-impl Default for MeshOptions {
-    fn default() -> Self {
-        Self {
-            toml: String::new(),
-            env: Vec::new(),
-            gateway: false,
-            inherit_otel_env: false,
-            replicas: Vec::new(),
-            extra_services: Vec::new(),
-        }
-    }
 }
 
 /// A running mesh of the real binaries. Kills its children (and drops its PostgreSQL
