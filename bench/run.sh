@@ -155,9 +155,6 @@ environment = "bench"
 log_format = "json"
 log_filter = "warn"
 
-[auth]
-admin_emails = ["$ADMIN"]
-
 [services.auth]
 listen = "127.0.0.1:$P_AUTH"
 database_url = "sqlite://$WORK/auth.db"
@@ -209,8 +206,14 @@ log "creating the benchmark product"
 register="$(curl -fsS -X POST "$GATEWAY/v1/auth/register" -H 'content-type: application/json' \
     -d "{\"email\":\"$ADMIN\",\"password\":\"bench-password-1\",\"displayName\":\"Bench admin\"}")" ||
     die "register failed"
-TOKEN="$(sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p' <<<"$register")"
-[ -n "$TOKEN" ] || die "no accessToken in: $register"
+# Every account registers as a user: grant the role as an operator does, then sign in again.
+"$BIN/weft-user" grant-role --config "$CONFIG" --email "$ADMIN" --role admin >/dev/null ||
+    die "weft-user grant-role failed"
+login="$(curl -fsS -X POST "$GATEWAY/v1/auth/login" -H 'content-type: application/json' \
+    -d "{\"email\":\"$ADMIN\",\"password\":\"bench-password-1\"}")" ||
+    die "login failed"
+TOKEN="$(sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p' <<<"$login")"
+[ -n "$TOKEN" ] || die "no accessToken in: $login"
 created="$(curl -fsS -X POST "$GATEWAY/v1/products" -H 'content-type: application/json' \
     -H "authorization: Bearer $TOKEN" \
     -d '{"name":"Benchmark widget","description":"A product created by bench/run.sh","unitPriceCents":"1999","currency":"USD","stock":"1000000"}')" ||

@@ -12,6 +12,14 @@
 //! - [`health`]: `weft health <target>`, one check for a container's health check;
 //! - [`output`]: prefixed, optionally coloured lines.
 //!
+//! `weft admin` and `weft keys` are an operator's tools, wrapping the services' own command
+//! lines:
+//!
+//! - [`admin`]: `weft admin grant` (a role, in weft-user's database) and `weft admin create`
+//!   (register an account, then grant it admin);
+//! - [`keys`]: `weft keys rotate` (weft-auth's signing key);
+//! - [`tool`]: finds and runs those service binaries.
+//!
 //! `weft bench` is a load generator for a mesh's REST gateway or gRPC services:
 //!
 //! - [`bench`]: the command, from checked arguments to the printed figures;
@@ -22,6 +30,7 @@
 //! - [`bench_stats`]: latency histograms, error counts, the summary;
 //! - [`bench_baseline`]: `--baseline`'s bare servers.
 
+pub mod admin;
 pub mod bench;
 pub mod bench_args;
 pub mod bench_baseline;
@@ -32,8 +41,10 @@ pub mod bench_progress;
 pub mod bench_stats;
 pub mod child;
 pub mod health;
+pub mod keys;
 pub mod output;
 pub mod probe;
+pub mod tool;
 pub mod up;
 
 use std::process::ExitCode;
@@ -65,6 +76,11 @@ pub enum Command {
     /// or `weft bench grpc://127.0.0.1:50053 weft.order.v1.OrderService/GetProduct --body
     /// '{"id":"..."}'`.
     Bench(Box<bench_args::BenchArgs>),
+    /// Make administrators: `weft admin create --email me@example.com` registers an account and
+    /// makes it an administrator; `weft admin grant --email ...` promotes a registered one.
+    Admin(admin::AdminArgs),
+    /// Manage weft-auth's token signing keys: `weft keys rotate`.
+    Keys(keys::KeysArgs),
 }
 
 /// Runs a parsed command line; errors are printed as one readable message, never a panic.
@@ -72,6 +88,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Health(args) => health::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Admin(args) => report("weft admin", admin::run(args)),
+        Command::Keys(args) => report("weft keys", keys::run(args)),
         Command::Up(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -91,6 +109,17 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The exit code of an operator command, its error printed as one line.
+fn report(command: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{command}: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

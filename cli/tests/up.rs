@@ -20,7 +20,6 @@ use tokio::{
 };
 use weft::{child::signal, probe::http_get};
 use weft_testkit::{
-    ADMIN_EMAIL,
     config::{self, Placement, WEFT_SERVICES},
     process::free_loopback_addrs,
 };
@@ -138,7 +137,6 @@ async fn start(bin_dir: &Path) -> Up {
     let config = config::generate(
         &services,
         Some(addrs[3]),
-        &[ADMIN_EMAIL.to_string()],
         "[server]\ndrain_timeout_ms = 3000\n[order]\nseed_demo_products = true\n",
     );
     let config_path = dir.join("mesh.toml");

@@ -15,9 +15,12 @@ backends!(
     register_login_refresh_reuse_logout,
     wrong_password_and_unknown_email_look_alike,
     register_validates_its_input,
-    emails_are_normalised_and_admins_bootstrapped,
+    concurrent_registrations_of_one_email_have_one_winner,
+    emails_are_normalised,
     jwks_publishes_the_signing_key,
     issued_tokens_expire,
+    a_sign_in_cannot_be_refreshed_past_its_lifetime,
+    a_login_flood_is_refused_beyond_the_hashing_bound,
     a_key_rotation_keeps_old_tokens_valid,
 );
 
@@ -29,7 +32,10 @@ async fn register_login_refresh_reuse_logout(backend: Backend) {
         .register("flow@example.com", "password-123", "Flow")
         .await;
     assert_eq!(registered.token_type, "Bearer");
-    assert_eq!(registered.expires_in, 900, "default access token lifetime");
+    assert_eq!(
+        registered.expires_in, 300,
+        "default access token lifetime: 5 minutes"
+    );
     assert!(!registered.refresh_token.is_empty());
     assert_eq!(registered.access_token.split('.').count(), 3, "a JWT");
     let user = user_of(&registered);
@@ -278,57 +284,94 @@ async fn register_validates_its_input(backend: Backend) {
     mesh.stop().await;
 }
 
-async fn emails_are_normalised_and_admins_bootstrapped(backend: Backend) {
-    let options = MeshOptions {
-        admin_emails: vec![ADMIN_EMAIL.into(), "boss@weft.test".into()],
-        ..MeshOptions::default()
-    };
-    let mesh = TestMesh::start_with(backend, options).await;
-    let mut auth = mesh.auth();
+async fn concurrent_registrations_of_one_email_have_one_winner(backend: Backend) {
+    const ROUNDS: usize = 6;
+    const RACERS: usize = 4;
+    let mesh = TestMesh::start(backend).await;
+    for round in 0..ROUNDS {
+        let email = format!("race-{round}@example.com");
+        // Each racer has its own password and display name.
+        let racer = |k: usize| (format!("password-{round}-{k}"), format!("Racer {k}"));
+        let mut calls = tokio::task::JoinSet::new();
+        for k in 0..RACERS {
+            let mut auth = mesh.auth();
+            let (password, name) = racer(k);
+            let email = email.clone();
+            calls.spawn(async move {
+                let result = auth
+                    .register(RegisterRequest {
+                        email,
+                        password,
+                        display_name: name,
+                    })
+                    .await;
+                (k, result)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            let (k, result) = joined.expect("a register task panicked");
+            match result {
+                Ok(tokens) => winners.push((k, tokens.into_inner())),
+                Err(status) => assert_eq!(
+                    status.code(),
+                    Code::AlreadyExists,
+                    "racer {k} of round {round}: {:?} {}",
+                    status.code(),
+                    status.message()
+                ),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one registration wins"
+        );
+        let (winner, tokens) = winners.remove(0);
+        let name = racer(winner).1;
+        // The winner got the profile it asked for, and its password is the account's.
+        assert_eq!(user_of(&tokens).display_name, name, "round {round}");
+        let me = ok(mesh
+            .user()
+            .get_me(bearer(&tokens.access_token, GetMeRequest {}))
+            .await);
+        assert_eq!(me.display_name, name, "round {round}");
+        let mut auth = mesh.auth();
+        for k in 0..RACERS {
+            let login = auth
+                .login(LoginRequest {
+                    email: email.clone(),
+                    password: racer(k).0,
+                })
+                .await;
+            if k == winner {
+                assert_eq!(user_of(&ok(login)).id, me.id);
+            } else {
+                err(login, Code::Unauthenticated, &[]);
+            }
+        }
+    }
+    mesh.assert_no_panics();
+    mesh.stop().await;
+}
 
+async fn emails_are_normalised(backend: Backend) {
+    let mesh = TestMesh::start(backend).await;
     let mixed = mesh
         .register("  Mixed.Case@Example.COM ", "password-123", "Mixed")
         .await;
     assert_eq!(user_of(&mixed).email, "mixed.case@example.com");
-    ok(auth
-        .login(LoginRequest {
-            email: "mixed.case@example.com".into(),
-            password: "password-123".into(),
-        })
-        .await);
+    let again = mesh.login("mixed.case@example.com", "password-123").await;
+    assert_eq!(user_of(&again).id, user_of(&mixed).id);
     assert_eq!(user_of(&mixed).role, Role::User as i32);
     assert_eq!(jwt_payload(&mixed.access_token)["role"], "user");
-
-    let admin = mesh.admin().await;
-    assert_eq!(user_of(&admin).role, Role::Admin as i32);
-    assert_eq!(jwt_payload(&admin.access_token)["role"], "admin");
-
-    // Listed after normalisation: " BOSS@weft.test " is boss@weft.test.
-    let boss = mesh
-        .register(" BOSS@weft.test ", "password-123", "Boss")
+    // The operator's grant matches the email however it is written.
+    mesh.register(" BOSS@weft.test ", "password-123", "Boss")
         .await;
-    assert_eq!(user_of(&boss).email, "boss@weft.test");
+    mesh.grant_role("Boss@Weft.Test", "admin").await;
+    let boss = mesh.login("boss@weft.test", "password-123").await;
     assert_eq!(user_of(&boss).role, Role::Admin as i32);
-    // The admin token opens admin methods; the user's does not.
-    ok(mesh
-        .user()
-        .list_users(bearer(&boss.access_token, ListUsersRequest::default()))
-        .await);
-    err(
-        mesh.user()
-            .list_users(bearer(&mixed.access_token, ListUsersRequest::default()))
-            .await,
-        Code::PermissionDenied,
-        &[],
-    );
-    // Signing in again keeps the role.
-    let again = ok(auth
-        .login(LoginRequest {
-            email: "boss@weft.test".into(),
-            password: "password-123".into(),
-        })
-        .await);
-    assert_eq!(jwt_payload(&again.access_token)["role"], "admin");
+    assert_eq!(jwt_payload(&boss.access_token)["role"], "admin");
     mesh.assert_no_panics();
     mesh.stop().await;
 }
@@ -372,7 +415,7 @@ async fn jwks_publishes_the_signing_key(backend: Backend) {
     let claims = data.claims;
     assert_eq!(claims.sub, user_of(&tokens).id);
     assert_eq!(claims.role, "user");
-    assert_eq!(claims.exp - claims.iat, 900);
+    assert_eq!(claims.exp - claims.iat, 300);
     assert!(!claims.jti.is_empty());
 
     // The key that signed it is the one the kit imported (`weft-auth import-key`), and the
@@ -441,6 +484,125 @@ async fn issued_tokens_expire(backend: Backend) {
         Code::Unauthenticated,
         &[],
     );
+    mesh.assert_no_panics();
+    mesh.stop().await;
+}
+
+async fn a_sign_in_cannot_be_refreshed_past_its_lifetime(backend: Backend) {
+    // Each refresh token lives an hour, but the sign-in (the family) only 2 s in all.
+    let options = MeshOptions {
+        toml: "[jwt]\nrefresh_ttl_secs = 3600\nrefresh_family_max_secs = 2\n".into(),
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start_with(backend, options).await;
+    let registered = mesh.new_user().await;
+    let mut auth = mesh.auth();
+    let first = ok(auth
+        .refresh(RefreshRequest {
+            refresh_token: registered.refresh_token.clone(),
+        })
+        .await);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // The token is an unused, unexpired one of a live family: only the family's age stops it.
+    err(
+        auth.refresh(RefreshRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await,
+        Code::Unauthenticated,
+        &["invalid refresh token"],
+    );
+    // Signing in again starts a new family, which refreshes.
+    let again = ok(auth
+        .login(LoginRequest {
+            email: user_of(&registered).email,
+            password: "password-123".into(),
+        })
+        .await);
+    ok(auth
+        .refresh(RefreshRequest {
+            refresh_token: again.refresh_token,
+        })
+        .await);
+    mesh.assert_no_panics();
+    mesh.stop().await;
+}
+
+/// The peak resident memory (`VmHWM`) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+async fn a_login_flood_is_refused_beyond_the_hashing_bound(backend: Backend) {
+    const CALLS: usize = 200;
+    const RSS_BOUND_KIB: u64 = 400 * 1024;
+    let mesh = TestMesh::start(backend).await;
+    let user = mesh.new_user().await;
+    let email = user_of(&user).email;
+    let pid = mesh.pid("auth");
+
+    // 200 Logins at once straight to weft-auth, half with the right password, a quarter with
+    // a wrong one and a quarter for an unknown email: each costs one Argon2id hash (19 MiB).
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let mut auth = mesh.auth();
+        let (email, password) = match i % 4 {
+            0 | 1 => (email.clone(), "password-123"),
+            2 => (email.clone(), "wrong-password"),
+            _ => (format!("nobody-{i}@example.com"), "password-123"),
+        };
+        calls.spawn(async move {
+            let login = auth.login(LoginRequest {
+                email,
+                password: password.into(),
+            });
+            tokio::time::timeout(Duration::from_secs(60), login).await
+        });
+    }
+    let (mut signed_in, mut refused, mut exhausted) = (0, 0, 0);
+    while let Some(result) = calls.join_next().await {
+        match result.expect("a login task panicked") {
+            Err(_) => panic!("a Login had no answer within 60 s"),
+            Ok(Ok(_)) => signed_in += 1,
+            Ok(Err(status)) => match status.code() {
+                Code::Unauthenticated => refused += 1,
+                Code::ResourceExhausted => {
+                    assert!(status.message().contains("retry"), "{status:?}");
+                    exhausted += 1;
+                }
+                code => panic!("unexpected {code:?}: {}", status.message()),
+            },
+        }
+    }
+    assert!(
+        exhausted > 0,
+        "no Login was refused with RESOURCE_EXHAUSTED ({signed_in} signed in, {refused} refused)"
+    );
+    assert!(
+        signed_in > 0,
+        "no Login got through ({exhausted} exhausted, {refused} refused)"
+    );
+    let peak = peak_rss_kib(pid);
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "weft-auth peaked at {} MiB during the flood (bound {} MiB)",
+        peak / 1024,
+        RSS_BOUND_KIB / 1024
+    );
+    // The flood is over: a Login gets through at once.
+    ok(mesh
+        .auth()
+        .login(LoginRequest {
+            email,
+            password: "password-123".into(),
+        })
+        .await);
     mesh.assert_no_panics();
     mesh.stop().await;
 }

@@ -53,12 +53,7 @@ async fn auth_and_user_routes(backend: Backend) {
     let bob_id = bob["user"]["id"].as_str().unwrap().to_string();
     let bob_token = access(&bob);
 
-    let admin = gw
-        .post("/v1/auth/register")
-        .json(&json!({"email": ADMIN_EMAIL, "password": PASSWORD, "displayName": "Admin"}))
-        .send()
-        .await
-        .ok();
+    let admin = register_admin(&mesh, &gw).await;
     assert_user(&admin["user"], ADMIN_EMAIL, "Admin", "ROLE_ADMIN");
     let admin_token = access(&admin);
 
@@ -387,7 +382,7 @@ async fn auth_and_user_routes(backend: Backend) {
 async fn product_and_order_routes(backend: Backend) {
     let mesh = gateway_mesh(backend, "").await;
     let gw = Gateway::of(&mesh);
-    let admin = access(&register(&gw, ADMIN_EMAIL, "Admin").await);
+    let admin = access(&register_admin(&mesh, &gw).await);
     let alice = register(&gw, "alice.shop@example.com", "Alice").await;
     let alice_id = alice["user"]["id"].as_str().unwrap().to_string();
     let alice = access(&alice);
@@ -764,6 +759,19 @@ async fn product_and_order_routes(backend: Backend) {
 async fn register(gw: &Gateway, email: &str, name: &str) -> Value {
     gw.post("/v1/auth/register")
         .json(&json!({"email": email, "password": PASSWORD, "displayName": name}))
+        .send()
+        .await
+        .ok()
+}
+
+/// Registers [`ADMIN_EMAIL`] through the gateway (an ordinary user, as every account starts),
+/// has the operator grant it the role, and signs it in again: that sign-in's AuthTokens JSON.
+async fn register_admin(mesh: &TestMesh, gw: &Gateway) -> Value {
+    let registered = register(gw, ADMIN_EMAIL, "Admin").await;
+    assert_user(&registered["user"], ADMIN_EMAIL, "Admin", "ROLE_USER");
+    mesh.grant_role(ADMIN_EMAIL, "admin").await;
+    gw.post("/v1/auth/login")
+        .json(&json!({"email": ADMIN_EMAIL, "password": PASSWORD}))
         .send()
         .await
         .ok()

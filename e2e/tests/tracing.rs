@@ -196,15 +196,10 @@ async fn one_request_is_one_trace(backend: Backend) {
     );
 
     // --- POST /v1/orders: gateway -> order -> user, with the order's statements ---
-    let admin = gw
-        .post("/v1/auth/register")
-        .json(&json!({"email": ADMIN_EMAIL, "password": PASSWORD, "displayName": "Admin"}))
-        .send()
-        .await
-        .ok();
+    let admin = mesh.admin().await.access_token;
     let widget = gw
         .post("/v1/products")
-        .bearer(&access(&admin))
+        .bearer(&admin)
         .json(&json!({"name": "Widget", "unitPriceCents": "250", "currency": "USD", "stock": 5}))
         .send()
         .await

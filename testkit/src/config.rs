@@ -1,7 +1,7 @@
 //! The mesh-config a test mesh runs with, generated in the shape `mesh-config/README.md`
 //! documents: a `[services.<name>]` per process (listen, admin listen, database) and an
 //! `[upstreams.<name>]` naming the gRPC services it serves, Weft's policies
-//! (`CreateOrder`'s `idempotent_if_field`), `[auth] admin_emails`, and the gateway's listener;
+//! (`CreateOrder`'s `idempotent_if_field`), and the gateway's listener;
 //! then the test's own TOML merged over it, section by section.
 
 use std::{collections::BTreeMap, net::SocketAddr};
@@ -29,14 +29,9 @@ pub struct Placement {
     pub grpc_services: Vec<String>,
 }
 
-/// The generated mesh-config TOML: `services` and their upstreams, `[auth] admin_emails`, the
-/// gateway's `listen` when it has one, then `extra` merged over it.
-pub fn generate(
-    services: &[Placement],
-    gateway: Option<SocketAddr>,
-    admin_emails: &[String],
-    extra: &str,
-) -> String {
+/// The generated mesh-config TOML: `services` and their upstreams, the gateway's `listen` when
+/// it has one, then `extra` merged over it.
+pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str) -> String {
     let mut root = toml::Table::new();
     root.insert("environment".into(), "test".into());
     let mut telemetry = toml::Table::new();
@@ -72,12 +67,6 @@ pub fn generate(
     root.insert("upstreams".into(), upstreams.into());
     let weft = |name: &str| services.iter().any(|s| s.name == name);
     if weft("auth") {
-        let mut auth = toml::Table::new();
-        auth.insert(
-            "admin_emails".into(),
-            toml::Value::Array(admin_emails.iter().map(|e| e.as_str().into()).collect()),
-        );
-        root.insert("auth".into(), auth.into());
         // As in mesh-config/local.toml: every process fetches the token keys from weft-auth,
         // whether or not its own contract describes weft-auth (weft-echo's does not), and the
         // gateway limits the credential routes.
@@ -243,15 +232,11 @@ mod tests {
             .collect()
     }
 
-    fn admins() -> Vec<String> {
-        vec!["admin@weft.test".into()]
-    }
-
     #[test]
     fn the_generated_config_declares_the_services_and_loads() {
         let addrs = free_loopback_addrs(3);
         let extra = "[jwt]\naccess_ttl_secs = 2\n[auth]\nkey_reload_interval_ms = 100\n";
-        let text = generate(&weft(&addrs), None, &admins(), extra);
+        let text = generate(&weft(&addrs), None, extra);
         let config = MeshConfig::load_from_str(&text).unwrap();
         assert_eq!(config.jwt.access_ttl_secs, 2);
         assert_eq!(config.service("order").unwrap().listen, addrs[2]);
@@ -265,7 +250,6 @@ mod tests {
             Some("idempotency_key")
         );
         let auth = &config.settings["auth"];
-        assert_eq!(auth["admin_emails"].as_array().unwrap().len(), 1);
         assert_eq!(auth["key_reload_interval_ms"].as_integer(), Some(100));
         assert!(
             !text.contains("[gateway]"),
@@ -277,7 +261,7 @@ mod tests {
     fn admin_listeners_are_free_distinct_ports_unless_the_test_sets_them() {
         let addrs = free_loopback_addrs(3);
         let extra = "[services.user]\nadmin_listen = \"127.0.0.1:0\"\n";
-        let text = generate(&weft(&addrs), None, &admins(), extra);
+        let text = generate(&weft(&addrs), None, extra);
         let (text, admin) = with_admin_listeners(text, &addrs);
         let config = MeshConfig::load_from_str(&text).unwrap();
         assert_eq!(
@@ -301,7 +285,6 @@ mod tests {
         let text = generate(
             &weft(&free),
             Some(gateway),
-            &admins(),
             "[gateway]\nmax_json_depth = 8\n",
         );
         let config = MeshConfig::load_from_str(&text).unwrap();
@@ -310,7 +293,7 @@ mod tests {
         assert!(!gateway_tls(&text));
 
         let extra = "[gateway.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
-        let text = generate(&weft(&free), Some(gateway), &admins(), extra);
+        let text = generate(&weft(&free), Some(gateway), extra);
         assert!(gateway_tls(&text));
         let config = MeshConfig::load_from_str(&text).unwrap();
         assert_eq!(
@@ -322,7 +305,7 @@ mod tests {
     #[test]
     fn a_replica_is_balanced_over_with_the_first_instance() {
         let addrs = free_loopback_addrs(3);
-        let text = generate(&weft(&addrs), None, &admins(), "");
+        let text = generate(&weft(&addrs), None, "");
         let (text, replicas) = with_replicas(text, &["user".to_string()]);
         let config = MeshConfig::load_from_str(&text).unwrap();
         assert_eq!(

@@ -36,7 +36,7 @@ use crate::{
     tokens::{Claims, SigningKey},
 };
 
-/// The admin email every test mesh is configured with by default.
+/// The email of the administrator [`TestMesh::admin`] registers and promotes.
 pub const ADMIN_EMAIL: &str = "admin@weft.test";
 /// The password [`TestMesh::admin`] registers the admin with.
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -55,10 +55,8 @@ pub struct ExtraService {
 }
 
 /// Extra settings of a test mesh.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MeshOptions {
-    /// `[auth] admin_emails`; default `[ADMIN_EMAIL]`.
-    pub admin_emails: Vec<String>,
     /// TOML merged over the generated mesh-config (section by section), e.g.
     /// `"[jwt]\naccess_ttl_secs = 2\n"`.
     pub toml: String,
@@ -78,20 +76,6 @@ pub struct MeshOptions {
     pub replicas: Vec<String>,
     /// Services started after Weft's three; default none.
     pub extra_services: Vec<ExtraService>,
-}
-
-impl Default for MeshOptions {
-    fn default() -> Self {
-        Self {
-            admin_emails: vec![ADMIN_EMAIL.to_string()],
-            toml: String::new(),
-            env: Vec::new(),
-            gateway: false,
-            inherit_otel_env: false,
-            replicas: Vec::new(),
-            extra_services: Vec::new(),
-        }
-    }
 }
 
 /// A running mesh of the real binaries. Kills its children (and drops its PostgreSQL
@@ -175,7 +159,7 @@ impl TestMesh {
             });
         }
         let signing_key = if services.iter().any(|s| s.name == "auth") {
-            let config = config::generate(&services, None, &options.admin_emails, &options.toml);
+            let config = config::generate(&services, None, &options.toml);
             std::fs::write(&config_path, config).expect("cannot write the mesh config");
             Some(import_signing_key(&path, &config_path).await)
         } else {
@@ -188,12 +172,7 @@ impl TestMesh {
         for (service, addr) in services.iter_mut().zip(free) {
             service.addr = addr;
         }
-        let config = config::generate(
-            &services,
-            gateway_addr,
-            &options.admin_emails,
-            &options.toml,
-        );
+        let config = config::generate(&services, gateway_addr, &options.toml);
         let taken: Vec<SocketAddr> = services
             .iter()
             .map(|s| s.addr)
@@ -339,40 +318,89 @@ impl TestMesh {
         .await
     }
 
-    /// Signs in the first configured admin email, registering it on first use.
+    /// Signs in [`ADMIN_EMAIL`] as an administrator: registers it on first use and grants it
+    /// the role as an operator does ([`TestMesh::grant_role`]), then signs in again so that the
+    /// token carries the role.
     pub async fn admin(&self) -> AuthTokens {
         let mut cached = self.admin.lock().await;
         if let Some(tokens) = cached.as_ref() {
             return tokens.clone();
         }
-        let email = self
-            .options
-            .admin_emails
-            .first()
-            .expect("this mesh was started without admin emails")
-            .clone();
-        let mut auth = self.auth();
-        let tokens = match auth
+        let registered = self
+            .auth()
             .register(RegisterRequest {
-                email: email.clone(),
+                email: ADMIN_EMAIL.into(),
                 password: ADMIN_PASSWORD.into(),
                 display_name: "Admin".into(),
             })
-            .await
-        {
-            Ok(tokens) => tokens.into_inner(),
-            Err(status) if status.code() == tonic::Code::AlreadyExists => auth
-                .login(LoginRequest {
-                    email,
-                    password: ADMIN_PASSWORD.into(),
-                })
-                .await
-                .unwrap_or_else(|s| panic!("admin Login failed: {s:?}"))
-                .into_inner(),
+            .await;
+        match registered {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {}
             Err(status) => panic!("admin Register failed: {status:?}"),
-        };
+        }
+        self.grant_role(ADMIN_EMAIL, "admin").await;
+        let tokens = self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
         *cached = Some(tokens.clone());
         tokens
+    }
+
+    /// Signs `email` in; panics when Login fails.
+    pub async fn login(&self, email: &str, password: &str) -> AuthTokens {
+        self.auth()
+            .login(LoginRequest {
+                email: email.to_string(),
+                password: password.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Login({email}) failed: {:?} {}", s.code(), s.message()))
+            .into_inner()
+    }
+
+    /// Gives the registered account `email` the role `role` (`admin`, `user`) with
+    /// `weft-user --config <mesh config> grant-role`, the operator's way; its next sign-in
+    /// carries it. Panics when the command fails.
+    pub async fn grant_role(&self, email: &str, role: &str) {
+        run_to_end(
+            &binary("weft-user"),
+            &self.config_path,
+            &self.path,
+            &["grant-role", "--email", email, "--role", role],
+        )
+        .await;
+    }
+
+    /// Runs the `weft` command line with `args`, then `--config <mesh config> --bin-dir <the
+    /// binaries' folder>` (so `args` name a subcommand that takes both, like `admin grant`),
+    /// in the mesh's folder with `stdin` as its standard input, and returns how it ended.
+    pub async fn run_weft(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use tokio::io::AsyncWriteExt as _;
+        let weft = binary("weft");
+        let bin_dir = weft.parent().expect("a binary has a folder").to_path_buf();
+        let mut command = Command::new(&weft);
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--bin-dir")
+            .arg(bin_dir)
+            .current_dir(&self.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        clean_env(&mut command, false);
+        let mut child = command.spawn().expect("cannot start weft");
+        let mut input = child.stdin.take().expect("piped stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("cannot write weft's stdin");
+        drop(input);
+        tokio::time::timeout(START_TIMEOUT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("weft {} did not finish in time", args.join(" ")))
+            .expect("cannot run weft")
     }
 
     /// The health of `service` (`""` for the whole server) as reported by `name`.
@@ -402,6 +430,15 @@ impl TestMesh {
         let child = lock(&self.children).remove(name);
         let mut child = child.unwrap_or_else(|| panic!("{name} is not running"));
         terminate_child(name, &mut child).await
+    }
+
+    /// The process id of `name`'s running process (to read its `/proc/<pid>/status`, say);
+    /// panics when it is not running.
+    pub fn pid(&self, name: &str) -> u32 {
+        lock(&self.children)
+            .get(name)
+            .and_then(Child::id)
+            .unwrap_or_else(|| panic!("{name} is not running"))
     }
 
     /// Whether `name`'s process is running (not exited, not killed by the kit).

@@ -206,10 +206,15 @@ pub struct JwtConfig {
     pub issuer: String,
     /// `aud` of access tokens; default `weft`.
     pub audience: String,
-    /// Lifetime of access tokens in seconds; default 900 (15 minutes).
+    /// Lifetime of access tokens in seconds; default 300 (5 minutes): logout revokes the
+    /// refresh token, and a stolen access token stays usable at most this long.
     pub access_ttl_secs: u64,
-    /// Lifetime of refresh tokens in seconds; default 2592000 (30 days).
+    /// Lifetime of each refresh token in seconds (sliding: each refresh issues a new one);
+    /// default 2592000 (30 days).
     pub refresh_ttl_secs: u64,
+    /// Absolute lifetime of a refresh token family, from its sign-in, in seconds: past it no
+    /// refresh succeeds and the user signs in again; default 2592000 (30 days).
+    pub refresh_family_max_secs: u64,
     /// Lifetime of service tokens in seconds; default 60.
     pub service_token_ttl_secs: u64,
     /// Least time between two JWKS fetches caused by unknown `kid`s, in ms; default 5000.
@@ -388,8 +393,9 @@ impl Default for JwtConfig {
         Self {
             issuer: "weft".into(),
             audience: "weft".into(),
-            access_ttl_secs: 900,
+            access_ttl_secs: 300,
             refresh_ttl_secs: 30 * 24 * 3600,
+            refresh_family_max_secs: 30 * 24 * 3600,
             service_token_ttl_secs: 60,
             jwks_min_refresh_interval_ms: 5_000,
             keys_method: String::new(),
@@ -644,6 +650,9 @@ impl MeshConfig {
                 "jwt.access_ttl_secs",
                 "token lifetimes must be at least 1 second",
             );
+        }
+        if self.jwt.refresh_family_max_secs == 0 {
+            return err("jwt.refresh_family_max_secs", "must be at least 1 second");
         }
         let telemetry = &self.telemetry;
         if !(0.0..=1.0).contains(&telemetry.sampler_ratio) {

@@ -146,8 +146,9 @@ impl Database {
         .await
     }
 
-    /// Opens the database at `url` (creating a SQLite file and its folder if missing), runs
-    /// `migrator`, and opens the pools.
+    /// Opens the database at `url` (creating a SQLite file and its folder if missing, readable
+    /// by their owner only: 0600 and 0700 whatever the umask), runs `migrator`, and opens the
+    /// pools.
     pub async fn open(
         url: &str,
         max_connections: u32,
@@ -161,11 +162,7 @@ impl Database {
         };
         if url.starts_with("sqlite:") {
             let path = sqlite_path(url);
-            if let Some(parent) = Path::new(path).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
-            }
+            private_sqlite_file(Path::new(path)).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
             let write = AnyPoolOptions::new()
                 .max_connections(1)
                 .test_before_acquire(false)
@@ -183,6 +180,15 @@ impl Database {
                 .await
                 .map_err(connect_err)?;
             migrator.run(&write).await?;
+            // WAL mode made them; SQLite gives them the database file's mode, and files left by
+            // an older version are tightened here.
+            for suffix in ["-wal", "-shm"] {
+                let side = format!("{path}{suffix}");
+                if Path::new(&side).exists() {
+                    restrict(Path::new(&side), PRIVATE_FILE)
+                        .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                }
+            }
             let read = AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .test_before_acquire(false)
@@ -222,6 +228,50 @@ impl Database {
         self.write.close().await;
         self.read.close().await;
     }
+}
+
+/// Mode of the database files: the owner's only (password hashes, keys and profiles are in
+/// them).
+const PRIVATE_FILE: u32 = 0o600;
+/// Mode of a folder made for them.
+const PRIVATE_DIR: u32 = 0o700;
+
+/// Makes sure the SQLite file at `path` exists and only its owner may read it, whatever the
+/// umask: the folders it creates are 0700, the file 0600 (an existing one is tightened).
+/// SQLite gives the `-wal` and `-shm` files it makes the database file's mode.
+fn private_sqlite_file(path: &Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR);
+        builder.create(parent)?;
+        restrict(parent, PRIVATE_DIR)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE);
+    options.open(path)?;
+    restrict(path, PRIVATE_FILE)
+}
+
+/// Sets `path`'s permission bits to `mode` (Unix; elsewhere nothing).
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 fn options(
@@ -271,6 +321,24 @@ mod tests {
         assert_eq!(sqlite_path("sqlite://data/x.db"), "data/x.db");
         assert_eq!(sqlite_path("sqlite:data/x.db?mode=rwc"), "data/x.db");
         assert_eq!(sqlite_path("sqlite:///tmp/x.db"), "/tmp/x.db");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sqlite_files_and_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = std::env::temp_dir().join(format!("weft-db-mode-{}", std::process::id()));
+        let file = dir.join("data/sub/x.db");
+        private_sqlite_file(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&dir.join("data/sub")), 0o700);
+        assert_eq!(mode(&dir.join("data")), 0o700);
+        // An existing file made world-readable is tightened.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        private_sqlite_file(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,15 +10,14 @@ use weft_proto::{
         AuthTokens, GetJwksRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
         auth_service_server::AuthService,
     },
-    user::User,
+    user::{Role as UserRole, User},
 };
 
 use crate::{
     domain::{self, Error, RefreshState},
     keys::KeyRing,
     password::Passwords,
-    settings::AuthSettings,
-    store::{self, Rotation},
+    store::{self, Begun, PendingRegistration, Rotation},
     users::UserDirectory,
 };
 
@@ -26,7 +25,6 @@ use crate::{
 #[derive(Clone)]
 pub struct AuthApi {
     config: Arc<MeshConfig>,
-    settings: Arc<AuthSettings>,
     db: Database,
     keys: Arc<KeyRing>,
     passwords: Passwords,
@@ -37,7 +35,6 @@ impl AuthApi {
     /// The service over its parts.
     pub fn new(
         config: Arc<MeshConfig>,
-        settings: Arc<AuthSettings>,
         db: Database,
         keys: Arc<KeyRing>,
         passwords: Passwords,
@@ -45,7 +42,6 @@ impl AuthApi {
     ) -> Self {
         Self {
             config,
-            settings,
             db,
             keys,
             passwords,
@@ -62,13 +58,18 @@ impl AuthApi {
         {
             return Err(Error::EmailTaken);
         }
-        let hash = self.passwords.hash(reg.password).await?;
-        let creation_key =
-            store::begin_registration(&self.db.write, &reg.email, &hash, now_micros()).await?;
-        let role = domain::role_for_email(&reg.email, &self.settings.admin_emails);
+        let hash = self.passwords.hash(reg.password.clone()).await?;
+        let now = now_micros();
+        let (creation_key, hash) =
+            match store::begin_registration(&self.db.write, &reg.email, &hash, now).await? {
+                Begun::Started(key) => (key, hash),
+                Begun::Pending(pending) => self.resume(&reg, pending, hash, now).await?,
+            };
+        // Every account starts as an ordinary user; an operator grants roles in weft-user's
+        // database (`weft-user grant-role`), and tokens take the role from the profile.
         let user = self
             .users
-            .create_user(&reg.email, &reg.display_name, role, &creation_key)
+            .create_user(&reg.email, &reg.display_name, UserRole::User, &creation_key)
             .await?;
         let completed =
             store::complete_registration(&self.db.write, &reg.email, &hash, &user.id, now_micros())
@@ -79,6 +80,45 @@ impl AuthApi {
         }
         tracing::debug!(user_id = %user.id, role = domain::role_claim(user.role()), "registered");
         self.issue(user).await
+    }
+
+    /// Decides whether a Register may take over another attempt's pending registration of the
+    /// same email, and takes it: the creation key and password hash to go on with.
+    ///
+    /// Pending rows exist so that an attempt cut short (weft-user down, a crash) can be retried:
+    /// the profile is made with the row's creation key, so a retry finds it instead of hitting
+    /// ALREADY_EXISTS in weft-user. Only the person who started it may resume it at once (they
+    /// know its password); anyone else must wait until it is abandoned, so that two concurrent
+    /// registrations never take each other's row: the first one wins, the others get
+    /// ALREADY_EXISTS.
+    async fn resume(
+        &self,
+        reg: &domain::Registration,
+        pending: PendingRegistration,
+        hash: String,
+        now: i64,
+    ) -> Result<(String, String), Error> {
+        if domain::pending_is_abandoned(pending.updated_at, now) {
+            let key = store::resume_registration(
+                &self.db.write,
+                &reg.email,
+                &pending.password_hash,
+                &hash,
+                now,
+            )
+            .await?;
+            return Ok((key, hash));
+        }
+        let same_person = self
+            .passwords
+            .verify(reg.password.clone(), pending.password_hash.clone())
+            .await?;
+        if !same_person {
+            return Err(Error::EmailTaken);
+        }
+        // Go on with the pending row as it is: whichever of the person's attempts completes
+        // first wins, with the same password either way.
+        Ok((pending.creation_key, pending.password_hash))
     }
 
     async fn login(&self, req: LoginRequest) -> Result<AuthTokens, Error> {
@@ -116,10 +156,12 @@ impl AuthApi {
         let Some(token) = store::find_refresh(&self.db.read, &old_hash).await? else {
             return Err(Error::BadRefreshToken);
         };
+        let family_ends_at = token.family_created_at.saturating_add(self.family_max());
         match domain::refresh_state(
             token.used_at.is_some(),
             token.revoked_at,
             token.expires_at,
+            family_ends_at,
             now,
         ) {
             RefreshState::Reused => {
@@ -143,6 +185,7 @@ impl AuthApi {
             &new_hash,
             now,
             self.refresh_expiry(now),
+            self.family_max(),
         )
         .await?;
         match rotation {
@@ -199,8 +242,18 @@ impl AuthApi {
         })
     }
 
+    /// When a refresh token issued at `now` expires: the sliding lifetime, never beyond the
+    /// family's (a new family's first token included).
     fn refresh_expiry(&self, now: i64) -> i64 {
-        now.saturating_add(domain::secs_to_micros(self.config.jwt.refresh_ttl_secs))
+        let jwt = &self.config.jwt;
+        now.saturating_add(domain::secs_to_micros(
+            jwt.refresh_ttl_secs.min(jwt.refresh_family_max_secs),
+        ))
+    }
+
+    /// The absolute lifetime of a refresh token family, in microseconds.
+    fn family_max(&self) -> i64 {
+        domain::secs_to_micros(self.config.jwt.refresh_family_max_secs)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The auth service's rules: input checks, roles, token contents, when a refresh token may be
+//! The auth service's rules: input checks, token contents, when a refresh token may be
 //! exchanged, and its error type.
 
 use base64::Engine as _;
@@ -6,6 +6,8 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use weft_mesh::{auth::Claims, config::JwtConfig, validate::FieldError};
 use weft_proto::user::Role as UserRole;
+
+use crate::password::PasswordError;
 
 /// Subject of the service tokens weft-auth signs for its own calls.
 pub const SERVICE_SUBJECT: &str = "service:weft-auth";
@@ -33,6 +35,9 @@ pub enum Error {
     /// weft-user could not be reached.
     #[error("user service unavailable")]
     UserServiceUnavailable,
+    /// Too many passwords are being checked already; the caller should retry shortly.
+    #[error("too many sign-ins in progress; retry shortly")]
+    Busy,
     /// A storage failure.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -57,12 +62,45 @@ impl From<Error> for Status {
                 Status::unauthenticated(err.to_string())
             }
             Error::UserServiceUnavailable => Status::unavailable(err.to_string()),
+            Error::Busy => {
+                let mut status = Status::resource_exhausted(err.to_string());
+                // The gateway turns it into `Retry-After: 1`; gRPC clients may honour it too.
+                status.metadata_mut().insert(
+                    weft_mesh::grpc::RETRY_PUSHBACK,
+                    tonic::metadata::MetadataValue::from_static(BUSY_PUSHBACK_MS),
+                );
+                status
+            }
             Error::Database(_) | Error::Internal(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::internal("internal error")
             }
         }
     }
+}
+
+/// How long a caller refused with [`Error::Busy`] is asked to wait, in ms
+/// (`grpc-retry-pushback-ms`): a queue's worth of hashes takes about that long.
+const BUSY_PUSHBACK_MS: &str = "1000";
+
+impl From<PasswordError> for Error {
+    fn from(err: PasswordError) -> Error {
+        match err {
+            PasswordError::Busy => Error::Busy,
+            PasswordError::Failed(what) => Error::Internal(what),
+        }
+    }
+}
+
+/// How long a pending registration must have been left before another person may take it
+/// over: far longer than a Register call may take (its deadline), so an attempt in progress is
+/// never taken over.
+pub const PENDING_ABANDONED_AFTER_SECS: u64 = 60;
+
+/// Whether a pending registration last taken at `updated_at` is abandoned at `now`
+/// (microseconds).
+pub fn pending_is_abandoned(updated_at: i64, now: i64) -> bool {
+    now.saturating_sub(updated_at) >= secs_to_micros(PENDING_ABANDONED_AFTER_SECS)
 }
 
 /// A checked Register request.
@@ -102,19 +140,6 @@ pub fn check_password(password: &str) -> Result<(), FieldError> {
             "password",
             format!("must be between {PASSWORD_MIN_CHARS} and {PASSWORD_MAX_CHARS} characters"),
         ))
-    }
-}
-
-/// The role a new account gets: admin when its email is listed in `auth.admin_emails`.
-pub fn role_for_email(email: &str, admin_emails: &[String]) -> UserRole {
-    let email = email.trim().to_lowercase();
-    if admin_emails
-        .iter()
-        .any(|admin| admin.trim().to_lowercase() == email)
-    {
-        UserRole::Admin
-    } else {
-        UserRole::User
     }
 }
 
@@ -191,18 +216,20 @@ pub enum RefreshState {
     Dead,
 }
 
-/// The state of a refresh token that expires at `expires_at`, at `now` (microseconds). Reuse
-/// is judged first: a used token presented again revokes its family even when it has expired
-/// or the family is revoked already.
+/// The state of a refresh token that expires at `expires_at`, in a family whose absolute
+/// lifetime ends at `family_ends_at`, at `now` (microseconds). Reuse is judged first: a used
+/// token presented again revokes its family even when it has expired or the family is revoked
+/// already.
 pub fn refresh_state(
     used: bool,
     revoked_at: Option<i64>,
     expires_at: i64,
+    family_ends_at: i64,
     now: i64,
 ) -> RefreshState {
     if used {
         RefreshState::Reused
-    } else if revoked_at.is_some() || expires_at <= now {
+    } else if revoked_at.is_some() || expires_at.min(family_ends_at) <= now {
         RefreshState::Dead
     } else {
         RefreshState::Live
@@ -221,12 +248,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_role_is_chosen_by_lower_cased_email() {
-        let admins = vec!["Root@Example.com".to_owned(), "ops@example.com".to_owned()];
-        assert_eq!(role_for_email("root@example.com", &admins), UserRole::Admin);
-        assert_eq!(role_for_email("OPS@EXAMPLE.COM", &admins), UserRole::Admin);
-        assert_eq!(role_for_email("ada@example.com", &admins), UserRole::User);
-        assert_eq!(role_for_email("root@example.com", &[]), UserRole::User);
+    fn a_pending_registration_is_abandoned_after_a_minute() {
+        let minute = secs_to_micros(60);
+        assert!(!pending_is_abandoned(1_000, 1_000));
+        assert!(!pending_is_abandoned(1_000, 1_000 + minute - 1));
+        assert!(pending_is_abandoned(1_000, 1_000 + minute));
     }
 
     #[test]
@@ -298,16 +324,23 @@ mod tests {
     fn a_refresh_token_is_live_until_used_expired_or_revoked() {
         use RefreshState::*;
         let now = 1_000;
-        assert_eq!(refresh_state(false, None, now + 1, now), Live);
+        let far = now + 1_000;
+        assert_eq!(refresh_state(false, None, now + 1, far, now), Live);
         assert_eq!(
-            refresh_state(false, None, now, now),
+            refresh_state(false, None, now, far, now),
             Dead,
             "expiry is exclusive"
         );
-        assert_eq!(refresh_state(false, Some(now - 1), now + 1, now), Dead);
-        assert_eq!(refresh_state(true, None, now + 1, now), Reused);
+        assert_eq!(refresh_state(false, Some(now - 1), now + 1, far, now), Dead);
+        assert_eq!(refresh_state(true, None, now + 1, far, now), Reused);
         // A reused token revokes its family whatever else is true of it.
-        assert_eq!(refresh_state(true, Some(now - 1), now - 1, now), Reused);
+        assert_eq!(
+            refresh_state(true, Some(now - 1), now - 1, far, now),
+            Reused
+        );
+        // An unexpired token of a family past its absolute lifetime is dead too.
+        assert_eq!(refresh_state(false, None, far, now, now), Dead);
+        assert_eq!(refresh_state(false, None, far, now + 1, now), Live);
     }
 
     #[test]
@@ -320,5 +353,9 @@ mod tests {
         assert_eq!(status.message(), "email already registered");
         let status = Status::from(Error::UserServiceUnavailable);
         assert_eq!(status.code(), tonic::Code::Unavailable);
+        let status = Status::from(Error::from(PasswordError::Busy));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let pushback = status.metadata().get(weft_mesh::grpc::RETRY_PUSHBACK);
+        assert_eq!(pushback.and_then(|v| v.to_str().ok()), Some("1000"));
     }
 }

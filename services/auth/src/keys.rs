@@ -8,6 +8,10 @@
 //! verifier ever meets a `kid` it cannot fetch. [`KeyRing`] keeps the signing key and the published
 //! JWKS in memory and is reloaded from the database periodically, so a `rotate-key` run by another
 //! process is picked up without a restart.
+//!
+//! With `auth.signing_key_file` set, the key comes from that PKCS#8 PEM file instead (a mounted
+//! secret, say) and is the only one published: the database holds no private key, and keys
+//! stored there earlier sign and verify nothing.
 
 use std::{
     sync::{Arc, RwLock},
@@ -188,6 +192,16 @@ impl KeySet {
         })
     }
 
+    /// The set of one key, which signs and is the only one published.
+    pub fn single(key: &StoredKey) -> Result<KeySet, Error> {
+        let der = decode_private(key).map_err(Error::internal)?;
+        Ok(KeySet {
+            kid: key.kid.clone(),
+            encoding: EncodingKey::from_ed_der(&der),
+            jwks: vec![jwk(key)],
+        })
+    }
+
     /// The id of the signing key.
     pub fn kid(&self) -> &str {
         &self.kid
@@ -223,6 +237,18 @@ impl KeyRing {
     pub async fn load(db: &Database, timing: KeyTiming) -> Result<Self, Error> {
         let set = load_or_create(db, timing).await?;
         tracing::info!(kid = %set.kid, published = set.jwks.len(), "signing keys loaded");
+        Ok(Self {
+            set: RwLock::new(Arc::new(set)),
+            timing,
+        })
+    }
+
+    /// The ring of the one key in the PKCS#8 PEM `pem` (`auth.signing_key_file`), never
+    /// reloaded and never stored.
+    pub fn from_pem(pem: &str, timing: KeyTiming) -> Result<Self, Error> {
+        let key = key_from_pem(pem, weft_mesh::clock::now_micros())?;
+        let set = KeySet::single(&key)?;
+        tracing::info!(kid = %set.kid, "signing key loaded from auth.signing_key_file");
         Ok(Self {
             set: RwLock::new(Arc::new(set)),
             timing,
@@ -428,6 +454,21 @@ mod tests {
         young_retiring.retired_at = Some(110 * second);
         let early = KeySet::from_rows(vec![young_retiring, new.clone()], 101 * second, timing);
         assert_eq!(early.unwrap().kid(), young.kid);
+    }
+
+    #[test]
+    fn a_key_from_a_pem_file_signs_alone() {
+        let key = generate_key(1).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            key.private_key
+        );
+        let ring = KeyRing::from_pem(&pem, TIMING).unwrap();
+        let set = ring.current();
+        assert_eq!(set.kid(), key.kid);
+        let kids: Vec<&str> = set.jwks().iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(kids, [key.kid.as_str()]);
+        assert!(KeyRing::from_pem("no key here", TIMING).is_err());
     }
 
     #[test]

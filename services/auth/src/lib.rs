@@ -1,7 +1,8 @@
 //! `weft-auth`: credentials, access and refresh tokens, and the signing keys of the Weft mesh.
 //!
 //! Passwords are hashed with Argon2id; access and service tokens are EdDSA JWTs signed with a key
-//! kept in this service's database and published through `GetJwks`; refresh tokens rotate on
+//! kept in this service's database (or read from `auth.signing_key_file`) and published through
+//! `GetJwks`; refresh tokens rotate on
 //! every use and are stored only as SHA-256 hashes. Profiles live in weft-user, reached with
 //! short-lived service tokens.
 
@@ -39,23 +40,35 @@ pub async fn open_database(config: &MeshConfig) -> anyhow::Result<Database> {
 pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthServiceServer<AuthApi>>> {
     let settings = Arc::new(AuthSettings::from_config(&config)?);
     let db = open_database(&config).await?;
-    let keys = Arc::new(
-        KeyRing::load(&db, keys::KeyTiming::new(&config, &settings))
-            .await
-            .context("cannot load the signing keys")?,
-    );
-    keys.clone().spawn_reload(
-        db.clone(),
-        Duration::from_millis(settings.key_reload_interval_ms),
-    );
-    let passwords = Passwords::new(&settings.argon2)
+    let timing = keys::KeyTiming::new(&config, &settings);
+    let keys = if settings.signing_key_file.is_empty() {
+        let keys = Arc::new(
+            KeyRing::load(&db, timing)
+                .await
+                .context("cannot load the signing keys")?,
+        );
+        keys.clone().spawn_reload(
+            db.clone(),
+            Duration::from_millis(settings.key_reload_interval_ms),
+        );
+        keys
+    } else {
+        let path = &settings.signing_key_file;
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read auth.signing_key_file {path}"))?;
+        Arc::new(
+            KeyRing::from_pem(&pem, timing)
+                .with_context(|| format!("auth.signing_key_file {path}"))?,
+        )
+    };
+    let passwords = Passwords::new(&settings)
         .await
         .context("cannot set up password hashing")?;
     let (channel, user_service) =
         weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
     let users = UserDirectory::new(channel, user_service, keys.clone(), config.jwt.clone());
     let max_message = config.server.max_message_bytes;
-    let api = AuthApi::new(config, settings, db.clone(), keys, passwords, users);
+    let api = AuthApi::new(config, db.clone(), keys, passwords, users);
     let service = AuthServiceServer::new(api)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -81,9 +94,16 @@ pub async fn import_key(config: &MeshConfig, pem: &str) -> anyhow::Result<String
 }
 
 async fn store_rotated(config: &MeshConfig, key: keys::StoredKey) -> anyhow::Result<String> {
+    let settings = AuthSettings::from_config(config)?;
+    if !settings.signing_key_file.is_empty() {
+        anyhow::bail!(
+            "the signing key comes from auth.signing_key_file ({}): the database keeps no key \
+             to rotate; replace that file and restart weft-auth instead",
+            settings.signing_key_file
+        );
+    }
     let db = open_database(config).await?;
     let now = key.created_at;
-    let settings = AuthSettings::from_config(config)?;
     let retire_at =
         now.saturating_add(keys::KeyTiming::new(config, &settings).activation_delay_micros);
     let result = store::rotate_key(&db.write, &key, retire_at).await;

@@ -7,12 +7,19 @@ use weft_mesh::{MeshConfig, config::ConfigError};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// Emails that get the role `admin` on registration; default none.
-    pub admin_emails: Vec<String>,
     /// Argon2id password hashing cost.
     pub argon2: Argon2Settings,
     /// How often the service re-reads signing keys (to see a rotation), in ms; default 10000.
     pub key_reload_interval_ms: u64,
+    /// A PKCS#8 PEM file holding the Ed25519 signing key (a mounted secret); default empty:
+    /// keys are generated and kept in the database. When set, it is the only key, and the
+    /// database holds none.
+    pub signing_key_file: String,
+    /// Password hashes run at once (each holds `argon2.memory_kib`); default 0: one per core.
+    pub password_workers: usize,
+    /// Password hashes that may wait for a worker; beyond them Register and Login answer
+    /// RESOURCE_EXHAUSTED at once; default 32.
+    pub password_queue: usize,
 }
 
 /// Argon2id cost parameters; the defaults are OWASP's minimums.
@@ -30,9 +37,11 @@ pub struct Argon2Settings {
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
-            admin_emails: Vec::new(),
             argon2: Argon2Settings::default(),
             key_reload_interval_ms: 10_000,
+            signing_key_file: String::new(),
+            password_workers: 0,
+            password_queue: 32,
         }
     }
 }
@@ -59,6 +68,14 @@ impl AuthSettings {
         Ok(settings)
     }
 
+    /// How many password hashes run at once: `password_workers`, or one per core when 0.
+    pub fn password_workers(&self) -> usize {
+        match self.password_workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         let argon = &self.argon2;
         if argon.parallelism == 0 || argon.iterations == 0 {
@@ -75,14 +92,6 @@ impl AuthSettings {
         }
         if self.key_reload_interval_ms == 0 {
             return Err(("key_reload_interval_ms".into(), "must be at least 1".into()));
-        }
-        for (i, email) in self.admin_emails.iter().enumerate() {
-            if !email.contains('@') {
-                return Err((
-                    format!("admin_emails[{i}]"),
-                    format!("`{email}` is not an email address"),
-                ));
-            }
         }
         Ok(())
     }
@@ -101,13 +110,20 @@ mod tests {
     #[test]
     fn settings_default_and_are_checked_with_their_key() {
         assert_eq!(load("").unwrap(), AuthSettings::default());
-        let settings = load("admin_emails = [\"root@example.com\"]").unwrap();
-        assert_eq!(settings.admin_emails, ["root@example.com"]);
-        let err = load("admin_emails = [\"root\"]").unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("auth.admin_emails[0]"));
+        let settings = load("password_workers = 3\npassword_queue = 0").unwrap();
+        assert_eq!(
+            (settings.password_workers(), settings.password_queue),
+            (3, 0)
+        );
+        assert!(
+            AuthSettings::default().password_workers() >= 1,
+            "one per core"
+        );
         let err = load("[auth.argon2]\nmemory_kib = 1").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("auth.argon2.memory_kib"));
-        let err = load("admin_email = []").unwrap_err();
-        assert!(err.to_string().contains("admin_email"), "{err}");
+        // Roles are granted with `weft-user grant-role`, never by configuration: the old
+        // setting is refused rather than silently ignored.
+        let err = load("admin_emails = [\"root@example.com\"]").unwrap_err();
+        assert!(err.to_string().contains("admin_emails"), "{err}");
     }
 }

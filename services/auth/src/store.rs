@@ -145,18 +145,46 @@ pub async fn completed_credential(
     .transpose()
 }
 
-/// Records a pending registration of `email` with `password_hash`, or takes over the pending
-/// one left by an earlier attempt; returns the creation key to send to weft-user.
-/// [`Error::EmailTaken`] when the email's registration is already complete.
+/// What [`begin_registration`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begun {
+    /// A new pending registration: the creation key to send to weft-user.
+    Started(String),
+    /// Another attempt's registration of the email, still pending.
+    Pending(PendingRegistration),
+}
+
+/// A registration that has not completed (its profile may or may not exist in weft-user).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingRegistration {
+    /// The attempt's Argon2id PHC string.
+    pub password_hash: String,
+    /// The creation key its profile is (or will be) made with.
+    pub creation_key: String,
+    /// When an attempt last took it, in microseconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for PendingRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRegistration")
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records a pending registration of `email` with `password_hash`, or reports the pending one
+/// another attempt left, without touching it: whether that one may be taken over is the
+/// caller's rule ([`resume_registration`] takes it). [`Error::EmailTaken`] when the email's
+/// registration is complete.
 pub async fn begin_registration(
     pool: &AnyPool,
     email: &str,
     password_hash: &str,
     now: i64,
-) -> Result<String, Error> {
+) -> Result<Begun, Error> {
     let creation_key = uuid::Uuid::new_v4().simple().to_string();
     let engine = Engine::of_pool(pool);
-    let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO credentials (email, password_hash, user_id, creation_key, created_at, updated_at) \
          VALUES ($1, $2, NULL, $3, $4, $4) ON CONFLICT (email) DO NOTHING",
@@ -165,26 +193,54 @@ pub async fn begin_registration(
     .bind(password_hash)
     .bind(&creation_key)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(pool)
     .instrument(db::span(engine, "INSERT", "credentials"))
     .await?
     .rows_affected();
     if inserted == 1 {
-        tx.commit().await?;
-        return Ok(creation_key);
+        return Ok(Begun::Started(creation_key));
     }
-    let pending = sqlx::query(
+    // On the writer: it has seen the row that made the insert do nothing.
+    let row = sqlx::query(
+        "SELECT password_hash, creation_key, updated_at FROM credentials \
+         WHERE email = $1 AND user_id IS NULL",
+    )
+    .bind(email)
+    .fetch_optional(pool)
+    .instrument(db::span(engine, "SELECT", "credentials"))
+    .await?;
+    match row {
+        Some(row) => Ok(Begun::Pending(PendingRegistration {
+            password_hash: row.try_get("password_hash")?,
+            creation_key: row.try_get("creation_key")?,
+            updated_at: row.try_get("updated_at")?,
+        })),
+        None => Err(Error::EmailTaken),
+    }
+}
+
+/// Takes over the pending registration of `email`, provided it still holds `seen_hash` (the
+/// hash the caller judged it by: no other attempt took it meanwhile), storing `password_hash`;
+/// returns its creation key. [`Error::EmailTaken`] when it completed or was taken meanwhile.
+pub async fn resume_registration(
+    pool: &AnyPool,
+    email: &str,
+    seen_hash: &str,
+    password_hash: &str,
+    now: i64,
+) -> Result<String, Error> {
+    let row = sqlx::query(
         "UPDATE credentials SET password_hash = $1, updated_at = $2 \
-         WHERE email = $3 AND user_id IS NULL RETURNING creation_key",
+         WHERE email = $3 AND user_id IS NULL AND password_hash = $4 RETURNING creation_key",
     )
     .bind(password_hash)
     .bind(now)
     .bind(email)
-    .fetch_optional(&mut *tx)
-    .instrument(db::span(engine, "UPDATE", "credentials"))
+    .bind(seen_hash)
+    .fetch_optional(pool)
+    .instrument(db::span(Engine::of_pool(pool), "UPDATE", "credentials"))
     .await?;
-    tx.commit().await?;
-    match pending {
+    match row {
         Some(row) => Ok(row.try_get("creation_key")?),
         None => Err(Error::EmailTaken),
     }
@@ -228,6 +284,8 @@ pub struct RefreshToken {
     pub used_at: Option<i64>,
     /// When its family was revoked, if it was.
     pub revoked_at: Option<i64>,
+    /// When its family started (the sign-in), in microseconds.
+    pub family_created_at: i64,
 }
 
 /// Starts a new family for `user_id` with its first token.
@@ -280,7 +338,8 @@ async fn insert_token(
 /// The refresh token stored under `token_hash`, with its family's state.
 pub async fn find_refresh(pool: &AnyPool, token_hash: &str) -> Result<Option<RefreshToken>, Error> {
     let row = sqlx::query(
-        "SELECT t.family_id, f.user_id, t.expires_at, t.used_at, f.revoked_at \
+        "SELECT t.family_id, f.user_id, t.expires_at, t.used_at, f.revoked_at, \
+         f.created_at AS family_created_at \
          FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
          WHERE t.token_hash = $1",
     )
@@ -295,6 +354,7 @@ pub async fn find_refresh(pool: &AnyPool, token_hash: &str) -> Result<Option<Ref
             expires_at: row.try_get("expires_at")?,
             used_at: row.try_get("used_at")?,
             revoked_at: row.try_get("revoked_at")?,
+            family_created_at: row.try_get("family_created_at")?,
         })
     })
     .transpose()
@@ -312,14 +372,16 @@ pub enum Rotation {
 }
 
 /// Exchanges the token `old_hash` for `new_hash` in one transaction: marks the old one used
-/// (only if it was not), and stores the new one in the same family. Presenting a used token
-/// revokes its family.
+/// (only if it was not), and stores the new one in the same family, expiring at `expires_at`
+/// or at the end of the family's lifetime (`family_max` after it started), whichever is first.
+/// Presenting a used token revokes its family; a family past its lifetime is dead.
 pub async fn rotate_refresh(
     pool: &AnyPool,
     old_hash: &str,
     new_hash: &str,
     now: i64,
     expires_at: i64,
+    family_max: i64,
 ) -> Result<Rotation, Error> {
     let engine = Engine::of_pool(pool);
     let mut tx = pool.begin().await?;
@@ -333,7 +395,7 @@ pub async fn rotate_refresh(
     .await?
     .rows_affected();
     let row = sqlx::query(
-        "SELECT t.family_id, t.expires_at, f.revoked_at \
+        "SELECT t.family_id, t.expires_at, f.revoked_at, f.created_at AS family_created_at \
          FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
          WHERE t.token_hash = $1",
     )
@@ -347,8 +409,16 @@ pub async fn rotate_refresh(
     let family_id: String = row.try_get("family_id")?;
     let token_expires_at: i64 = row.try_get("expires_at")?;
     let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+    let family_created_at: i64 = row.try_get("family_created_at")?;
+    let family_ends_at = family_created_at.saturating_add(family_max);
     // The mark above is the atomic test of "used": it changed nothing if the token was.
-    match domain::refresh_state(marked == 0, revoked_at, token_expires_at, now) {
+    match domain::refresh_state(
+        marked == 0,
+        revoked_at,
+        token_expires_at,
+        family_ends_at,
+        now,
+    ) {
         RefreshState::Reused => {
             revoke_family_in(&mut tx, &family_id, now).await?;
             tx.commit().await?;
@@ -358,6 +428,7 @@ pub async fn rotate_refresh(
         RefreshState::Dead => return Ok(Rotation::Dead),
         RefreshState::Live => {}
     }
+    let expires_at = expires_at.min(family_ends_at);
     insert_token(&mut tx, new_hash, &family_id, now, expires_at).await?;
     tx.commit().await?;
     Ok(Rotation::Rotated)
@@ -423,6 +494,8 @@ mod tests {
     use crate::keys::generate_key;
 
     const SECOND: i64 = 1_000_000;
+    /// A family lifetime no scenario reaches unless it means to.
+    const DAY: i64 = 86_400 * SECOND;
 
     /// A fresh, migrated database per engine (SQLite, and PostgreSQL when
     /// `WEFT_TEST_POSTGRES_URL` is set), with what removes it after the scenario.
@@ -474,26 +547,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pending_registration_is_resumed_with_its_creation_key() {
+    async fn a_pending_registration_is_taken_over_only_through_its_hash() {
         for (db, cleanup) in databases().await {
             let email = "ada@example.com";
-            let key = begin_registration(&db.write, email, "hash-1", 1)
+            let Begun::Started(key) = begin_registration(&db.write, email, "hash-1", 1)
                 .await
-                .unwrap();
+                .unwrap()
+            else {
+                panic!("the first attempt starts the registration");
+            };
             assert_eq!(completed_credential(&db.read, email).await.unwrap(), None);
-            // A retry after a crash reuses the creation key and replaces the hash.
-            let again = begin_registration(&db.write, email, "hash-2", 2)
+            // A second attempt is told about the pending one and changes nothing.
+            let Begun::Pending(pending) = begin_registration(&db.write, email, "hash-2", 2)
+                .await
+                .unwrap()
+            else {
+                panic!("the second attempt finds the first one pending");
+            };
+            assert_eq!(
+                (
+                    pending.password_hash.as_str(),
+                    pending.creation_key.as_str()
+                ),
+                ("hash-1", key.as_str())
+            );
+            assert_eq!(pending.updated_at, 1);
+            // Taking it over keeps the creation key, so the same profile is found again...
+            let resumed = resume_registration(&db.write, email, "hash-1", "hash-2", 3)
                 .await
                 .unwrap();
-            assert_eq!(again, key);
-            // The attempt whose hash was replaced loses; the latest one completes.
+            assert_eq!(resumed, key);
+            // ...and only one attempt can take it over from what it saw.
+            assert!(matches!(
+                resume_registration(&db.write, email, "hash-1", "hash-3", 4).await,
+                Err(Error::EmailTaken)
+            ));
+            // The attempt whose hash was replaced loses; the one holding it completes.
             assert!(
-                !complete_registration(&db.write, email, "hash-1", "u1", 3)
+                !complete_registration(&db.write, email, "hash-1", "u1", 5)
                     .await
                     .unwrap()
             );
             assert!(
-                complete_registration(&db.write, email, "hash-2", "u1", 3)
+                complete_registration(&db.write, email, "hash-2", "u1", 5)
                     .await
                     .unwrap()
             );
@@ -504,7 +600,11 @@ mod tests {
             assert_eq!(credential.user_id, "u1");
             assert_eq!(credential.password_hash, "hash-2");
             assert!(matches!(
-                begin_registration(&db.write, email, "hash-3", 4).await,
+                begin_registration(&db.write, email, "hash-3", 6).await,
+                Err(Error::EmailTaken)
+            ));
+            assert!(matches!(
+                resume_registration(&db.write, email, "hash-2", "hash-3", 6).await,
                 Err(Error::EmailTaken)
             ));
             drop_database(db, cleanup).await;
@@ -526,7 +626,7 @@ mod tests {
             );
             assert_eq!(find_refresh(&db.read, "nope").await.unwrap(), None);
 
-            let rotated = rotate_refresh(&db.write, "t1", "t2", now + 1, expires)
+            let rotated = rotate_refresh(&db.write, "t1", "t2", now + 1, expires, DAY)
                 .await
                 .unwrap();
             assert_eq!(rotated, Rotation::Rotated);
@@ -538,7 +638,7 @@ mod tests {
             );
 
             // t1 again: reuse. The family dies, t2 with it.
-            let reused = rotate_refresh(&db.write, "t1", "t3", now + 2, expires)
+            let reused = rotate_refresh(&db.write, "t1", "t3", now + 2, expires, DAY)
                 .await
                 .unwrap();
             assert_eq!(reused, Rotation::Reused);
@@ -551,7 +651,7 @@ mod tests {
                     .revoked_at,
                 Some(now + 2)
             );
-            let dead = rotate_refresh(&db.write, "t2", "t4", now + 3, expires)
+            let dead = rotate_refresh(&db.write, "t2", "t4", now + 3, expires, DAY)
                 .await
                 .unwrap();
             assert_eq!(dead, Rotation::Dead);
@@ -561,7 +661,7 @@ mod tests {
                 None
             );
             assert_eq!(
-                rotate_refresh(&db.write, "nope", "t5", now, expires)
+                rotate_refresh(&db.write, "nope", "t5", now, expires, DAY)
                     .await
                     .unwrap(),
                 Rotation::Dead
@@ -577,7 +677,7 @@ mod tests {
             start_family(&db.write, "u1", "old", now - 10 * SECOND, now)
                 .await
                 .unwrap();
-            let expired = rotate_refresh(&db.write, "old", "x", now, now + SECOND)
+            let expired = rotate_refresh(&db.write, "old", "x", now, now + SECOND, DAY)
                 .await
                 .unwrap();
             assert_eq!(expired, Rotation::Dead);
@@ -592,7 +692,7 @@ mod tests {
                 .unwrap();
             let live = find_refresh(&db.read, "live").await.unwrap().unwrap();
             assert_eq!(live.revoked_at, Some(now + 1));
-            let after = rotate_refresh(&db.write, "live", "y", now + 3, now + SECOND)
+            let after = rotate_refresh(&db.write, "live", "y", now + 3, now + SECOND, DAY)
                 .await
                 .unwrap();
             assert_eq!(after, Rotation::Dead);
@@ -605,6 +705,33 @@ mod tests {
                     .revoked_at,
                 None
             );
+            drop_database(db, cleanup).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_family_cannot_be_refreshed_past_its_absolute_lifetime() {
+        for (db, cleanup) in databases().await {
+            let start = 1_000 * SECOND;
+            let max = 60 * SECOND;
+            // Refresh tokens live a day each: only the family's lifetime stops them.
+            start_family(&db.write, "u1", "t1", start, start + DAY)
+                .await
+                .unwrap();
+            let rotated =
+                rotate_refresh(&db.write, "t1", "t2", start + 30 * SECOND, start + DAY, max)
+                    .await
+                    .unwrap();
+            assert_eq!(rotated, Rotation::Rotated);
+            // The new token is cut to the family's end, not given a full day.
+            let t2 = find_refresh(&db.read, "t2").await.unwrap().unwrap();
+            assert_eq!(t2.expires_at, start + max);
+            assert_eq!(t2.family_created_at, start);
+            let late = rotate_refresh(&db.write, "t2", "t3", start + max, start + max + DAY, max)
+                .await
+                .unwrap();
+            assert_eq!(late, Rotation::Dead, "the family's lifetime is over");
+            assert!(find_refresh(&db.read, "t3").await.unwrap().is_none());
             drop_database(db, cleanup).await;
         }
     }

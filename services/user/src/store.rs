@@ -7,6 +7,8 @@ use weft_mesh::{
     page::Cursor,
 };
 
+use weft_proto::user::Role;
+
 use crate::domain::{Changes, NewUser, UserError, UserRecord, role_from_db, role_to_db};
 
 /// Reads and writes profiles.
@@ -143,6 +145,28 @@ impl Store {
         row.as_ref().map(record).transpose()
     }
 
+    /// Sets the role of the profile with `email` (already normalised) and returns it, or `None`
+    /// if no profile has that email.
+    pub async fn set_role_by_email(
+        &self,
+        email: &str,
+        role: Role,
+    ) -> Result<Option<UserRecord>, UserError> {
+        let role = role_to_db(role)
+            .ok_or_else(|| UserError::Corrupt("cannot store ROLE_UNSPECIFIED".into()))?;
+        let row = sqlx::query(
+            "UPDATE users SET role = $1, update_time = $2 WHERE email = $3 \
+             RETURNING id, email, display_name, role, create_time, update_time",
+        )
+        .bind(role)
+        .bind(weft_mesh::clock::now_micros())
+        .bind(email)
+        .fetch_optional(&self.db.write)
+        .instrument(db::span(self.db.engine, "UPDATE", "users"))
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
     /// Up to `limit` profiles after `after` in (create_time, id) order.
     pub async fn list(
         &self,
@@ -195,7 +219,6 @@ fn record(row: &AnyRow) -> Result<UserRecord, UserError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use weft_proto::user::Role;
     use weft_testkit::{Backend, TestDatabase};
 
     use super::*;
@@ -335,6 +358,36 @@ pub(crate) mod tests {
                 role: None,
             };
             assert_eq!(store.update("nope", &missing).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_are_set_by_email() {
+        for (store, _db) in stores().await {
+            let user = store
+                .create(&new_user("a@x.io", "k"))
+                .await
+                .unwrap()
+                .into_record();
+            let admin = store
+                .set_role_by_email("a@x.io", Role::Admin)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (admin.id.as_str(), admin.role),
+                (user.id.as_str(), Role::Admin)
+            );
+            assert_eq!(store.get(&user.id).await.unwrap(), Some(admin));
+            let back = store.set_role_by_email("a@x.io", Role::User).await.unwrap();
+            assert_eq!(back.map(|u| u.role), Some(Role::User));
+            assert_eq!(
+                store
+                    .set_role_by_email("b@x.io", Role::Admin)
+                    .await
+                    .unwrap(),
+                None
+            );
         }
     }
 
