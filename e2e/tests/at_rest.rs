@@ -121,15 +121,8 @@ async fn a_signing_key_from_a_file_signs_and_stays_out_of_the_database(backend: 
         .unwrap()
         .to_string();
     assert_eq!(kid, jwks.keys[0].kid);
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    validation.set_audience(&["weft"]);
-    validation.set_issuer(&[ISSUER]);
-    jsonwebtoken::decode::<Claims>(
-        &tokens.access_token,
-        &jsonwebtoken::DecodingKey::from_ed_components(&jwks.keys[0].x).unwrap(),
-        &validation,
-    )
-    .expect("the token verifies with the published key");
+    verify_with_jwk(&tokens.access_token, &jwks.keys[0].x)
+        .expect("the token verifies with the published key");
     ok(mesh
         .user()
         .get_me(bearer(&tokens.access_token, GetMeRequest {}))

@@ -402,17 +402,8 @@ async fn jwks_publishes_the_signing_key(backend: Backend) {
         .iter()
         .find(|k| k.kid == kid)
         .expect("the token's kid is in the JWKS");
-    weft_mesh::jwt_crypto::install();
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    validation.set_audience(&["weft"]);
-    validation.set_issuer(&[ISSUER]);
-    let data = jsonwebtoken::decode::<Claims>(
-        &tokens.access_token,
-        &jsonwebtoken::DecodingKey::from_ed_components(&jwk.x).expect("JWK x"),
-        &validation,
-    )
-    .expect("the access token verifies with the published key");
-    let claims = data.claims;
+    let claims = verify_with_jwk(&tokens.access_token, &jwk.x)
+        .expect("the access token verifies with the published key");
     assert_eq!(claims.sub, user_of(&tokens).id);
     assert_eq!(claims.role, "user");
     assert_eq!(claims.exp - claims.iat, 300);

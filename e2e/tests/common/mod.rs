@@ -222,6 +222,17 @@ pub fn foreign_token(claims: &Claims, kid: &str) -> String {
         .expect("signing")
 }
 
+/// The claims of an access token (audience `weft`, the kit's issuer) that verifies with the
+/// Ed25519 public key `x` of a JWK, as any verifier outside the mesh would check it.
+pub fn verify_with_jwk(token: &str, x: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+    weft_mesh::jwt_crypto::install();
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&["weft"]);
+    validation.set_issuer(&[ISSUER]);
+    let key = jsonwebtoken::DecodingKey::from_ed_components(x)?;
+    Ok(jsonwebtoken::decode::<Claims>(token, &key, &validation)?.claims)
+}
+
 /// An unsigned token: header `{"alg":"none"}` and an empty signature.
 pub fn alg_none_token(claims: &Claims, kid: &str) -> String {
     let header = serde_json::json!({"alg": "none", "typ": "JWT", "kid": kid});
