@@ -455,3 +455,38 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .sum::<usize>()
         + line
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tonic::Status;
+
+    use crate::test_gateway::{fake_upstream, gateway, send};
+
+    /// A gateway whose upstream answers every call NOT_FOUND (no call is expected to reach it).
+    async fn refusing_gateway() -> std::net::SocketAddr {
+        let upstream = fake_upstream(Arc::new(|_path| {
+            Box::pin(async { weft_mesh::grpc::refusal(Status::not_found("no such order")) })
+        }))
+        .await;
+        gateway(upstream, &[]).await
+    }
+
+    #[tokio::test]
+    async fn a_path_ending_in_a_declared_verb_is_only_the_verb_routes() {
+        let gateway = refusing_gateway().await;
+        // `GET /v1/orders/{id}` would take `o1:cancel` for an id; the path is CancelOrder's.
+        for method in ["GET", "DELETE", "OPTIONS"] {
+            let answer = send(gateway, method, "/v1/orders/o1:cancel", &[]).await;
+            assert_eq!(answer.status, 405, "{method}: {answer:?}");
+            assert_eq!(answer.header("allow"), Some("POST"), "{method}: {answer:?}");
+            assert_eq!(answer.body["code"], 12, "UNIMPLEMENTED");
+        }
+        // A suffix that is no route's verb is data: GetOrder's route (which wants a token).
+        let answer = send(gateway, "GET", "/v1/orders/o1:uncancel", &[]).await;
+        assert_eq!(answer.status, 401, "{answer:?}");
+        let answer = send(gateway, "PUT", "/v1/orders/o1:uncancel", &[]).await;
+        assert_eq!(answer.header("allow"), Some("GET"), "{answer:?}");
+    }
+}
