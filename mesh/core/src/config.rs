@@ -270,6 +270,18 @@ pub struct UpstreamConfig {
     /// Time allowed to open a connection, in ms; default 1000.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Time between HTTP/2 PINGs on a connection while calls are open on it, in ms; 0: no
+    /// pings. Default 10000.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    /// Time a PING may go unanswered, in ms, before its connection is closed and the calls on
+    /// it fail with UNAVAILABLE; default 5000.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// TCP keepalive of its connections, in ms: idle time before the first probe, and time
+    /// between probes; 0: off. Default 30000.
+    #[serde(default = "default_tcp_keepalive_ms")]
+    pub tcp_keepalive_ms: u64,
     /// Time allowed for one call (all its attempts), in ms, unless `methods` says otherwise;
     /// default 5000. Never more than what is left of the inbound call's deadline.
     #[serde(default = "default_call_timeout_ms")]
@@ -405,6 +417,9 @@ impl UpstreamConfig {
             default_access: DefaultAccess::default(),
             resolve_interval_ms: default_resolve_interval_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            keepalive_interval_ms: default_keepalive_interval_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            tcp_keepalive_ms: default_tcp_keepalive_ms(),
             timeout_ms: default_call_timeout_ms(),
             deadline_margin_ms: default_deadline_margin_ms(),
             methods: Default::default(),
@@ -426,6 +441,16 @@ impl UpstreamConfig {
     /// Time allowed to open a connection.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The HTTP/2 PING interval of its connections; `None` when pings are off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
+    }
+
+    /// The TCP keepalive time of its connections; `None` when off.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        (self.tcp_keepalive_ms > 0).then(|| Duration::from_millis(self.tcp_keepalive_ms))
     }
 
     /// Time allowed for one call.
@@ -451,6 +476,15 @@ fn default_resolve_interval_ms() -> u64 {
 }
 fn default_deadline_margin_ms() -> u64 {
     5
+}
+fn default_keepalive_interval_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    5_000
+}
+fn default_tcp_keepalive_ms() -> u64 {
+    30_000
 }
 
 // === loading ===
@@ -753,6 +787,7 @@ impl UpstreamConfig {
             ("timeout_ms", self.timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("resolve_interval_ms", self.resolve_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
         ] {
             if value == 0 {
                 return err(key.into(), "must be at least 1 ms");
@@ -1159,5 +1194,45 @@ mod tests {
     fn semantic_checks_name_the_key() {
         let err = load_text("[upstreams.user]\nendpoint = \"ftp://x\"\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoint"));
+    }
+
+    #[test]
+    fn upstream_connections_keep_alive_by_default_and_each_check_can_be_turned_off() {
+        let config = load_text(TWO_SERVICES, &[]).unwrap();
+        let user = config.upstream("user").unwrap();
+        assert_eq!(
+            (
+                user.keepalive_interval(),
+                user.keepalive_timeout_ms,
+                user.tcp_keepalive()
+            ),
+            (
+                Some(Duration::from_secs(10)),
+                5_000,
+                Some(Duration::from_secs(30))
+            )
+        );
+        let off = load_text(
+            TWO_SERVICES,
+            &[
+                ("WEFT_UPSTREAMS__USER__KEEPALIVE_INTERVAL_MS", "0"),
+                ("WEFT_UPSTREAMS__USER__TCP_KEEPALIVE_MS", "0"),
+            ],
+        )
+        .unwrap();
+        let user = off.upstream("user").unwrap();
+        assert_eq!(
+            (user.keepalive_interval(), user.tcp_keepalive()),
+            (None, None)
+        );
+        let err = load_text(
+            TWO_SERVICES,
+            &[("WEFT_UPSTREAMS__USER__KEEPALIVE_TIMEOUT_MS", "0")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("upstreams.user.keepalive_timeout_ms")
+        );
     }
 }
