@@ -1469,18 +1469,6 @@ mod tests {
         ];
         let cases = [
             ("GET", "/v1/products:search", Found("SearchProducts", &[])),
-            // A `:` before the last segment is data, never a verb.
-            (
-                "GET",
-                "/v1/shelves/s:1/books/b1",
-                Found("GetBook", &[("name", "shelves/s:1/books/b1")]),
-            ),
-            ("POST", "/v1/orders/abc:cancel/x", NotFound),
-            (
-                "GET",
-                "/v1/files/a:cancel/b",
-                Found("GetFile", &[("path", "a:cancel/b")]),
-            ),
             (
                 "GET",
                 "/v1/orders:search",
