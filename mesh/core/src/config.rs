@@ -100,6 +100,19 @@ pub struct GatewayConfig {
     /// Rate limits per client and route (`[gateway.rate_limit]`); default: the contract's
     /// limit on the credential routes (see [`crate::policy::RateLimitPolicy`]).
     pub rate_limit: crate::policy::RateLimitPolicy,
+    /// Time a client has to send a whole request head (request line and headers), in ms: from
+    /// the connection's opening for its first request, and from the first byte of each next
+    /// one on an HTTP/1.1 connection; past it the connection is closed. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// Time a connection may stay open with no request under way, in ms, since its last
+    /// request ended; then it is closed (HTTP/2: GOAWAY). Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; a connection accepted beyond it is closed at once. Read at
+    /// start. Default 10000.
+    pub max_connections: usize,
+    /// Time allowed to read a request's body, in ms, once its head is in; past it: 408.
+    /// Default 30000.
+    pub body_read_timeout_ms: u64,
 }
 
 /// Cross-origin resource sharing at the gateway.
@@ -350,6 +363,10 @@ impl Default for GatewayConfig {
             tls: TlsConfig::default(),
             max_concurrent_requests: 4096,
             rate_limit: Default::default(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -363,6 +380,21 @@ impl GatewayConfig {
                 .copied()
                 .unwrap_or(self.route_timeout_ms),
         )
+    }
+
+    /// [`GatewayConfig::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// [`GatewayConfig::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`GatewayConfig::body_read_timeout_ms`] as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 }
 
@@ -864,6 +896,18 @@ impl MeshConfig {
         if gateway.max_concurrent_requests == 0 {
             return err("max_concurrent_requests", "must be at least 1");
         }
+        for (key, ms) in [
+            ("header_read_timeout_ms", gateway.header_read_timeout_ms),
+            ("idle_timeout_ms", gateway.idle_timeout_ms),
+            ("body_read_timeout_ms", gateway.body_read_timeout_ms),
+        ] {
+            if ms == 0 {
+                return err(key, "must be at least 1 ms");
+            }
+        }
+        if gateway.max_connections == 0 {
+            return err("max_connections", "must be at least 1");
+        }
         gateway
             .rate_limit
             .validate()
@@ -1194,6 +1238,36 @@ mod tests {
     fn semantic_checks_name_the_key() {
         let err = load_text("[upstreams.user]\nendpoint = \"ftp://x\"\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoint"));
+    }
+
+    #[test]
+    fn slow_and_idle_clients_have_limits_by_default_and_none_may_be_zero() {
+        let config = MeshConfig::load_from(None, []).unwrap();
+        let gateway = &config.gateway;
+        assert_eq!(
+            (
+                gateway.header_read_timeout(),
+                gateway.idle_timeout(),
+                gateway.max_connections,
+                gateway.body_read_timeout(),
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                10_000,
+                Duration::from_secs(30),
+            )
+        );
+        for key in [
+            "header_read_timeout_ms",
+            "idle_timeout_ms",
+            "max_connections",
+            "body_read_timeout_ms",
+        ] {
+            let err = load_text(&format!("[gateway]\n{key} = 0\n"), &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(format!("gateway.{key}").as_str()));
+            assert!(err.reason.starts_with("must be at least 1"), "{err}");
+        }
     }
 
     #[test]
