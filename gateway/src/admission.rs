@@ -245,4 +245,46 @@ mod tests {
         drop(second);
         assert_eq!(in_flight.load(Ordering::Relaxed), 1);
     }
+
+    #[test]
+    fn the_shipped_configs_rate_limit_every_public_route_that_writes() {
+        let table = crate::test_support::weft_table();
+        let writes: Vec<String> = table
+            .router
+            .routes()
+            .map(|route| route.value())
+            .filter(|endpoint| {
+                endpoint.access == weft_mesh::contract::Access::Public
+                    && endpoint.http_method.as_str() != "GET"
+            })
+            .map(|endpoint| format!("{} {}", endpoint.http_method.as_str(), endpoint.template))
+            .collect();
+        assert!(
+            writes.contains(&"POST /v1/auth/logout".to_owned()),
+            "{writes:?}"
+        );
+        assert!(
+            writes.contains(&"POST /v1/auth/refresh".to_owned()),
+            "{writes:?}"
+        );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-config");
+        for file in ["local.toml", "compose.toml"] {
+            let config = weft_mesh::MeshConfig::load_from(Some(&root.join(file)), [])
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            let limited: Vec<&String> = config
+                .gateway
+                .rate_limit
+                .rules
+                .iter()
+                .flat_map(|rule| &rule.routes)
+                .collect();
+            for route in &writes {
+                assert!(
+                    limited.contains(&route),
+                    "{file}: the public route {route} costs a database write and no rate limit \
+                     names it"
+                );
+            }
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! In order: authentication of non-public routes (401 with `WWW-Authenticate: Bearer`, 403
 //! for a route of another role; before any upstream call); the rate limits (429, see
-//! [`crate::admission`]); the body, within `gateway.max_body_bytes` and only as JSON (413,
-//! 415); the request message (400, see [`crate::request_message`]); the call to the route's
+//! [`crate::admission`]); the body, within `gateway.max_body_bytes`, read within
+//! `gateway.body_read_timeout_ms` and only as JSON (413, 408, 415); the request message (400, see [`crate::request_message`]); the call to the route's
 //! upstream under the route's timeout (see [`crate::upstream`]), whose reply comes back as
 //! JSON or whose error as the contract's error.
 
@@ -123,7 +123,23 @@ impl ApiCalls {
         let (parts, body) = req.into_parts();
         let body = match endpoint.body {
             BodyRule::None => Bytes::new(),
-            _ => self.read_body(&parts.headers, body).await?,
+            _ => {
+                let timeout = self.settings.get().body_read_timeout();
+                tokio::time::timeout(timeout, self.read_body(&parts.headers, body))
+                    .await
+                    .map_err(|_| {
+                        // A client that dribbles its body (or never sends it) would hold the
+                        // request's slot and its connection for as long as it likes.
+                        ApiError::with_status(
+                            StatusCode::REQUEST_TIMEOUT,
+                            Code::DeadlineExceeded,
+                            format!(
+                                "request body not received within {} ms",
+                                timeout.as_millis()
+                            ),
+                        )
+                    })??
+            }
         };
         let message = request_message::build_request(
             endpoint,

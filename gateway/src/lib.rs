@@ -24,10 +24,13 @@
 //! - [`own_routes`]: `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`;
 //! - [`call`]: the API call path, from authentication to the JSON answer;
 //! - [`tls`]: TLS for the listener;
-//! - [`serve`]: the accept loop and the per-request pipeline ([`Gateway`]).
+//! - [`connection`]: a client connection's deadlines (request head, idle);
+//! - [`serve`]: the accept loop with its cap on connections, and the per-request pipeline
+//!   ([`Gateway`]).
 
 pub mod admission;
 pub mod call;
+pub mod connection;
 pub mod cors;
 pub mod endpoint;
 pub mod error;
@@ -49,7 +52,7 @@ pub mod tls;
 pub mod upstream;
 pub mod wire_json;
 
-pub use serve::{Gateway, run};
+pub use serve::{Gateway, run, serve};
 
 /// What the gateway's unit tests share: Weft's contract and a config that routes it.
 #[cfg(test)]

@@ -34,6 +34,13 @@
 //! - The path is split on `/`. A route with a verb splits the last segment at its last `:`
 //!   (`/v1/orders/abc:cancel` is `[v1, orders, abc]` + verb `cancel`); a route without a verb sees
 //!   the whole segment, so `/v1/products/a:b` still binds `{id}` to `a:b` (as grpc-gateway does).
+//! - A verb is only a verb on the last segment: a `:` in an earlier segment is data
+//!   (`/v1/shelves/s:1/books/b1`).
+//! - A path that a route with a verb matches, whatever that route's method, is a verb path:
+//!   only routes with that verb answer it. So `GET /v1/orders/abc:cancel` is a 405 with
+//!   `Allow: POST`, not `GetOrder` of the id `abc:cancel`, and the `Allow` of a verb path never
+//!   lists the methods of the verb-less routes its last segment would also fit. A `:suffix` no
+//!   route with a verb matches stays data (`/v1/products/a:b`, `/v1/orders/abc:uncancel`).
 //! - Empty segments never match, so `/v1/products/` does not match `/v1/products/{id}`.
 //! - Literal segments and verbs compare after percent-decoding.
 //! - Bound values are percent-decoded per RFC 3986 and must be UTF-8. A single-segment variable
@@ -732,7 +739,11 @@ impl<T> Router<T> {
         let Some(rest) = path.strip_prefix('/') else {
             return Ok(Match::NotFound);
         };
-        let candidate = Candidate::new(rest, self.has_verbs);
+        let mut candidate = Candidate::new(rest, self.has_verbs);
+        candidate.verb_only = candidate.verb_split.is_some()
+            && self.routes.iter().any(|route| {
+                route.template.verb.is_some() && candidate.matches(&route.template).is_some()
+            });
 
         let mut best: Option<(&Route<T>, &str)> = None;
         for route in &self.routes {
@@ -779,6 +790,9 @@ struct Candidate<'p> {
     verb_split: Option<(&'p str, &'p str, usize)>,
     /// Whether the path has percent escapes (then literals compare decoded, segment by segment).
     escaped: bool,
+    /// Whether a route with a verb matches the path (by any method): then its `:suffix` is a
+    /// verb, and routes without one do not match.
+    verb_only: bool,
 }
 
 impl<'p> Candidate<'p> {
@@ -797,6 +811,7 @@ impl<'p> Candidate<'p> {
             rest_len: segment_count(rest),
             verb_split,
             escaped: rest.contains('%'),
+            verb_only: false,
         }
     }
 
@@ -807,6 +822,7 @@ impl<'p> Candidate<'p> {
                 Some((body, raw_verb, len)) if decoded_eq(raw_verb, verb) => (body, len),
                 _ => return None,
             },
+            None if self.verb_only => return None,
             None => (self.rest, self.rest_len),
         };
         let fits = if template.ends_open() {
@@ -1314,18 +1330,28 @@ mod tests {
                 "/v1/orders/a:b:cancel",
                 Found("CancelOrder", &[("id", "a:b")]),
             ),
+            // A path a verb route matches is only that route's: GetOrder does not take
+            // `abc:cancel` for an id, and `Allow` names the verb route's method alone.
+            ("GET", "/v1/orders/abc:cancel", NotAllowed(&["POST"])),
+            ("DELETE", "/v1/orders/abc:cancel", NotAllowed(&["POST"])),
+            ("OPTIONS", "/v1/orders/abc:cancel", NotAllowed(&["POST"])),
+            ("GET", "/v1/orders/a:b:cancel", NotAllowed(&["POST"])),
+            ("GET", "/v1/products/p1:restock", NotAllowed(&["POST"])),
+            ("POST", "/v1/orders/abc", NotAllowed(&["GET"])),
+            // A suffix no verb route matches is data.
+            ("POST", "/v1/orders/abc:uncancel", NotAllowed(&["GET"])),
             (
                 "GET",
-                "/v1/orders/abc:cancel",
-                Found("GetOrder", &[("id", "abc:cancel")]),
+                "/v1/orders/abc:uncancel",
+                Found("GetOrder", &[("id", "abc:uncancel")]),
             ),
-            ("POST", "/v1/orders/abc", NotAllowed(&["GET"])),
             (
-                "DELETE",
-                "/v1/orders/abc:cancel",
-                NotAllowed(&["GET", "POST"]),
+                "GET",
+                "/v1/users/abc:cancel",
+                Found("GetUser", &[("id", "abc:cancel")]),
             ),
-            ("POST", "/v1/orders/abc:uncancel", NotAllowed(&["GET"])),
+            // An empty segment before the verb: the verb route cannot match it, and the path
+            // is a verb path for no route.
             ("POST", "/v1/orders/:cancel", NotAllowed(&["GET"])),
             ("POST", "/v1/orders/abc%3Acancel", NotAllowed(&["GET"])),
             (
@@ -1352,6 +1378,18 @@ mod tests {
                 Found("GetProduct", &[("id", "p1")]),
             ),
             ("GET", "/v1/products:search", Found("SearchProducts", &[])),
+            // A `:` before the last segment is data, never a verb.
+            (
+                "GET",
+                "/v1/shelves/s:1/books/b1",
+                Found("GetBook", &[("name", "shelves/s:1/books/b1")]),
+            ),
+            ("POST", "/v1/orders/abc:cancel/x", NotFound),
+            (
+                "GET",
+                "/v1/files/a:cancel/b",
+                Found("GetFile", &[("path", "a:cancel/b")]),
+            ),
             ("GET", "/v1/products", NotFound),
             ("POST", "/v1/products:search", NotAllowed(&["GET"])),
             // Custom method kinds.

@@ -1,6 +1,11 @@
 //! The gateway's HTTP server: the accept loop, and [`Gateway::handle`], the hyper service that
 //! takes every request through the edge to its answer.
 //!
+//! The accept loop ([`serve`]) keeps at most `gateway.max_connections` connections open
+//! (one more is closed at once), and serves each under the deadlines of [`crate::connection`]:
+//! a request head within `gateway.header_read_timeout_ms`, no longer than
+//! `gateway.idle_timeout_ms` with no request under way.
+//!
 //! For each request, in order: request id ([`crate::request_id`]); the gateway-wide cap on
 //! requests in flight, which the gateway's own endpoints skip (503, [`crate::admission`]); the
 //! request line and headers within `gateway.max_header_bytes` (431); the gateway's own
@@ -14,6 +19,7 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
     sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
@@ -24,8 +30,14 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
+use tokio_rustls::TlsAcceptor;
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
 use weft_mesh::{
@@ -41,6 +53,7 @@ use weft_mesh::{
 use crate::{
     admission::{self, Admitted, warn_unknown_routes},
     call::ApiCalls,
+    connection::{Activity, Expiry, Limits, Watched},
     cors,
     endpoint::Endpoint,
     error::ApiError,
@@ -59,23 +72,57 @@ pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(config.clone())?);
     gateway.spawn_upkeep();
     let addr = config.gateway.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let tls = tls::acceptor(&config.gateway.tls)?;
     tracing::info!(addr = %local, tls = tls.is_some(), "gateway serving");
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    serve(
+        listener,
+        gateway,
+        tls,
+        weft_mesh::server::shutdown_signal(),
+        drain,
+    )
+    .await;
+    Ok(())
+}
 
+/// Time an idle connection told to close gets to do so before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Least time between two warnings about connections refused at `gateway.max_connections`.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener` and serves `gateway` on them until `shutdown` resolves;
+/// then stops accepting and lets the open connections finish for up to `drain`.
+///
+/// At most `gateway.max_connections` connections are open at once (read here, at start): one
+/// accepted beyond it is closed at once, so a flood of connections costs a file descriptor for
+/// an instant rather than a queue without bound. Each connection has the deadlines of
+/// [`crate::connection`], with the limits `[gateway]` says when it is accepted.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let settings = gateway.settings.get();
     // hyper refuses heads past its buffer with a bare 431; give it room so that the handler sees
     // heads up to 4x the limit and answers the contract's JSON 431 for them.
-    let head_room = config.gateway.max_header_bytes.saturating_mul(4);
+    let head_room = settings.max_header_bytes.saturating_mul(4);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true).max_buf_size(head_room);
     builder
         .http2()
         .max_header_list_size(u32::try_from(head_room).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
-    let shutdown = weft_mesh::server::shutdown_signal();
+    let max_connections = settings.max_connections;
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let mut last_refusal_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -89,57 +136,151 @@ pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    drop(stream);
+                    if last_refusal_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                        last_refusal_warning = Some(Instant::now());
+                        tracing::warn!(
+                            %peer,
+                            max_connections,
+                            "connection refused: gateway.max_connections are open"
+                        );
+                    }
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let gateway = gateway.clone();
-                let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let limits = gateway.connection_limits();
+                let connection = ClientConnection {
+                    builder: builder.clone(),
+                    gateway: gateway.clone(),
+                    peer,
+                    activity: Activity::new(),
+                    limits,
+                    stopping: stopping.clone(),
+                };
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let result = match tls {
-                        None => {
-                            let connection = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(connection.into_owned()).await
-                        }
+                    // The connection counts against the cap until its task ends.
+                    let _permit = permit;
+                    match tls {
+                        None => connection.serve(stream).await,
                         Some(acceptor) => {
-                            let stream = match tokio::time::timeout(
-                                tls::HANDSHAKE_TIMEOUT,
-                                acceptor.accept(stream),
-                            )
-                            .await
+                            match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
                             {
-                                Ok(Ok(stream)) => stream,
+                                Ok(Ok(stream)) => connection.serve(stream).await,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
                                 }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let connection = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(connection.into_owned()).await
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
                         }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
             }
-            _ = &mut shutdown => break,
+            () = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!("shutting down: draining connections");
-    let drain = Duration::from_millis(config.server.drain_timeout_ms);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    let _ = stop.send(true);
+    // Every connection's task holds a permit until it ends: all permits back, all drained.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("drain timed out; dropping connections");
     }
     tracing::info!("stopped");
-    Ok(())
+}
+
+/// Resolves once the gateway shuts down (or the accept loop is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, not held by the caller.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// One accepted client connection, and what serving it needs.
+struct ClientConnection {
+    builder: auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    limits: Limits,
+    /// Turns true when the gateway shuts down.
+    stopping: watch::Receiver<bool>,
+}
+
+impl ClientConnection {
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, a deadline of
+    /// [`crate::connection`] passes, or the gateway shuts down.
+    async fn serve<S>(self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            builder,
+            gateway,
+            peer,
+            activity,
+            limits,
+            mut stopping,
+        } = self;
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let request = activity.request(req.version());
+                let gateway = gateway.clone();
+                async move {
+                    let answer = gateway.handle(req, peer).await;
+                    drop(request);
+                    answer
+                }
+            })
+        };
+        let io = TokioIo::new(Watched::new(io, activity.clone()));
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            expiry = activity.expired(limits) => match expiry {
+                Expiry::Head => {
+                    // Mid-head there is nothing to answer on: the connection is dropped.
+                    tracing::debug!(
+                        %peer,
+                        timeout_ms = limits.header_read_timeout.as_millis(),
+                        "no complete request head in time: closing the connection"
+                    );
+                    return;
+                }
+                Expiry::Idle => {
+                    tracing::debug!(
+                        %peer,
+                        timeout_ms = limits.idle_timeout.as_millis(),
+                        "connection idle: closing it"
+                    );
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                        Ok(result) => result,
+                        Err(_) => return,
+                    }
+                }
+            },
+            () = stopped(&mut stopping) => {
+                // Requests under way finish (within the drain); a connection that stalls
+                // meanwhile still meets its deadlines.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = activity.expired(limits) => return,
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Everything a request needs, built once at start.
@@ -410,6 +551,15 @@ impl Gateway {
         span
     }
 
+    /// The deadlines of a connection accepted now, as `[gateway]` says.
+    fn connection_limits(&self) -> Limits {
+        let settings = self.settings.get();
+        Limits {
+            header_read_timeout: settings.header_read_timeout(),
+            idle_timeout: settings.idle_timeout(),
+        }
+    }
+
     /// Counts an API request in flight, or refuses it (503) past
     /// `gateway.max_concurrent_requests`; the gateway's own endpoints are always admitted.
     fn admit(&self, path: &str) -> Result<Option<Admitted<'_>>, ApiError> {
@@ -454,4 +604,344 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum::<usize>()
         + line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    use futures::future::join_all;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+    use tonic::Status;
+
+    use crate::test_gateway::{fake_upstream, gateway, send};
+
+    /// A gateway whose upstream answers every call NOT_FOUND (no call is expected to reach it).
+    async fn refusing_gateway() -> std::net::SocketAddr {
+        let upstream = fake_upstream(Arc::new(|_path| {
+            Box::pin(async { weft_mesh::grpc::refusal(Status::not_found("no such order")) })
+        }))
+        .await;
+        gateway(upstream, &[]).await
+    }
+
+    #[tokio::test]
+    async fn a_path_ending_in_a_declared_verb_is_only_the_verb_routes() {
+        let gateway = refusing_gateway().await;
+        // `GET /v1/orders/{id}` would take `o1:cancel` for an id; the path is CancelOrder's.
+        for method in ["GET", "DELETE", "OPTIONS"] {
+            let answer = send(gateway, method, "/v1/orders/o1:cancel", &[]).await;
+            assert_eq!(answer.status, 405, "{method}: {answer:?}");
+            assert_eq!(answer.header("allow"), Some("POST"), "{method}: {answer:?}");
+            assert_eq!(answer.body["code"], 12, "UNIMPLEMENTED");
+        }
+        // A suffix that is no route's verb is data: GetOrder's route (which wants a token).
+        let answer = send(gateway, "GET", "/v1/orders/o1:uncancel", &[]).await;
+        assert_eq!(answer.status, 401, "{answer:?}");
+        let answer = send(gateway, "PUT", "/v1/orders/o1:uncancel", &[]).await;
+        assert_eq!(answer.header("allow"), Some("GET"), "{answer:?}");
+    }
+
+    // --- slow and idle clients ---
+
+    /// Bound of every wait in these tests: they stop by themselves.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// A gateway with these `[gateway]` connection settings, in front of an upstream that
+    /// answers every call NOT_FOUND after `delay`.
+    async fn gateway_with(settings: &[(&str, &str)], delay: Duration) -> std::net::SocketAddr {
+        let upstream = fake_upstream(Arc::new(move |_path| {
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                weft_mesh::grpc::refusal(Status::not_found("no such product"))
+            })
+        }))
+        .await;
+        gateway(upstream, settings).await
+    }
+
+    /// Sends `GET path` on a keep-alive connection and reads the answer's status; None when
+    /// the connection is closed instead.
+    async fn get(stream: &mut TcpStream, path: &str) -> Option<u16> {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: gateway\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        read_answer(stream).await
+    }
+
+    /// Reads one answer (head, then a `content-length` body); None when the connection closes.
+    async fn read_answer(stream: &mut TcpStream) -> Option<u16> {
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        while raw.len() < head_end + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+        head.get(9..12)?.parse().ok()
+    }
+
+    /// How long after `since` the server closed `stream` (reading until it does, sending
+    /// nothing); None if it did not within [`WAIT`].
+    async fn closed_after(stream: &mut TcpStream, since: Instant) -> Option<Duration> {
+        let mut sink = [0u8; 1024];
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return since.elapsed(),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// Raises the soft limit on open files to `needed` if it is lower (within the hard limit).
+    fn ensure_open_files(needed: u64) {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current.is_some_and(|current| current < needed) {
+            let raised = limit.maximum.map_or(needed, |max| max.min(needed));
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(raised),
+                    maximum: limit.maximum,
+                },
+            )
+            .expect("raise the soft limit on open files");
+            assert!(
+                raised >= needed,
+                "this test needs {needed} open files; the hard limit is {raised}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_and_slow_header_clients_leave_a_normal_client_fast_and_slow_ones_are_cut_off() {
+        const IDLE: usize = 2000;
+        const SLOW: usize = 200;
+        const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+        // Both ends of every connection are in this process, and then some.
+        ensure_open_files(2 * (IDLE + SLOW) as u64 + 1000);
+        let gateway = gateway_with(
+            &[
+                ("WEFT_GATEWAY__HEADER_READ_TIMEOUT_MS", "2000"),
+                ("WEFT_GATEWAY__IDLE_TIMEOUT_MS", "60000"),
+                ("WEFT_GATEWAY__MAX_CONNECTIONS", "5000"),
+            ],
+            Duration::ZERO,
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(90), async {
+            // 2,000 keep-alive connections, each served once, then idle.
+            let mut idle = Vec::with_capacity(IDLE);
+            for _ in 0..IDLE / 200 {
+                let batch = join_all((0..200).map(|_| async {
+                    let mut stream = TcpStream::connect(gateway).await.unwrap();
+                    assert_eq!(get(&mut stream, "/healthz").await, Some(200));
+                    stream
+                }))
+                .await;
+                idle.extend(batch);
+            }
+
+            // 200 clients sending their head one byte a second: it would take them a minute.
+            let mut slow = Vec::with_capacity(SLOW);
+            for _ in 0..SLOW {
+                let stream = TcpStream::connect(gateway).await.unwrap();
+                let opened = Instant::now();
+                let (mut read, mut write) = stream.into_split();
+                let dribble = tokio::spawn(async move {
+                    let head = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+                    for byte in head {
+                        if write.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+                slow.push(tokio::spawn(async move {
+                    let mut sink = [0u8; 1024];
+                    let closed = tokio::time::timeout(WAIT, async {
+                        loop {
+                            match read.read(&mut sink).await {
+                                Ok(0) | Err(_) => return opened.elapsed(),
+                                Ok(_) => {}
+                            }
+                        }
+                    })
+                    .await
+                    .ok();
+                    dribble.abort();
+                    closed
+                }));
+            }
+
+            // A normal client meanwhile: a new connection and one request at a time.
+            let mut latencies = Vec::new();
+            for _ in 0..200 {
+                let started = Instant::now();
+                let mut stream = TcpStream::connect(gateway).await.unwrap();
+                assert_eq!(get(&mut stream, "/healthz").await, Some(200));
+                latencies.push(started.elapsed());
+            }
+            latencies.sort();
+            let p99 = latencies[latencies.len() * 99 / 100 - 1];
+            assert!(
+                p99 < Duration::from_millis(50),
+                "a normal client's p99 is {p99:?} next to {IDLE} idle and {SLOW} slow clients"
+            );
+
+            // The server closes every slow connection soon after the header timeout.
+            for closed in join_all(slow).await {
+                let closed = closed
+                    .unwrap()
+                    .expect("the gateway closes a connection whose head is not in");
+                assert!(
+                    closed >= HEADER_TIMEOUT - Duration::from_millis(100)
+                        && closed <= HEADER_TIMEOUT + Duration::from_secs(3),
+                    "a slow connection closed after {closed:?}, its header timeout is {HEADER_TIMEOUT:?}"
+                );
+            }
+
+            // The idle keep-alive connections were not cut by the header timeout: each still
+            // serves (its idle timeout is a minute).
+            for batch in idle.chunks_mut(200) {
+                let answers = join_all(batch.iter_mut().map(|s| get(s, "/healthz"))).await;
+                assert!(answers.iter().all(|a| *a == Some(200)), "{answers:?}");
+            }
+        })
+        .await
+        .expect("the test stops by itself");
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_at_the_header_timeout_and_an_idle_one_at_the_idle_timeout()
+     {
+        let gateway = gateway_with(
+            &[
+                ("WEFT_GATEWAY__HEADER_READ_TIMEOUT_MS", "1000"),
+                ("WEFT_GATEWAY__IDLE_TIMEOUT_MS", "2000"),
+            ],
+            Duration::from_millis(3000),
+        )
+        .await;
+        let (silent, idle, busy) = tokio::join!(
+            async {
+                // Connects and sends nothing.
+                let mut stream = TcpStream::connect(gateway).await.unwrap();
+                closed_after(&mut stream, Instant::now()).await
+            },
+            async {
+                // Served once, then sends nothing.
+                let mut stream = TcpStream::connect(gateway).await.unwrap();
+                assert_eq!(get(&mut stream, "/healthz").await, Some(200));
+                closed_after(&mut stream, Instant::now()).await
+            },
+            async {
+                // A request whose upstream takes longer than the idle timeout is answered.
+                let mut stream = TcpStream::connect(gateway).await.unwrap();
+                get(&mut stream, "/v1/products/p1").await
+            },
+        );
+        let silent = silent.expect("the gateway closes a connection that sends nothing");
+        assert!(
+            silent >= Duration::from_millis(900) && silent <= Duration::from_secs(4),
+            "closed after {silent:?}, header timeout 1 s"
+        );
+        let idle = idle.expect("the gateway closes an idle keep-alive connection");
+        assert!(
+            idle >= Duration::from_millis(1900) && idle <= Duration::from_secs(5),
+            "closed after {idle:?}, idle timeout 2 s"
+        );
+        assert_eq!(busy, Some(404), "the slow call's answer arrives");
+    }
+
+    #[tokio::test]
+    async fn a_body_not_sent_in_time_is_answered_408() {
+        let gateway = gateway_with(
+            &[("WEFT_GATEWAY__BODY_READ_TIMEOUT_MS", "1000")],
+            Duration::ZERO,
+        )
+        .await;
+        let mut stream = TcpStream::connect(gateway).await.unwrap();
+        // 100 bytes announced, one sent.
+        stream
+            .write_all(
+                b"POST /v1/auth/login HTTP/1.1\r\nhost: gateway\r\n\
+                  content-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let status = tokio::time::timeout(WAIT, read_answer(&mut stream))
+            .await
+            .expect("an answer");
+        assert_eq!(status, Some(408));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took <= Duration::from_secs(4),
+            "answered after {took:?}, body read timeout 1 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_beyond_max_connections_is_closed_while_the_first_ones_are_served() {
+        let gateway = gateway_with(&[("WEFT_GATEWAY__MAX_CONNECTIONS", "3")], Duration::ZERO).await;
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(gateway).await.unwrap();
+            assert_eq!(get(&mut stream, "/healthz").await, Some(200));
+            open.push(stream);
+        }
+        let mut fourth = TcpStream::connect(gateway).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, get(&mut fourth, "/healthz"))
+            .await
+            .expect("the fourth connection is closed, not kept waiting");
+        assert_eq!(answer, None, "the fourth connection is closed unserved");
+        for stream in &mut open {
+            assert_eq!(
+                get(stream, "/healthz").await,
+                Some(200),
+                "the first three serve"
+            );
+        }
+
+        // One leaves: its place is free again.
+        drop(open.pop());
+        let served = tokio::time::timeout(WAIT, async {
+            loop {
+                let mut stream = TcpStream::connect(gateway).await.unwrap();
+                if get(&mut stream, "/healthz").await == Some(200) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(served.is_ok(), "a new connection is served once one closed");
+    }
 }

@@ -1,7 +1,7 @@
 //! Test harness for the whole request path: a gateway on loopback in front of a fake gRPC
 //! upstream, and a raw HTTP/1.1 client that reads its answers as a client sees them.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use http::{Request, Response};
@@ -68,18 +68,14 @@ pub(crate) async fn gateway(upstream: SocketAddr, env: &[(&str, &str)]) -> Socke
     let gateway = Arc::new(Gateway::new(Arc::new(config)).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            let gateway = gateway.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    // The gateway's own accept loop, with its connection limits; it stops with the test.
+    tokio::spawn(crate::serve(
+        listener,
+        gateway,
+        None,
+        std::future::pending(),
+        Duration::ZERO,
+    ));
     addr
 }
 

@@ -69,12 +69,13 @@ pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str
     if weft("auth") {
         // As in mesh-config/local.toml: every process fetches the token keys from weft-auth,
         // whether or not its own contract describes weft-auth (weft-echo's does not), and the
-        // gateway limits the credential routes.
+        // gateway limits the public routes that cost a database write.
         merge(
             &mut root,
             "[jwt]\nkeys_method = \"weft.auth.v1.AuthService/GetJwks\"\n\
              [[gateway.rate_limit.rules]]\nname = \"credentials\"\n\
-             routes = [\"POST /v1/auth/register\", \"POST /v1/auth/login\", \"POST /v1/auth/refresh\"]\n\
+             routes = [\"POST /v1/auth/register\", \"POST /v1/auth/login\", \"POST /v1/auth/refresh\", \
+             \"POST /v1/auth/logout\"]\n\
              burst = 20\nper_second = 1.0\n"
                 .parse()
                 .expect("valid TOML"),

@@ -84,7 +84,11 @@ use tonic::{Code, Status, body::Body};
 use tower::{ServiceExt as _, util::Oneshot};
 use tower_service::Service;
 
-use crate::{connection::Connection, grpc, live::Live};
+use crate::{
+    connection::{Connection, Keepalive},
+    grpc,
+    live::Live,
+};
 
 /// Cost of an endpoint whose estimate decayed to zero while calls are pending (Finagle's rule:
 /// do not pile calls onto an endpoint merely because nothing was heard from it for long).
@@ -117,6 +121,8 @@ pub struct BalancePolicy {
     pub connections_per_endpoint: usize,
     /// Time allowed to open a connection; default 1 s.
     pub connect_timeout: Duration,
+    /// How the connections find out that a peer is gone (HTTP/2 PINGs, TCP keepalive).
+    pub keepalive: Keepalive,
     /// How often host names are resolved again; default 5 s.
     pub resolve_interval: Duration,
     /// When endpoints are ejected and probed.
@@ -133,6 +139,7 @@ impl Default for BalancePolicy {
             endpoints: Vec::new(),
             connections_per_endpoint: 1,
             connect_timeout: Duration::from_secs(1),
+            keepalive: Keepalive::default(),
             resolve_interval: Duration::from_secs(5),
             outlier: OutlierPolicy::default(),
             decay: Duration::from_secs(10),
@@ -163,6 +170,7 @@ impl BalancePolicy {
             ("connect_timeout", self.connect_timeout),
             ("resolve_interval", self.resolve_interval),
             ("decay", self.decay),
+            ("keepalive.ping_timeout", self.keepalive.ping_timeout),
         ] {
             if value < Duration::from_millis(1) {
                 return err(key, "must be at least 1 ms");
@@ -219,6 +227,7 @@ fn connect(target: &Target, policy: &BalancePolicy) -> Result<Connection, Balanc
         scheme.clone(),
         authority.clone(),
         policy.connect_timeout,
+        policy.keepalive,
     ))
 }
 
@@ -823,6 +832,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 struct Endpoint<S> {
     target: Target,
     connect_timeout: Duration,
+    keepalive: Keepalive,
     connections: Box<[S]>,
     next: AtomicUsize,
     /// Calls in flight.
@@ -911,6 +921,7 @@ impl<S> Endpoint<S> {
         Ok(Self {
             target: target.clone(),
             connect_timeout: policy.connect_timeout,
+            keepalive: policy.keepalive,
             connections: connections.into_boxed_slice(),
             next: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -923,6 +934,7 @@ impl<S> Endpoint<S> {
         self.target == *target
             && self.connections.len() == policy.connections_per_endpoint.max(1)
             && self.connect_timeout == policy.connect_timeout
+            && self.keepalive == policy.keepalive
     }
 
     /// The statistics a replacement of this endpoint starts with. A probe under way here

@@ -35,6 +35,7 @@ use crate::{
     balance::{Balance, BalanceError, BalancePolicy},
     breaker::{Breaker, BreakerLayer},
     config::{ConfigError, MeshConfig, UpstreamConfig},
+    connection::Keepalive,
     deadline::{self, Deadline, DeadlineLayer, DeadlineService},
     live::Live,
     metrics::{ClientMetricsLayer, Metered},
@@ -317,6 +318,11 @@ fn balance_policy(upstream: &UpstreamConfig, connections: usize) -> BalancePolic
         endpoints: upstream.endpoint_list(),
         connections_per_endpoint: connections,
         connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
+        keepalive: Keepalive {
+            ping_interval: upstream.keepalive_interval(),
+            ping_timeout: Duration::from_millis(upstream.keepalive_timeout_ms),
+            tcp: upstream.tcp_keepalive(),
+        },
         resolve_interval: Duration::from_millis(upstream.resolve_interval_ms),
         outlier: upstream.outlier.clone(),
         ..BalancePolicy::default()

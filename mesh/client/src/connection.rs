@@ -26,6 +26,12 @@
 //!   no retry. A connection that breaks under a call fails that call; the next one connects
 //!   again.
 //! - Streams beyond the server's `MAX_CONCURRENT_STREAMS` wait in h2's queue.
+//! - A peer that vanishes behind a silent network (no FIN, no RST) is found out by
+//!   [`Keepalive`]: while calls are open on the connection it sends an HTTP/2 PING every
+//!   `ping_interval`, and closes the connection when one goes unanswered for `ping_timeout`, so
+//!   its calls fail UNAVAILABLE then rather than at their deadlines. No pings while the
+//!   connection is idle (servers such as grpc-go's count those as abuse); TCP keepalive probes
+//!   find an idle connection's dead peer instead.
 //! - A request body is sent as the server's flow-control windows allow; the answer's body
 //!   gives window back as it is read. Dropping the response future or the answer's body
 //!   resets the stream (`RST_STREAM` `CANCEL`), so the server stops working on the call.
@@ -50,7 +56,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -58,7 +64,7 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use h2::{
-    Reason, RecvStream, SendStream,
+    Ping, PingPong, Reason, RecvStream, SendStream,
     client::{self, SendRequest},
 };
 use http::{
@@ -67,6 +73,7 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body::{Body as HttpBody, Frame};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::{net::TcpStream, sync::OnceCell};
 use tonic::{Code, Status, body::Body};
 use tower_service::Service;
@@ -212,6 +219,37 @@ fn io_cause(err: &io::Error) -> String {
     }
 }
 
+// === Keepalive ===
+
+/// How a connection finds out that its peer is gone when the network says nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// An HTTP/2 PING this often while calls are open on the connection; `None`: no pings.
+    /// Default 10 s.
+    pub ping_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed (its calls then fail
+    /// UNAVAILABLE); default 5 s.
+    pub ping_timeout: Duration,
+    /// TCP keepalive: idle time before the first probe, and time between probes; `None`: off.
+    /// Default 30 s.
+    pub tcp: Option<Duration>,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            ping_interval: Some(Duration::from_secs(10)),
+            ping_timeout: Duration::from_secs(5),
+            tcp: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Turns on TCP keepalive probes on `tcp`, `time` after it goes quiet and every `time` after.
+fn set_tcp_keepalive(tcp: &TcpStream, time: Duration) -> io::Result<()> {
+    SockRef::from(tcp).set_tcp_keepalive(&TcpKeepalive::new().with_time(time).with_interval(time))
+}
+
 // === Connection ===
 
 /// A lazily connecting HTTP/2 (clear text, prior knowledge) connection to one address, as a
@@ -228,6 +266,7 @@ struct Inner {
     scheme: Scheme,
     authority: Authority,
     connect_timeout: Duration,
+    keepalive: Keepalive,
     /// What calls use: the connection, the attempt to make it, or nothing tried yet.
     current: Mutex<Arc<Attempt>>,
 }
@@ -242,6 +281,8 @@ struct OpenConnection {
     send: SendRequest<Bytes>,
     /// Set when the connection's task ends.
     closed: Arc<AtomicBool>,
+    /// Calls whose stream is open on it: the keepalive pings only while there are some.
+    open_calls: Arc<AtomicUsize>,
 }
 
 /// Why a connect attempt failed.
@@ -250,13 +291,14 @@ struct Failure(Arc<str>);
 
 impl Connection {
     /// A connection to `addr` whose calls carry `scheme` and `authority` (the configured host
-    /// name when `addr` was resolved from one); nothing connects before the first call, and a
-    /// connect may take `connect_timeout`.
+    /// name when `addr` was resolved from one); nothing connects before the first call, a
+    /// connect may take `connect_timeout`, and `keepalive` watches the peer.
     pub fn new(
         addr: SocketAddr,
         scheme: Scheme,
         authority: Authority,
         connect_timeout: Duration,
+        keepalive: Keepalive,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -265,19 +307,26 @@ impl Connection {
                 scheme,
                 authority,
                 connect_timeout,
+                keepalive,
                 current: Mutex::new(Arc::new(Attempt::new())),
             }),
         }
     }
 
-    /// A connection to `addr` whose calls are `http://addr/...`.
+    /// A connection to `addr` whose calls are `http://addr/...`, with the default keepalive.
     pub fn http(addr: SocketAddr, connect_timeout: Duration) -> Self {
         // A socket address is always a valid authority.
         let authority = addr
             .to_string()
             .parse()
             .unwrap_or_else(|_| Authority::from_static("localhost"));
-        Self::new(addr, Scheme::HTTP, authority, connect_timeout)
+        Self::new(
+            addr,
+            Scheme::HTTP,
+            authority,
+            connect_timeout,
+            Keepalive::default(),
+        )
     }
 
     /// The address it connects to.
@@ -353,12 +402,17 @@ impl Inner {
             // Calls are small and latency matters: no Nagle delay.
             tcp.set_nodelay(true)
                 .map_err(|e| format!("cannot set TCP_NODELAY: {}", io_cause(&e)))?;
+            if let Some(time) = self.keepalive.tcp {
+                set_tcp_keepalive(&tcp, time)
+                    .map_err(|e| format!("cannot set TCP keepalive: {}", io_cause(&e)))?;
+            }
             builder()
                 .handshake::<_, Bytes>(tcp)
                 .await
                 .map_err(|e| format!("HTTP/2 handshake failed: {e}"))
         };
-        let (send, connection) = match tokio::time::timeout(self.connect_timeout, connect).await {
+        let (send, mut connection) = match tokio::time::timeout(self.connect_timeout, connect).await
+        {
             Ok(Ok(pair)) => pair,
             Ok(Err(cause)) => {
                 tracing::debug!(addr = %self.name, cause, "cannot connect");
@@ -372,8 +426,22 @@ impl Inner {
         };
         tracing::debug!(addr = %self.name, "connected");
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(connection, closed.clone(), self.name.clone()));
-        Ok(OpenConnection { send, closed })
+        let open_calls = Arc::new(AtomicUsize::new(0));
+        let pinger = match (self.keepalive.ping_interval, connection.ping_pong()) {
+            (Some(interval), Some(ping_pong)) => Some(Pinger {
+                ping_pong,
+                interval,
+                timeout: self.keepalive.ping_timeout,
+                open_calls: open_calls.clone(),
+            }),
+            _ => None,
+        };
+        tokio::spawn(drive(connection, pinger, closed.clone(), self.name.clone()));
+        Ok(OpenConnection {
+            send,
+            closed,
+            open_calls,
+        })
     }
 }
 
@@ -390,17 +458,69 @@ fn builder() -> client::Builder {
     builder
 }
 
-/// The connection's task: reads and writes the socket until the connection ends.
+/// The connection's task: reads and writes the socket until the connection ends, or until
+/// the pinger finds the peer gone; then the connection is dropped, which fails the calls on it.
 async fn drive(
-    connection: client::Connection<TcpStream, Bytes>,
+    mut connection: client::Connection<TcpStream, Bytes>,
+    pinger: Option<Pinger>,
     closed: Arc<AtomicBool>,
     name: Arc<str>,
 ) {
-    let result = connection.await;
+    let result = match pinger {
+        None => connection.await,
+        Some(pinger) => {
+            let timeout = pinger.timeout;
+            tokio::select! {
+                result = &mut connection => result,
+                () = pinger.watch() => {
+                    // Marked closed before the drop fails the calls, so that none of them is
+                    // sent on it again.
+                    closed.store(true, Ordering::Release);
+                    tracing::warn!(
+                        addr = %name,
+                        "no answer to an HTTP/2 PING within {} ms: closing the connection",
+                        timeout.as_millis(),
+                    );
+                    drop(connection);
+                    return;
+                }
+            }
+        }
+    };
     closed.store(true, Ordering::Release);
     match result {
         Ok(()) => tracing::debug!(addr = %name, "connection closed"),
         Err(err) => tracing::debug!(addr = %name, error = %err, "connection closed"),
+    }
+}
+
+/// Sends the keepalive PINGs of one connection.
+struct Pinger {
+    ping_pong: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    open_calls: Arc<AtomicUsize>,
+}
+
+impl Pinger {
+    /// PINGs every `interval` while calls are open; returns when a PING goes unanswered for
+    /// `timeout`. Never returns while the connection answers (or is closing on its own).
+    async fn watch(mut self) {
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.open_calls.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            match tokio::time::timeout(self.timeout, self.ping_pong.ping(Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                // The connection is ending anyway: its own result says how.
+                Ok(Err(_)) => std::future::pending::<()>().await,
+                Err(_) => return,
+            }
+        }
     }
 }
 
@@ -432,6 +552,7 @@ enum State<B> {
     Ready {
         attempt: Arc<Attempt>,
         send: SendRequest<Bytes>,
+        open_calls: Arc<AtomicUsize>,
         fresh: bool,
         request: Request<B>,
     },
@@ -439,6 +560,7 @@ enum State<B> {
     Sent {
         response: client::ResponseFuture,
         body: Option<SendBody<B>>,
+        open: OpenCall,
     },
     Done,
 }
@@ -459,6 +581,7 @@ where
                     this.state = match attempt.get() {
                         Some(Ok(live)) => State::Ready {
                             send: live.send.clone(),
+                            open_calls: live.open_calls.clone(),
                             fresh: false,
                             attempt,
                             request,
@@ -493,6 +616,7 @@ where
                     Poll::Ready(Ok(live)) => {
                         this.state = State::Ready {
                             send: live.send,
+                            open_calls: live.open_calls,
                             fresh: true,
                             attempt,
                             request,
@@ -507,6 +631,7 @@ where
                 State::Ready {
                     attempt,
                     mut send,
+                    open_calls,
                     fresh,
                     request,
                 } => match send.poll_ready(cx) {
@@ -514,6 +639,7 @@ where
                         this.state = State::Ready {
                             attempt,
                             send,
+                            open_calls,
                             fresh,
                             request,
                         };
@@ -530,13 +656,19 @@ where
                         this.replaced = true;
                         this.state = State::Start(request);
                     }
-                    Poll::Ready(Ok(())) => match send_request(&this.inner, &mut send, request) {
-                        Ok(sent) => this.state = sent,
-                        Err(err) => return Poll::Ready(Err(err)),
-                    },
+                    Poll::Ready(Ok(())) => {
+                        match send_request(&this.inner, &mut send, request, &open_calls) {
+                            Ok(sent) => this.state = sent,
+                            Err(err) => return Poll::Ready(Err(err)),
+                        }
+                    }
                 },
-                State::Sent { response, body } => {
-                    return this.poll_sent(cx, response, body);
+                State::Sent {
+                    response,
+                    body,
+                    open,
+                } => {
+                    return this.poll_sent(cx, response, body, open);
                 }
                 State::Done => {
                     return Poll::Ready(Err(ConnectionError::new(
@@ -562,6 +694,7 @@ where
         cx: &mut Context<'_>,
         mut response: client::ResponseFuture,
         mut body: Option<SendBody<B>>,
+        open: OpenCall,
     ) -> Poll<Result<Response<Body>, ConnectionError>> {
         if let Some(sending) = body.as_mut() {
             match sending.poll_send(cx) {
@@ -576,7 +709,11 @@ where
         }
         match Pin::new(&mut response).poll(cx) {
             Poll::Pending => {
-                self.state = State::Sent { response, body };
+                self.state = State::Sent {
+                    response,
+                    body,
+                    open,
+                };
                 Poll::Pending
             }
             Poll::Ready(Ok(answer)) => {
@@ -585,18 +722,22 @@ where
                     tokio::spawn(sending.finish());
                 }
                 let name = self.inner.name.clone();
-                Poll::Ready(Ok(answer.map(|recv| Body::new(RecvBody::new(recv, name)))))
+                Poll::Ready(Ok(
+                    answer.map(|recv| Body::new(RecvBody::new(recv, name, open)))
+                ))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(ConnectionError::h2(&self.inner.name, &err))),
         }
     }
 }
 
-/// Opens the call's stream and sends its headers (with END_STREAM when there is no body).
+/// Opens the call's stream and sends its headers (with END_STREAM when there is no body),
+/// counting it among the connection's `open_calls`.
 fn send_request<B: HttpBody>(
     inner: &Inner,
     send: &mut SendRequest<Bytes>,
     request: Request<B>,
+    open_calls: &Arc<AtomicUsize>,
 ) -> Result<State<B>, ConnectionError> {
     let (mut parts, body) = request.into_parts();
     // tonic gives the path; h2 needs the scheme and authority too.
@@ -628,7 +769,28 @@ fn send_request<B: HttpBody>(
         data: Bytes::new(),
         next: None,
     });
-    Ok(State::Sent { response, body })
+    Ok(State::Sent {
+        response,
+        body,
+        open: OpenCall::new(open_calls.clone()),
+    })
+}
+
+/// A call counted among its connection's open calls until it is dropped: with the call's
+/// future when no answer came, else with the answer's body.
+struct OpenCall(Arc<AtomicUsize>);
+
+impl OpenCall {
+    fn new(open_calls: Arc<AtomicUsize>) -> Self {
+        open_calls.fetch_add(1, Ordering::AcqRel);
+        Self(open_calls)
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 // === SendBody ===
@@ -769,16 +931,19 @@ where
 struct RecvBody {
     recv: RecvStream,
     name: Arc<str>,
+    /// The call stays open until its answer's body is dropped.
+    _open: OpenCall,
     /// All data was read: the trailers are next.
     data_done: bool,
     done: bool,
 }
 
 impl RecvBody {
-    fn new(recv: RecvStream, name: Arc<str>) -> Self {
+    fn new(recv: RecvStream, name: Arc<str>, open: OpenCall) -> Self {
         Self {
             recv,
             name,
+            _open: open,
             data_done: false,
             done: false,
         }
@@ -851,7 +1016,7 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::AtomicUsize, time::Instant};
+    use std::time::Instant;
 
     use futures::{StreamExt as _, future::join_all};
     use h2::server::SendResponse;
@@ -1261,7 +1426,8 @@ mod tests {
     async fn calls_carry_the_configured_authority_and_their_body_ends_with_its_message() {
         let (addr, mut calls, _) = h2_server().await;
         let authority: Authority = format!("localhost:{}", addr.port()).parse().unwrap();
-        let connection = Connection::new(addr, Scheme::HTTP, authority, TIMEOUT);
+        let connection =
+            Connection::new(addr, Scheme::HTTP, authority, TIMEOUT, Keepalive::default());
         let call = tokio::spawn(connection.oneshot(grpc_request(Body::new(
             http_body_util::Full::new(Bytes::from_static(b"message")),
         ))));
@@ -1470,5 +1636,112 @@ mod tests {
             .await
             .unwrap();
         assert!(collected.trailers().is_some());
+    }
+
+    // --- keepalive ---
+
+    /// Pings every 100 ms while calls are open, a peer silent for 300 ms is gone.
+    const QUICK_PINGS: Keepalive = Keepalive {
+        ping_interval: Some(Duration::from_millis(100)),
+        ping_timeout: Duration::from_millis(300),
+        tcp: None,
+    };
+
+    /// An h2 server whose connections take one call, then stop reading and writing with the
+    /// socket left open: a peer gone behind a network that drops everything silently. Counts
+    /// its connections.
+    async fn h2_server_going_silent() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let Ok(mut connection) = h2::server::handshake(socket).await else {
+                            return;
+                        };
+                        let call = connection.accept().await;
+                        // Held, never polled again: no PING is answered, no frame read.
+                        let _held = (connection, call);
+                        std::future::pending::<()>().await;
+                    });
+                }
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_peer_gone_silent_fails_the_calls_on_it_at_the_ping_timeout_not_their_deadline() {
+        let (addr, accepted) = h2_server_going_silent().await;
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let connection = Connection::new(addr, Scheme::HTTP, authority, TIMEOUT, QUICK_PINGS);
+        let started = Instant::now();
+        // The call has no deadline of its own: without pings it would wait forever.
+        let err = within(
+            "the call on the silent connection fails",
+            connection.clone().oneshot(grpc_request(Body::empty())),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ConnectionErrorKind::Closed, "{err}");
+        assert_eq!(err.status().code(), Code::Unavailable);
+        assert_eq!(err.to_string(), format!("connection to {addr} closed"));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "not before a PING went unanswered for ping_timeout: {:?}",
+            started.elapsed()
+        );
+        // The next call gets a new connection.
+        let next = tokio::spawn(connection.oneshot(grpc_request(Body::empty())));
+        within("a second connection", async {
+            while accepted.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        next.abort();
+    }
+
+    #[tokio::test]
+    async fn a_slow_call_on_a_peer_that_answers_pings_is_left_alone() {
+        let (addr, mut calls, accepted) = h2_server().await;
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let connection = Connection::new(addr, Scheme::HTTP, authority, TIMEOUT, QUICK_PINGS);
+        let call = tokio::spawn(connection.oneshot(grpc_request(Body::empty())));
+        let (_request, mut respond) = within("the call", calls.recv()).await.unwrap();
+        // Many ping intervals and timeouts go by before the answer.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut stream = respond.send_response(answer_headers(), false).unwrap();
+        stream.send_trailers(ok_trailers()).unwrap();
+        let answer = within("the answer", call).await.unwrap().unwrap();
+        let collected = within("its body", answer.into_body().collect())
+            .await
+            .unwrap();
+        assert!(collected.trailers().is_some());
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection throughout"
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_keepalive_probes_start_after_the_configured_quiet_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        set_tcp_keepalive(&tcp, Duration::from_secs(7)).unwrap();
+        let socket = SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
     }
 }

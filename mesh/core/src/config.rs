@@ -100,6 +100,19 @@ pub struct GatewayConfig {
     /// Rate limits per client and route (`[gateway.rate_limit]`); default: the contract's
     /// limit on the credential routes (see [`crate::policy::RateLimitPolicy`]).
     pub rate_limit: crate::policy::RateLimitPolicy,
+    /// Time a client has to send a whole request head (request line and headers), in ms: from
+    /// the connection's opening for its first request, and from the first byte of each next
+    /// one on an HTTP/1.1 connection; past it the connection is closed. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// Time a connection may stay open with no request under way, in ms, since its last
+    /// request ended; then it is closed (HTTP/2: GOAWAY). Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; a connection accepted beyond it is closed at once. Read at
+    /// start. Default 10000.
+    pub max_connections: usize,
+    /// Time allowed to read a request's body, in ms, once its head is in; past it: 408.
+    /// Default 30000.
+    pub body_read_timeout_ms: u64,
 }
 
 /// Cross-origin resource sharing at the gateway.
@@ -278,6 +291,18 @@ pub struct UpstreamConfig {
     /// Time allowed to open a connection, in ms; default 1000.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Time between HTTP/2 PINGs on a connection while calls are open on it, in ms; 0: no
+    /// pings. Default 10000.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    /// Time a PING may go unanswered, in ms, before its connection is closed and the calls on
+    /// it fail with UNAVAILABLE; default 5000.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// TCP keepalive of its connections, in ms: idle time before the first probe, and time
+    /// between probes; 0: off. Default 30000.
+    #[serde(default = "default_tcp_keepalive_ms")]
+    pub tcp_keepalive_ms: u64,
     /// Time allowed for one call (all its attempts), in ms, unless `methods` says otherwise;
     /// default 5000. Never more than what is left of the inbound call's deadline.
     #[serde(default = "default_call_timeout_ms")]
@@ -346,6 +371,10 @@ impl Default for GatewayConfig {
             tls: TlsConfig::default(),
             max_concurrent_requests: 4096,
             rate_limit: Default::default(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -359,6 +388,21 @@ impl GatewayConfig {
                 .copied()
                 .unwrap_or(self.route_timeout_ms),
         )
+    }
+
+    /// [`GatewayConfig::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// [`GatewayConfig::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`GatewayConfig::body_read_timeout_ms`] as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 }
 
@@ -415,6 +459,9 @@ impl UpstreamConfig {
             default_access: DefaultAccess::default(),
             resolve_interval_ms: default_resolve_interval_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            keepalive_interval_ms: default_keepalive_interval_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            tcp_keepalive_ms: default_tcp_keepalive_ms(),
             timeout_ms: default_call_timeout_ms(),
             deadline_margin_ms: default_deadline_margin_ms(),
             methods: Default::default(),
@@ -436,6 +483,16 @@ impl UpstreamConfig {
     /// Time allowed to open a connection.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The HTTP/2 PING interval of its connections; `None` when pings are off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
+    }
+
+    /// The TCP keepalive time of its connections; `None` when off.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        (self.tcp_keepalive_ms > 0).then(|| Duration::from_millis(self.tcp_keepalive_ms))
     }
 
     /// Time allowed for one call.
@@ -461,6 +518,15 @@ fn default_resolve_interval_ms() -> u64 {
 }
 fn default_deadline_margin_ms() -> u64 {
     5
+}
+fn default_keepalive_interval_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    5_000
+}
+fn default_tcp_keepalive_ms() -> u64 {
+    30_000
 }
 
 // === loading ===
@@ -774,6 +840,7 @@ impl UpstreamConfig {
             ("timeout_ms", self.timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("resolve_interval_ms", self.resolve_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
         ] {
             if value == 0 {
                 return err(key.into(), "must be at least 1 ms");
@@ -849,6 +916,18 @@ impl MeshConfig {
         }
         if gateway.max_concurrent_requests == 0 {
             return err("max_concurrent_requests", "must be at least 1");
+        }
+        for (key, ms) in [
+            ("header_read_timeout_ms", gateway.header_read_timeout_ms),
+            ("idle_timeout_ms", gateway.idle_timeout_ms),
+            ("body_read_timeout_ms", gateway.body_read_timeout_ms),
+        ] {
+            if ms == 0 {
+                return err(key, "must be at least 1 ms");
+            }
+        }
+        if gateway.max_connections == 0 {
+            return err("max_connections", "must be at least 1");
         }
         gateway
             .rate_limit
@@ -1199,5 +1278,75 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoints[1]"));
         assert!(load_text("[upstreams.user]\nendpoint = \"http://user:80\"\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn slow_and_idle_clients_have_limits_by_default_and_none_may_be_zero() {
+        let config = MeshConfig::load_from(None, []).unwrap();
+        let gateway = &config.gateway;
+        assert_eq!(
+            (
+                gateway.header_read_timeout(),
+                gateway.idle_timeout(),
+                gateway.max_connections,
+                gateway.body_read_timeout(),
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                10_000,
+                Duration::from_secs(30),
+            )
+        );
+        for key in [
+            "header_read_timeout_ms",
+            "idle_timeout_ms",
+            "max_connections",
+            "body_read_timeout_ms",
+        ] {
+            let err = load_text(&format!("[gateway]\n{key} = 0\n"), &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(format!("gateway.{key}").as_str()));
+            assert!(err.reason.starts_with("must be at least 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn upstream_connections_keep_alive_by_default_and_each_check_can_be_turned_off() {
+        let config = load_text(TWO_SERVICES, &[]).unwrap();
+        let user = config.upstream("user").unwrap();
+        assert_eq!(
+            (
+                user.keepalive_interval(),
+                user.keepalive_timeout_ms,
+                user.tcp_keepalive()
+            ),
+            (
+                Some(Duration::from_secs(10)),
+                5_000,
+                Some(Duration::from_secs(30))
+            )
+        );
+        let off = load_text(
+            TWO_SERVICES,
+            &[
+                ("WEFT_UPSTREAMS__USER__KEEPALIVE_INTERVAL_MS", "0"),
+                ("WEFT_UPSTREAMS__USER__TCP_KEEPALIVE_MS", "0"),
+            ],
+        )
+        .unwrap();
+        let user = off.upstream("user").unwrap();
+        assert_eq!(
+            (user.keepalive_interval(), user.tcp_keepalive()),
+            (None, None)
+        );
+        let err = load_text(
+            TWO_SERVICES,
+            &[("WEFT_UPSTREAMS__USER__KEEPALIVE_TIMEOUT_MS", "0")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("upstreams.user.keepalive_timeout_ms")
+        );
     }
 }

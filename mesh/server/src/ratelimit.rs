@@ -10,10 +10,13 @@
 //! subject when the request carries one (rules with `key = "client"`), else the client's IP:
 //! the TCP peer, or, when the peer is one of `trusted_proxies`, the right-most address of
 //! `X-Forwarded-For` that is not itself a trusted proxy (an address further left could have
-//! been written by the client and proves nothing).
+//! been written by the client and proves nothing). An IPv6 client is keyed by its /64: a
+//! single subscriber or host is commonly given a whole /64, and could take a fresh bucket
+//! for each request by rotating the low bits of its address.
 //!
-//! The default policy is the contract's: the credential routes (`POST /v1/auth/register`,
-//! `/login`, `/refresh`) share one bucket per client of 20 requests refilled 1 per second.
+//! The shipped mesh-configs limit the public routes that cost a database write
+//! (`POST /v1/auth/register`, `/login`, `/refresh`, `/logout`): one bucket per client of 20
+//! requests refilled 1 per second; the built-in default limits nothing.
 //!
 //! ```ignore
 //! let policy = Live::new(config.gateway.rate_limit.clone());
@@ -32,7 +35,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -236,7 +239,7 @@ where
             };
             let key = match (rule.rule.key, subject) {
                 (RateLimitKey::Client, Some(subject)) => ClientKey::Subject(subject.into()),
-                _ => ClientKey::Ip(ip),
+                _ => ClientKey::Ip(network_of(ip)),
             };
             let limit = rule.rule.burst;
             match rule.limiter.check_key(&key) {
@@ -417,6 +420,15 @@ fn client_ip(trusted: &[Cidr], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     client
 }
 
+/// The address a client's buckets are keyed by: an IPv4 address as is, an IPv6 address as
+/// its /64 network (the low 64 bits cleared), the least a subscriber is usually given.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+    }
+}
+
 /// An `X-Forwarded-For` entry: `1.2.3.4`, `2001:db8::1`, or either with a port.
 fn parse_forwarded(entry: &str) -> Option<IpAddr> {
     entry
@@ -433,6 +445,7 @@ mod tests {
     const LOGIN: &str = "POST /v1/auth/login";
     const REGISTER: &str = "POST /v1/auth/register";
     const REFRESH: &str = "POST /v1/auth/refresh";
+    const LOGOUT: &str = "POST /v1/auth/logout";
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -463,7 +476,12 @@ mod tests {
     /// The rule the shipped mesh-configs set on the credential routes.
     fn credentials() -> RateLimitPolicy {
         RateLimitPolicy {
-            rules: vec![rule("credentials", &[REGISTER, LOGIN, REFRESH], 20, 1.0)],
+            rules: vec![rule(
+                "credentials",
+                &[REGISTER, LOGIN, REFRESH, LOGOUT],
+                20,
+                1.0,
+            )],
             ..Default::default()
         }
     }
@@ -570,6 +588,62 @@ mod tests {
             limiter.check("GET /v1/products", greedy, &no_headers(), None),
             Decision::Unlimited,
             "a route no rule names is not limited"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_keyed_by_its_64_so_rotating_addresses_gains_nothing() {
+        let policy = RateLimitPolicy {
+            rules: vec![rule("tight", &[LOGIN], 2, 0.001)],
+            ..Default::default()
+        };
+        let (direct, _clock) = limiter(policy);
+        let rotating = ["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe"];
+        for address in rotating {
+            assert!(
+                !direct
+                    .check(LOGIN, ip(address), &no_headers(), None)
+                    .is_denied()
+            );
+        }
+        assert!(
+            direct
+                .check(LOGIN, ip("2001:db8:1:2:abcd::9"), &no_headers(), None)
+                .is_denied(),
+            "a third address of the same /64 finds the bucket empty"
+        );
+        assert!(
+            !direct
+                .check(LOGIN, ip("2001:db8:1:3::1"), &no_headers(), None)
+                .is_denied(),
+            "the next /64 is another client"
+        );
+        // Behind a trusted proxy, the forwarded address is keyed the same way.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "2001:db8:1:2::77".parse().unwrap());
+        let trusting = RateLimitPolicy {
+            trusted_proxies: vec!["10.0.0.1".into()],
+            ..credentials()
+        };
+        let (proxied, _clock) = limiter(RateLimitPolicy {
+            rules: vec![rule("tight", &[LOGIN], 1, 0.001)],
+            ..trusting
+        });
+        assert!(
+            !proxied
+                .check(LOGIN, ip("10.0.0.1"), &headers, None)
+                .is_denied()
+        );
+        headers.insert("x-forwarded-for", "2001:db8:1:2::78".parse().unwrap());
+        assert!(
+            proxied
+                .check(LOGIN, ip("10.0.0.1"), &headers, None)
+                .is_denied()
+        );
+        assert_eq!(
+            proxied.client_ip(ip("10.0.0.1"), &headers),
+            ip("2001:db8:1:2::78"),
+            "the client IP itself stays whole (for logs)"
         );
     }
 
