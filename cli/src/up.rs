@@ -215,6 +215,18 @@ impl Supervisor {
         !self.config.gateway.tls.cert_file.is_empty()
     }
 
+    /// Where a child's health is checked, and whether over TLS: a service's gRPC port; the
+    /// gateway's admin listener when it has a fixed port (plain HTTP, and `/readyz` is there
+    /// even with `gateway.public_operations` off), else its API listener.
+    fn health_target(&self, kind: Kind) -> (SocketAddr, bool) {
+        let admin = self.config.gateway.admin_listen;
+        match kind {
+            Kind::Gateway if admin.port() != 0 => (probe::connect_addr(admin), false),
+            Kind::Gateway => (probe::connect_addr(self.listen(kind)), self.tls()),
+            Kind::Service(listen) => (probe::connect_addr(listen), false),
+        }
+    }
+
     /// The gateway's base URL.
     fn gateway_url(&self) -> String {
         let scheme = if self.tls() { "https" } else { "http" };
@@ -284,11 +296,11 @@ impl Supervisor {
         let started = Instant::now();
         let deadline = started + self.start_timeout;
         let mut next_progress = started + PROGRESS_EVERY;
-        let tls = self.tls();
+        let (health, tls) = self.health_target(kind);
         let mut last;
         loop {
             let attempt = async {
-                let result = check(kind, addr, tls).await;
+                let result = check(kind, health, tls).await;
                 if result.is_err() {
                     tokio::time::sleep(PROBE_INTERVAL).await;
                 }
@@ -494,8 +506,8 @@ impl Supervisor {
     /// Says when a restarted child is healthy again (or that it is not, after the start timeout).
     fn watch_health(&self, slot: usize) -> JoinHandle<()> {
         let (name, kind) = (self.slots[slot].name.clone(), self.slots[slot].kind);
-        let addr = probe::connect_addr(self.listen(kind));
-        let (tls, output, timeout) = (self.tls(), self.output, self.start_timeout);
+        let (addr, tls) = self.health_target(kind);
+        let (output, timeout) = (self.output, self.start_timeout);
         tokio::spawn(async move {
             let started = Instant::now();
             let mut last = String::new();

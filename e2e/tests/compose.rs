@@ -250,13 +250,21 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
     let gateway_port = config.gateway.listen.port();
     assert_reachable_listen("gateway.listen", config.gateway.listen);
     assert!(container_ports(gateway).contains(&gateway_port));
+    // Readiness and metrics stay off the published port: probes and Prometheus use the admin one.
+    assert!(
+        !config.gateway.public_operations,
+        "compose.toml must keep /readyz and /metrics off the public port"
+    );
+    let gateway_admin = config.gateway.admin_listen.port();
+    assert_reachable_listen("gateway.admin_listen", config.gateway.admin_listen);
+    assert!(!container_ports(gateway).contains(&gateway_admin));
     assert_eq!(
         strings(&gateway["healthcheck"]["test"]),
         [
             "CMD",
             "weft",
             "health",
-            &format!("http://127.0.0.1:{gateway_port}/readyz")
+            &format!("http://127.0.0.1:{gateway_admin}/readyz")
         ]
     );
     for name in &processes {
@@ -266,7 +274,7 @@ fn docker_compose_agrees_with_mesh_config_compose_toml() {
             "the gateway waits for {name}"
         );
     }
-    scrape_expected.insert(format!("{GATEWAY}:{gateway_port}"));
+    scrape_expected.insert(format!("{GATEWAY}:{gateway_admin}"));
 
     // --- PostgreSQL runs the init script ---
     let postgres = &services["postgres"];

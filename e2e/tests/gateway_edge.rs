@@ -925,3 +925,34 @@ fn check_openapi(doc: &Value, mesh: &TestMesh) {
     );
     eprint!("{}", String::from_utf8_lossy(&output.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_stay_off_the_public_port_when_asked() {
+    let mesh = gateway_mesh(Backend::Sqlite, "[gateway]\npublic_operations = false\n").await;
+    let public = Gateway::of(&mesh);
+    let admin = Gateway {
+        addr: mesh.gateway_admin_addr(),
+    };
+    public.get("/v1/products").send().await.ok();
+
+    // Readiness names the upstreams and metrics show routes and load: not for the outside.
+    for path in ["/metrics", "/readyz"] {
+        public
+            .get(path)
+            .send()
+            .await
+            .error(404, grpc::NOT_FOUND, &[]);
+        admin.get(path).send().await.expect_status(200);
+    }
+    for path in ["/healthz", "/openapi.json", "/docs"] {
+        public.get(path).send().await.expect_status(200);
+    }
+    let metrics = admin.get("/metrics").send().await.text();
+    assert!(
+        metrics.contains(r#"http_route="/v1/products""#),
+        "the admin port shows the API's metrics: {metrics}"
+    );
+    admin.get("/v1/products").send().await.expect_status(404);
+    mesh.assert_no_panics();
+    mesh.stop().await;
+}

@@ -49,12 +49,19 @@ const DOCS_ASSETS: [(&str, &str, &[u8]); 4] = [
     ),
 ];
 
-/// Whether `path` is one of the gateway's own endpoints.
-pub(crate) fn is_own_route(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" | "/docs/"
-    ) || DOCS_ASSETS.iter().any(|(asset, _, _)| *asset == path)
+/// The operations endpoints: always served on the admin listener (`gateway.admin_listen`),
+/// and on the API's listener as `is_own_route` says.
+pub(crate) const OPERATIONS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Whether `path` is one of the gateway's own endpoints on the API's listener: `/readyz` and
+/// `/metrics` only with `public_operations` (`gateway.public_operations`), since they tell an
+/// outsider the mesh's upstreams, routes and load.
+pub(crate) fn is_own_route(path: &str, public_operations: bool) -> bool {
+    match path {
+        "/readyz" | "/metrics" => public_operations,
+        "/healthz" | "/openapi.json" | "/docs" | "/docs/" => true,
+        _ => DOCS_ASSETS.iter().any(|(asset, _, _)| *asset == path),
+    }
 }
 
 /// What the gateway's own endpoints answer with that is made once, at start.
@@ -80,7 +87,7 @@ impl OwnRoutes {
         upstreams: &[Upstream],
     ) -> Option<Result<HttpResponse, ApiError>> {
         let path = req.uri().path();
-        if !is_own_route(path) {
+        if !is_own_route(path, true) {
             return None;
         }
         let asset = DOCS_ASSETS.iter().find(|(asset, _, _)| *asset == path);

@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -41,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
 use weft_mesh::{
+    admin::{AdminServer, plain_answer},
     auth::{JwtVerifier, KeySource},
     config::{GatewayConfig, MeshConfig},
     live::Live,
@@ -58,7 +60,7 @@ use crate::{
     endpoint::Endpoint,
     error::ApiError,
     metrics::Metrics,
-    own_routes::{OwnRoutes, is_own_route},
+    own_routes::{OPERATIONS, OwnRoutes, is_own_route},
     request_id::request_id,
     response::HttpResponse,
     route::Match,
@@ -71,13 +73,28 @@ use crate::{
 pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(config.clone())?);
     gateway.spawn_upkeep();
+    // Metrics and readiness for scrapers and probes, also where the API's port is public.
+    let operations = gateway.clone();
+    let admin = AdminServer::start_with(
+        config.gateway.admin_listen,
+        Arc::new(move |req| {
+            let gateway = operations.clone();
+            Box::pin(async move { gateway.answer_operations(req).await })
+        }),
+    )
+    .await?;
     let addr = config.gateway.listen;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let tls = tls::acceptor(&config.gateway.tls)?;
-    tracing::info!(addr = %local, tls = tls.is_some(), "gateway serving");
+    tracing::info!(
+        addr = %local,
+        admin = %admin.local_addr(),
+        tls = tls.is_some(),
+        "gateway serving"
+    );
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
     serve(
         listener,
@@ -486,7 +503,7 @@ impl Gateway {
                 format!("request line and headers larger than {limit} bytes"),
             ));
         }
-        if is_own_route(req.uri().path()) {
+        if is_own_route(req.uri().path(), self.settings.get().public_operations) {
             return Routed::OwnRoute;
         }
         if req.method() == Method::OPTIONS && cors::enabled(&self.settings.get().cors) {
@@ -560,10 +577,34 @@ impl Gateway {
         }
     }
 
+    /// The admin listener's answer: `/metrics`, `/readyz` and `/healthz` whatever
+    /// `gateway.public_operations` says, 404 for any other path.
+    pub async fn answer_operations(&self, req: Request<Incoming>) -> HttpResponse {
+        if !OPERATIONS.contains(&req.uri().path()) {
+            return plain_answer(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(
+                    b"not found: the gateway's admin listener serves /metrics, /readyz, /healthz\n",
+                ),
+            );
+        }
+        let (id, _) = request_id(req.headers());
+        match self
+            .own_routes
+            .answer(&req, &self.metrics, self.api.upstreams())
+            .await
+        {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => error.into_response(&id),
+            None => ApiError::new(Code::Internal, "built-in route lost").into_response(&id),
+        }
+    }
+
     /// Counts an API request in flight, or refuses it (503) past
     /// `gateway.max_concurrent_requests`; the gateway's own endpoints are always admitted.
     fn admit(&self, path: &str) -> Result<Option<Admitted<'_>>, ApiError> {
-        if is_own_route(path) {
+        if is_own_route(path, self.settings.get().public_operations) {
             return Ok(None);
         }
         let limit = self.settings.get().max_concurrent_requests;

@@ -41,7 +41,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use weft_client::{balance, breaker, client, connection, deadline, retry};
 pub use weft_core::{config, contract, grpc, live, policy, reload};
 pub use weft_observe::{metrics, propagate, telemetry, trace_mode};
-pub use weft_server::{auth, db, fault, jwt_crypto, ratelimit, server, shed};
+pub use weft_server::{admin, auth, db, fault, jwt_crypto, ratelimit, server, shed};
 
 pub mod clock;
 pub mod page;

@@ -107,35 +107,48 @@ pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str
     toml::to_string(&root).expect("a TOML table serialises")
 }
 
-/// Gives each service of a generated mesh-config a free loopback `admin_listen` (unless the
-/// test's TOML set one), away from the other processes' ports; returns the config and the admin
-/// addresses it ends up with.
+/// The key of the gateway's admin address in [`with_admin_listeners`]' map.
+pub const GATEWAY_ADMIN: &str = "[gateway]";
+
+/// Gives each service of a generated mesh-config, and its gateway if it has one, a free
+/// loopback `admin_listen` (unless the test's TOML set one), away from the other processes'
+/// ports; returns the config and the admin addresses it ends up with, the gateway's under
+/// [`GATEWAY_ADMIN`].
 pub fn with_admin_listeners(
     config: String,
     taken: &[SocketAddr],
 ) -> (String, BTreeMap<String, SocketAddr>) {
     let mut root: toml::Table = config.parse().expect("the generated config is TOML");
-    let services = root
-        .get_mut("services")
-        .and_then(toml::Value::as_table_mut)
-        .expect("the generated config has services");
-    let mut free = free_loopback_addrs(services.len() + taken.len())
+    let mut tables: Vec<(String, &mut toml::Table)> = Vec::new();
+    for (key, value) in root.iter_mut() {
+        let Some(table) = value.as_table_mut() else {
+            continue;
+        };
+        match key.as_str() {
+            "services" => tables.extend(table.iter_mut().map(|(name, service)| {
+                let service = service
+                    .as_table_mut()
+                    .expect("`services.<name>` is a table");
+                (name.clone(), service)
+            })),
+            "gateway" => tables.push((GATEWAY_ADMIN.to_string(), table)),
+            _ => {}
+        }
+    }
+    let mut free = free_loopback_addrs(tables.len() + taken.len())
         .into_iter()
         .filter(|addr| !taken.contains(addr));
     let mut admin = BTreeMap::new();
-    for (name, service) in services.iter_mut() {
-        let service = service
-            .as_table_mut()
-            .expect("`services.<name>` is a table");
-        let value = service.entry("admin_listen").or_insert_with(|| {
+    for (name, table) in tables {
+        let value = table.entry("admin_listen").or_insert_with(|| {
             let addr = free.next().expect("enough free loopback ports");
             addr.to_string().into()
         });
         let addr = value
             .as_str()
             .and_then(|v| v.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("services.{name}.admin_listen is not host:port"));
-        admin.insert(name.clone(), addr);
+            .unwrap_or_else(|| panic!("{name}: admin_listen is not host:port"));
+        admin.insert(name, addr);
     }
     let text = toml::to_string(&root).expect("a TOML table serialises");
     (text, admin)

@@ -62,9 +62,9 @@ pub struct MeshOptions {
     pub toml: String,
     /// Environment variables for every process (the gateway's too).
     pub env: Vec<(String, String)>,
-    /// Also start `weft-gateway` (after the services are SERVING), with `[gateway] listen` on a
-    /// free loopback port, and wait until its `/healthz` and `/readyz` answer 200 (only until it
-    /// accepts connections when `toml` configures `[gateway.tls]`); default false.
+    /// Also start `weft-gateway` (after the services are SERVING), with `[gateway] listen` and
+    /// `admin_listen` on free loopback ports, and wait until its admin listener's `/healthz` and
+    /// `/readyz` answer 200 and its API listener accepts connections; default false.
     pub gateway: bool,
     /// Pass the test's own `OTEL_*` variables on to the processes (to export their spans to a
     /// real collector while debugging); default false, they are removed. An in-process
@@ -621,6 +621,15 @@ impl TestMesh {
             .0
     }
 
+    /// Where the gateway's admin listener (`/metrics`, `/readyz`, `/healthz`) listens; panics
+    /// when the mesh was started without the gateway.
+    pub fn gateway_admin_addr(&self) -> SocketAddr {
+        *self
+            .admin_addrs
+            .get(config::GATEWAY_ADMIN)
+            .expect("this mesh was started without the gateway (MeshOptions::gateway)")
+    }
+
     /// The gateway's base URL, `http://127.0.0.1:<port>` (`https://` when `[gateway.tls]` is
     /// configured), without a trailing slash; panics when the mesh was started without it.
     pub fn gateway_url(&self) -> String {
@@ -736,10 +745,11 @@ impl TestMesh {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
     }
 
-    /// Waits until the gateway answers 200 on `/healthz` and `/readyz` (over TLS: until it
-    /// accepts connections, as the kit has no TLS client).
+    /// Waits until the gateway's admin listener answers 200 on `/healthz` and `/readyz`, and
+    /// its API listener accepts connections.
     async fn wait_gateway_ready(&self) {
-        let (addr, tls) = self.gateway.expect("the gateway is configured");
+        let (addr, _) = self.gateway.expect("the gateway is configured");
+        let admin = self.gateway_admin_addr();
         let started = Instant::now();
         loop {
             if let Some(child) = lock(&self.gateway_child).as_mut()
@@ -750,19 +760,15 @@ impl TestMesh {
                     self.gateway_logs()
                 );
             }
-            let last = if tls {
-                match tokio::net::TcpStream::connect(addr).await {
+            let last = match (
+                http_get_status(admin, "/healthz").await,
+                http_get_status(admin, "/readyz").await,
+            ) {
+                (Ok(200), Ok(200)) => match tokio::net::TcpStream::connect(addr).await {
                     Ok(_) => return,
-                    Err(e) => format!("cannot connect: {e}"),
-                }
-            } else {
-                match (
-                    http_get_status(addr, "/healthz").await,
-                    http_get_status(addr, "/readyz").await,
-                ) {
-                    (Ok(200), Ok(200)) => return,
-                    (healthz, readyz) => format!("/healthz: {healthz:?}, /readyz: {readyz:?}"),
-                }
+                    Err(e) => format!("API listener: cannot connect: {e}"),
+                },
+                (healthz, readyz) => format!("/healthz: {healthz:?}, /readyz: {readyz:?}"),
             };
             if started.elapsed() > START_TIMEOUT {
                 panic!(

@@ -35,8 +35,8 @@
 //! - A request body is sent as the server's flow-control windows allow; the answer's body
 //!   gives window back as it is read. Dropping the response future or the answer's body
 //!   resets the stream (`RST_STREAM` `CANCEL`), so the server stops working on the call.
-//! - No TLS (tonic is built without it here, so the channel did not speak it either): an
-//!   `https` endpoint is connected in clear text, its calls marked `:scheme https`.
+//! - No TLS yet (mTLS is a later step): the mesh expects a private network, and the config
+//!   refuses an `https://` endpoint rather than dial it in clear text.
 //!
 //! A [`ConnectionError`]'s source is a [`tonic::Status`], which tonic finds in an error's
 //! chain: a caller sees UNAVAILABLE for a failed or closed connection (as tonic reports its

@@ -76,6 +76,12 @@ pub struct MeshConfig {
 pub struct GatewayConfig {
     /// HTTP listen address (HTTP/1.1 and h2c; TLS when `tls` is set); default 127.0.0.1:8080.
     pub listen: SocketAddr,
+    /// HTTP listen address of the operations endpoints (`/metrics`, `/readyz`, `/healthz`);
+    /// default `127.0.0.1:0` (a free port on loopback).
+    pub admin_listen: SocketAddr,
+    /// Whether `listen` also answers `/metrics` and `/readyz` (they are always on
+    /// `admin_listen`); default true. Off, they are 404 on the API's listener, as in compose.
+    pub public_operations: bool,
     /// Largest request body in bytes (larger: 413); default 1048576 (1 MiB).
     pub max_body_bytes: usize,
     /// Largest request head (request line and headers) in bytes (larger: 431); default 16384.
@@ -361,6 +367,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_operations: true,
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
             max_json_depth: 64,
@@ -892,6 +900,9 @@ impl MeshConfig {
         let err = |key: &str, reason: &str| Err((format!("gateway.{key}"), reason.to_string()));
         if gateway.max_body_bytes == 0 {
             return err("max_body_bytes", "must be at least 1");
+        }
+        if gateway.admin_listen == gateway.listen && gateway.listen.port() != 0 {
+            return err("admin_listen", "must differ from gateway.listen");
         }
         if gateway.max_header_bytes < 8192 {
             return err("max_header_bytes", "must be at least 8192");

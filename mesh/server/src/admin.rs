@@ -1,17 +1,28 @@
-//! The services' admin HTTP listener, beside the gRPC one: `GET /metrics` answers the
-//! Prometheus text of the process's metrics registry. Started by [`crate::server::serve`].
+//! The admin HTTP listener beside a process's API listener, for operations tools rather than
+//! clients: the services' `GET /metrics` (the Prometheus text of the process's metrics
+//! registry, started by [`crate::server::serve`]), or what the gateway hands it
+//! ([`AdminServer::start_with`]: its metrics and readiness).
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
 
 use crate::metrics::{CONTENT_TYPE, registry, spawn_upkeep};
 
-/// The services' admin HTTP listener: `GET /metrics` answers the Prometheus text of
-/// `metrics::registry`. Stops when dropped.
+/// What an admin listener answers each request with.
+pub type AdminHandler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// An admin HTTP listener (HTTP/1.1). Stops when dropped.
 pub struct AdminServer {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -19,14 +30,25 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Listens on `addr` (port 0: any free port) and serves until dropped; also runs the
-    /// registry's upkeep.
+    /// The services' listener on `addr` (port 0: any free port): `GET /metrics` answers the
+    /// Prometheus text of `metrics::registry`. Serves until dropped; also runs the registry's
+    /// upkeep.
     pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(
+            addr,
+            Arc::new(|req| Box::pin(async move { metrics_only(req) })),
+        )
+        .await
+    }
+
+    /// A listener on `addr` answering with `handler`; serves until dropped and runs the
+    /// metrics registry's upkeep.
+    pub async fn start_with(addr: SocketAddr, handler: AdminHandler) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (admin_listen, /metrics)"))?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener));
+        let task = tokio::spawn(accept_loop(listener, handler));
         Ok(Self {
             addr,
             task,
@@ -47,7 +69,7 @@ impl Drop for AdminServer {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener) {
+async fn accept_loop(listener: tokio::net::TcpListener, handler: AdminHandler) {
     // Connections live in the set, so aborting this task closes them too.
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -55,8 +77,12 @@ async fn accept_loop(listener: tokio::net::TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let io = hyper_util::rt::TokioIo::new(stream);
+                    let handler = handler.clone();
                     connections.spawn(async move {
-                        let service = hyper::service::service_fn(admin_request);
+                        let service = hyper::service::service_fn(move |req| {
+                            let answer = handler(req);
+                            async move { Ok::<_, Infallible>(answer.await) }
+                        });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(io, service)
                             .await;
@@ -72,17 +98,24 @@ async fn accept_loop(listener: tokio::net::TcpListener) {
     }
 }
 
-async fn admin_request<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let answer = |status: StatusCode, content_type: &'static str, body: Bytes| {
-        let mut response = Response::new(Full::new(body));
-        *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        response
-    };
+/// A plain answer of an admin listener.
+pub fn plain_answer(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn metrics_only<B>(req: Request<B>) -> Response<Full<Bytes>> {
+    let answer = plain_answer;
     let text = "text/plain; charset=utf-8";
-    Ok(match (req.method(), req.uri().path()) {
+    match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => answer(
             StatusCode::OK,
             CONTENT_TYPE,
@@ -104,7 +137,7 @@ async fn admin_request<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infa
             text,
             Bytes::from_static(b"not found: the admin listener serves /metrics\n"),
         ),
-    })
+    }
 }
 
 #[cfg(test)]
