@@ -60,7 +60,33 @@ pub fn document(table: &RouteTable) -> Value {
             tags.push(tag);
         }
         let operation_id = unique(&mut operation_ids, &endpoint.full_method);
-        let (path, parameters) = generator.path(route.template(), &endpoint.method.input());
+        let (mut path, mut parameters) = generator.path(route.template(), &endpoint.method.input());
+        // OpenAPI: templated paths that differ only in their parameters' names are one path
+        // (`/v1/users/{id}` and `/v1/users/{user.id}`); the later route takes the earlier names.
+        if let Some(same) = paths
+            .keys()
+            .find(|known| **known != path && path_shape(known) == path_shape(&path))
+            .cloned()
+        {
+            let renames: Vec<(String, String)> = path_names(&path)
+                .into_iter()
+                .zip(path_names(&same))
+                .collect();
+            for parameter in &mut parameters {
+                let name = parameter["name"].as_str().unwrap_or_default();
+                if let Some((ours, known)) = renames.iter().find(|(ours, _)| ours == name) {
+                    let note = format!("Binds the request field `{ours}`.");
+                    parameter["description"] = Value::String(
+                        match parameter["description"].as_str().unwrap_or_default() {
+                            "" => note,
+                            text => format!("{text}\n\n{note}"),
+                        },
+                    );
+                    parameter["name"] = Value::String(known.clone());
+                }
+            }
+            path = same;
+        }
         let operation = generator.operation(endpoint, route.template(), operation_id, parameters);
 
         let item = paths.entry(path.clone()).or_default();
@@ -446,9 +472,11 @@ impl Generator {
                 (self.value_schema(field), description)
             }
         };
+        // The gateway reads an empty body as the empty message (every field at its default),
+        // as grpc-gateway does: the body is optional, and the service says what it needs.
         Some(json!({
-            "description": description,
-            "required": true,
+            "description": format!("{description} An empty body is an empty message."),
+            "required": false,
             "content": {"application/json": {"schema": schema}},
         }))
     }
@@ -681,6 +709,35 @@ struct QueryWalk {
     /// Message types on the way down, against recursion.
     chain: Vec<String>,
     parameters: Vec<Value>,
+}
+
+/// `path` with its parameters' names left out: two paths of the same shape are one OpenAPI path.
+fn path_shape(path: &str) -> String {
+    let mut shape = String::with_capacity(path.len());
+    let mut in_name = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_name = true;
+                shape.push('{');
+            }
+            '}' => {
+                in_name = false;
+                shape.push('}');
+            }
+            c if !in_name => shape.push(c),
+            _ => {}
+        }
+    }
+    shape
+}
+
+/// The names of `path`'s parameters, in order.
+fn path_names(path: &str) -> Vec<String> {
+    path.split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned()))
+        .collect()
 }
 
 /// The inline JSON schema of a well-known type with a special JSON form.
@@ -1024,10 +1081,16 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["title"], "Weft API");
         let mut ids = HashSet::new();
+        let paths = doc["paths"].as_object().unwrap();
         for route in table.router.routes() {
-            // Weft's templates need no rewriting to be OpenAPI paths.
+            // Weft's templates are OpenAPI paths, up to their parameters' names.
             let method = route.method().as_str().to_ascii_lowercase();
-            let operation = operation(&doc, &method, route.template().as_str());
+            let template = route.template().as_str();
+            let path = paths
+                .keys()
+                .find(|path| path_shape(path) == path_shape(template))
+                .unwrap_or_else(|| panic!("no path for {template}"));
+            let operation = operation(&doc, &method, path);
             assert_eq!(operation["operationId"], route.value().full_method);
             assert!(ids.insert(operation["operationId"].to_string()));
             let service = route.value().method.parent_service();
@@ -1058,6 +1121,32 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_differ_only_in_parameter_names_are_one_path() {
+        let doc = weft_document();
+        let paths = doc["paths"].as_object().unwrap();
+        let shapes: Vec<String> = paths.keys().map(|p| path_shape(p)).collect();
+        let unique: HashSet<&String> = shapes.iter().collect();
+        assert_eq!(unique.len(), shapes.len(), "one path per shape: {shapes:?}");
+        assert!(!paths.contains_key("/v1/users/{user.id}"));
+        let update = operation(&doc, "patch", "/v1/users/{id}");
+        assert_eq!(update["operationId"], "weft.user.v1.UserService.UpdateUser");
+        let parameter = &update["parameters"][0];
+        assert_eq!(
+            (&parameter["name"], &parameter["in"]),
+            (&json!("id"), &json!("path"))
+        );
+        assert!(
+            parameter["description"]
+                .as_str()
+                .unwrap()
+                .contains("Binds the request field `user.id`."),
+            "{parameter}"
+        );
+        assert_eq!(path_names("/v1/{a}/x/{b.c}:do"), ["a", "b.c"]);
+        assert_eq!(path_shape("/v1/{a}/x/{b.c}:do"), "/v1/{}/x/{}:do");
+    }
+
+    #[test]
     fn public_routes_have_no_security_and_others_need_a_bearer_token() {
         let doc = weft_document();
         let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
@@ -1077,7 +1166,7 @@ mod tests {
         }
         for (method, path, access) in [
             ("get", "/v1/orders", "authenticated"),
-            ("patch", "/v1/users/{user.id}", "authenticated"),
+            ("patch", "/v1/users/{id}", "authenticated"),
             ("get", "/v1/users", "admin"),
             ("post", "/v1/products", "admin"),
         ] {
@@ -1101,16 +1190,20 @@ mod tests {
     #[test]
     fn update_user_binds_the_path_the_body_field_and_the_mask_from_the_query() {
         let doc = weft_document();
-        let operation = operation(&doc, "patch", "/v1/users/{user.id}");
+        // One OpenAPI path with GetUser's `/v1/users/{id}`: the parameter takes its name.
+        let operation = operation(&doc, "patch", "/v1/users/{id}");
         assert_eq!(
             operation["operationId"],
             "weft.user.v1.UserService.UpdateUser"
         );
-        let id = parameter(operation, "path", "user.id");
+        let id = parameter(operation, "path", "id");
         assert_eq!(id["required"], true);
         assert_eq!(id["schema"]["type"], "string");
-        assert_eq!(id["description"], "Opaque id chosen by the server.");
-        assert_eq!(parameter_names(operation, "path"), ["user.id"]);
+        assert_eq!(
+            id["description"],
+            "Opaque id chosen by the server.\n\nBinds the request field `user.id`."
+        );
+        assert_eq!(parameter_names(operation, "path"), ["id"]);
         // `user` is the body, so none of its fields is a query parameter.
         assert_eq!(parameter_names(operation, "query"), ["updateMask"]);
         let mask = parameter(operation, "query", "updateMask");
@@ -1122,8 +1215,10 @@ mod tests {
                 .starts_with("Fields to change")
         );
 
+        // The gateway takes an empty body as the empty message: the document must not say
+        // otherwise (a fuzzer sending none would find the API more lenient than documented).
         let body = &operation["requestBody"];
-        assert_eq!(body["required"], true);
+        assert_eq!(body["required"], false);
         assert_eq!(
             body["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/weft.user.v1.User"
@@ -1323,7 +1418,7 @@ mod tests {
         );
         expect(
             "patch",
-            "/v1/users/{user.id}",
+            "/v1/users/{id}",
             &[
                 "200", "400", "401", "403", "404", "409", "413", "415", "429", "default",
             ],
