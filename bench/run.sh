@@ -15,17 +15,13 @@
 # counts do not depend on the machine's noise: use them for changes wrk cannot resolve.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-2}"
 CONNECTIONS="${CONNECTIONS:-64}"
 WARMUP="${WARMUP:-3}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="${BIN_DIR:-$TARGET_DIR/release}"
-[ -d "$BIN" ] && BIN="$(cd "$BIN" && pwd)"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- tools and binaries ---------------------------------------------------------------------
 
@@ -38,188 +34,13 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null 2>&1 || die "curl is needed"
 
-if [ "${NO_BUILD:-0}" != 1 ] && [ -z "${BIN_DIR:-}" ]; then
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release --quiet -p weft-order -p weft-gateway -p weft-auth \
-        -p weft-user -p weft-bench-baseline)
-fi
-for bin in weft-auth weft-user weft-order weft-gateway weft-bench-baseline; do
-    [ -x "$BIN/$bin" ] || die "missing $BIN/$bin (build it, or unset NO_BUILD)"
-done
-
-# --- processes and clean-up -----------------------------------------------------------------
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")"
-declare -A PIDS=()
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    for name in "${!PIDS[@]}"; do
-        kill -TERM "${PIDS[$name]}" 2>/dev/null || true
-    done
-    for name in "${!PIDS[@]}"; do
-        local pid="${PIDS[$name]}"
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$status" != 0 ]; then
-        for f in "$WORK"/*.log; do
-            [ -s "$f" ] || continue
-            printf -- '--- last lines of %s\n' "$(basename "$f")" >&2
-            tail -n 15 "$f" >&2
-        done
-    fi
-    if [ "${KEEP:-0}" = 1 ] || [ "$status" != 0 ]; then
-        printf 'bench: configs and logs kept in %s\n' "$WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME ARGS...: runs $BIN/NAME in the background, logs in $WORK/NAME.log.
-start() {
-    local name="$1"
-    shift
-    if [ "$name" = "${PROFILE:-}" ]; then
-        (cd "$WORK" && exec valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-            --dump-instr=no "$BIN/$name" "$@") >"$WORK/$name.log" 2>&1 &
-    else
-        (cd "$WORK" && exec "$BIN/$name" "$@") >"$WORK/$name.log" 2>&1 &
-    fi
-    PIDS[$name]=$!
-}
-
-# wait_http URL NAME: polls URL until it answers 200 (20 s at most).
-wait_http() {
-    local url="$1" name="$2"
-    # Under valgrind a process starts about 50 times slower.
-    local tries=200
-    [ -n "${PROFILE:-}" ] && tries=1200
-    for _ in $(seq 1 "$tries"); do
-        if curl -fsS -o /dev/null --max-time 10 "$url" 2>/dev/null; then
-            return 0
-        fi
-        for proc in "${!PIDS[@]}"; do
-            kill -0 "${PIDS[$proc]}" 2>/dev/null || die "$proc exited early"
-        done
-        sleep 0.1
-    done
-    die "$name not ready at $url after $((tries / 10)) s"
-}
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1.
-free_ports() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-    else
-        local used ports=() port
-        used="$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -u)"
-        while [ "${#ports[@]}" -lt "$1" ]; do
-            port=$((20000 + RANDOM % 40000))
-            grep -qx "$port" <<<"$used" || [[ " ${ports[*]} " == *" $port "* ]] || ports+=("$port")
-        done
-        echo "${ports[*]}"
-    fi
-}
-
-# rss_kib PID: resident set size in KiB (VmRSS of /proc/PID/status).
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+need_binaries weft-auth weft-user weft-order weft-gateway weft-bench-baseline
 
 # --- the mesh ---------------------------------------------------------------------------------
 
-read -r P_AUTH P_USER P_ORDER P_GATEWAY P_BASE <<<"$(free_ports 5)"
-ADMIN="bench-admin@example.com"
-CONFIG="$WORK/mesh.toml"
-cat >"$CONFIG" <<EOF
-environment = "bench"
-
-[telemetry]
-log_format = "json"
-log_filter = "warn"
-
-[services.auth]
-listen = "127.0.0.1:$P_AUTH"
-database_url = "sqlite://$WORK/auth.db"
-
-[services.user]
-listen = "127.0.0.1:$P_USER"
-database_url = "sqlite://$WORK/user.db"
-
-[services.order]
-listen = "127.0.0.1:$P_ORDER"
-database_url = "sqlite://$WORK/order.db"
-
-[upstreams.auth]
-endpoint = "http://127.0.0.1:$P_AUTH"
-grpc_services = ["weft.auth.v1.AuthService"]
-
-[upstreams.user]
-endpoint = "http://127.0.0.1:$P_USER"
-grpc_services = ["weft.user.v1.UserService"]
-
-[upstreams.order]
-endpoint = "http://127.0.0.1:$P_ORDER"
-grpc_services = ["weft.order.v1.OrderService"]
-
-[gateway]
-listen = "127.0.0.1:$P_GATEWAY"
-EOF
-
-log "starting weft-auth, weft-user, weft-order, weft-gateway in $WORK"
-# RUST_LOG would override the config's "warn" filter.
-unset RUST_LOG
-# Under valgrind weft-order needs seconds to listen: it starts first, or the gateway would eject
-# its endpoint (connection refused) and the set-up calls would fail with 503.
-if [ "${PROFILE:-}" = weft-order ]; then
-    start weft-order --config "$CONFIG"
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$P_ORDER") 2>/dev/null && break
-        kill -0 "${PIDS[weft-order]}" 2>/dev/null || die "weft-order exited early"
-        sleep 0.2
-    done
-fi
-for name in weft-auth weft-user weft-order weft-gateway; do
-    [ -n "${PIDS[$name]:-}" ] || start "$name" --config "$CONFIG"
-done
-GATEWAY="http://127.0.0.1:$P_GATEWAY"
-wait_http "$GATEWAY/readyz" weft-gateway
-
+start_mesh "sqlite://$WORK/order.db"
 log "creating the benchmark product"
-register="$(curl -fsS -X POST "$GATEWAY/v1/auth/register" -H 'content-type: application/json' \
-    -d "{\"email\":\"$ADMIN\",\"password\":\"bench-password-1\",\"displayName\":\"Bench admin\"}")" ||
-    die "register failed"
-# Every account registers as a user: grant the role as an operator does, then sign in again.
-"$BIN/weft-user" grant-role --config "$CONFIG" --email "$ADMIN" --role admin >/dev/null ||
-    die "weft-user grant-role failed"
-login="$(curl -fsS -X POST "$GATEWAY/v1/auth/login" -H 'content-type: application/json' \
-    -d "{\"email\":\"$ADMIN\",\"password\":\"bench-password-1\"}")" ||
-    die "login failed"
-TOKEN="$(sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p' <<<"$login")"
-[ -n "$TOKEN" ] || die "no accessToken in: $login"
-created="$(curl -fsS -X POST "$GATEWAY/v1/products" -H 'content-type: application/json' \
-    -H "authorization: Bearer $TOKEN" \
-    -d '{"name":"Benchmark widget","description":"A product created by bench/run.sh","unitPriceCents":"1999","currency":"USD","stock":"1000000"}')" ||
-    die "create product failed"
-PRODUCT_ID="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$created")"
-[ -n "$PRODUCT_ID" ] || die "no product id in: $created"
+create_product 1000000
 WEFT_URL="$GATEWAY/v1/products/$PRODUCT_ID"
 curl -fsS -o "$WORK/product.json" "$WEFT_URL" || die "GET $WEFT_URL failed"
 
@@ -249,6 +70,7 @@ if [ -n "${PROFILE:-}" ]; then
 fi
 
 # The baseline answers the gateway's own body, so both send the same bytes.
+P_BASE="$(free_ports 1)"
 start weft-bench-baseline "127.0.0.1:$P_BASE" "$WORK/product.json"
 BASE_URL="http://127.0.0.1:$P_BASE/v1/products/$PRODUCT_ID"
 wait_http "$BASE_URL" weft-bench-baseline
