@@ -22,7 +22,7 @@ use weft_proto::auth::{
     RegisterRequest, auth_service_client::AuthServiceClient, auth_service_server,
 };
 
-use crate::tool::{self, BinDir};
+use crate::tool::{self, Deployment};
 
 /// Time allowed to connect to weft-auth and to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,26 +46,11 @@ pub enum AdminCommand {
     Create(CreateArgs),
 }
 
-/// The deployment `weft admin` acts on.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Target {
-    /// The deployment's mesh-config file (weft-user's database, weft-auth's address).
-    #[arg(
-        long,
-        env = weft_mesh::config::CONFIG_ENV,
-        value_name = "FILE",
-        default_value = "mesh-config/local.toml"
-    )]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub bin_dir: BinDir,
-}
-
 /// Options of `weft admin grant`.
 #[derive(Debug, clap::Args)]
 pub struct GrantArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub target: Deployment,
     /// The account's email.
     #[arg(long)]
     pub email: String,
@@ -78,7 +63,7 @@ pub struct GrantArgs {
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub target: Deployment,
     /// The new administrator's email.
     #[arg(long)]
     pub email: String,
@@ -122,7 +107,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `weft-user grant-role` on the target's config; returns what it printed.
-fn grant(target: &Target, email: &str, role: RoleArg) -> anyhow::Result<String> {
+fn grant(target: &Deployment, email: &str, role: RoleArg) -> anyhow::Result<String> {
     let binary = target.bin_dir.binary("weft-user")?;
     tool::run(
         &binary,

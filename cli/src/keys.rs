@@ -7,11 +7,11 @@
 //! (`jwt.access_ttl_secs`). Running instances see the rotation within
 //! `auth.key_reload_interval_ms`, without a restart.
 
-use std::{ffi::OsStr, path::PathBuf};
+use std::ffi::OsStr;
 
 use clap::Subcommand;
 
-use crate::tool::{self, BinDir};
+use crate::tool::{self, Deployment};
 
 /// Options of `weft keys`.
 #[derive(Debug, clap::Args)]
@@ -26,22 +26,7 @@ pub struct KeysArgs {
 pub enum KeysCommand {
     /// Make a new signing key: published at once, signing after the activation delay; the
     /// current key is kept in the JWKS until its tokens have expired. Prints the new key id.
-    Rotate(RotateArgs),
-}
-
-/// Options of `weft keys rotate`.
-#[derive(Debug, clap::Args)]
-pub struct RotateArgs {
-    /// The deployment's mesh-config file (weft-auth's database).
-    #[arg(
-        long,
-        env = weft_mesh::config::CONFIG_ENV,
-        value_name = "FILE",
-        default_value = "mesh-config/local.toml"
-    )]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub bin_dir: BinDir,
+    Rotate(Deployment),
 }
 
 /// Runs `weft keys`; errors are one readable message.

@@ -11,6 +11,21 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// The deployment a `weft` operator command acts on: its mesh-config and the service binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Deployment {
+    /// The deployment's mesh-config file (the services' databases and addresses).
+    #[arg(
+        long,
+        env = weft_mesh::config::CONFIG_ENV,
+        value_name = "FILE",
+        default_value = "mesh-config/local.toml"
+    )]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub bin_dir: BinDir,
+}
+
 /// Where the service binaries are: `--bin-dir` when given, else the folder of this `weft`
 /// executable (where `cargo build --workspace --bins` puts them all).
 #[derive(Debug, Clone, clap::Args)]
@@ -22,15 +37,21 @@ pub struct BinDir {
 
 impl BinDir {
     /// The path of the binary `name`; an error saying how to build it when it is missing.
-    pub fn binary(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let dir = match &self.bin_dir {
-            Some(dir) => dir.clone(),
+    /// The folder: `--bin-dir`, or the folder of this `weft` executable.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.bin_dir {
+            Some(dir) => Ok(dir.clone()),
             None => std::env::current_exe()
                 .context("cannot find the weft executable")?
                 .parent()
                 .map(Path::to_path_buf)
-                .context("the weft executable has no folder")?,
-        };
+                .context("the weft executable has no folder"),
+        }
+    }
+
+    /// The path of the binary `name`; an error saying how to build it when it is missing.
+    pub fn binary(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.dir()?;
         let binary = crate::child::binary_in(&dir, name);
         if !binary.is_file() {
             bail!(

@@ -21,6 +21,7 @@ use crate::{
     child::{self, Exited, Launch, Running},
     output::Output,
     probe,
+    tool::BinDir,
 };
 
 /// Time allowed to one health check attempt.
@@ -106,14 +107,10 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     let config = MeshConfig::load(Some(&args.config))?;
     let config_path = std::path::absolute(&args.config)
         .with_context(|| format!("cannot resolve {}", args.config.display()))?;
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()
-            .context("cannot find the weft executable")?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("the weft executable has no folder")?,
-    };
+    let bin_dir = BinDir {
+        bin_dir: args.bin_dir.clone(),
+    }
+    .dir()?;
     let mut supervisor = Supervisor::new(config, config_path, &bin_dir, &args, output)?;
     supervisor.preflight()?;
     let mut signals = Signals::new()?;
