@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints YAML files as one JSON array, in argument order, read with PyYAML's safe loader (anchors
-# and `<<` merge keys resolved). PyYAML comes from the repository's .venv (override with
-# WEFT_VENV), installed on first use. Used by e2e/tests/compose.rs.
+# and `<<` merge keys resolved); a file of several documents (`---`) is the array of them.
+# PyYAML comes from the repository's .venv (override with WEFT_VENV), installed on first use.
+# Used by e2e/tests/compose.rs.
 #
 #   scripts/yaml-to-json.sh docker-compose.yml deploy/prometheus.yml
 set -euo pipefail
@@ -23,6 +24,7 @@ import yaml
 documents = []
 for path in sys.argv[1:]:
     with open(path, encoding="utf-8") as f:
-        documents.append(yaml.safe_load(f))
+        found = [d for d in yaml.safe_load_all(f) if d is not None]
+    documents.append(found[0] if len(found) == 1 else found)
 json.dump(documents, sys.stdout)
 PY

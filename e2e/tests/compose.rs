@@ -1,10 +1,16 @@
-//! docker-compose.yml, deploy/ and mesh-config/compose.toml describe one stack: every service
-//! name, port, config path, upstream endpoint, database and scrape target in the compose file,
-//! the Prometheus config and the PostgreSQL init script agrees with the mesh-config the
-//! containers run (loaded with `MeshConfig::load_from`, as the processes load it). No Docker
-//! engine is needed: the YAML is read with PyYAML (`scripts/yaml-to-json.sh`), and
-//! `docker-compose config -q` validates the file where docker-compose is installed (in CI it
-//! must be).
+//! The deployments agree with the mesh-configs they run (loaded with `MeshConfig::load_from`,
+//! as the processes load them).
+//!
+//! Compose: docker-compose.yml, deploy/ and mesh-config/compose.toml describe one stack: every
+//! service name, port, config path, upstream endpoint, database and scrape target in the compose
+//! file, the Prometheus config and the PostgreSQL init script agrees with the mesh-config the
+//! containers run. No Docker engine is needed: the YAML is read with PyYAML
+//! (`scripts/yaml-to-json.sh`), and `docker-compose config -q` validates the file where
+//! docker-compose is installed (in CI it must be).
+//!
+//! Kubernetes: deploy/kubernetes's production overlay, rendered with `kubectl kustomize`, and
+//! its weft.toml name the same ports, headless Services, Secrets, probes and policies
+//! (`scripts/check-kubernetes.sh` validates the manifests themselves).
 
 use std::{
     collections::BTreeSet,
@@ -414,4 +420,126 @@ fn the_image_copies_every_workspace_members_manifest() {
             "deploy/Dockerfile does not copy {member}/Cargo.toml"
         );
     }
+}
+
+// === deploy/kubernetes ===
+
+/// `deploy/kubernetes/overlays/production` as `kubectl kustomize` renders it, as JSON documents;
+/// `None` (with a note) where kubectl is not installed, which CI does not accept.
+fn kustomize_production() -> Option<Vec<Value>> {
+    let output = match Command::new("kubectl")
+        .args(["kustomize", "deploy/kubernetes/overlays/production"])
+        .current_dir(root())
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(
+                !ci,
+                "kubectl is needed in CI to render deploy/kubernetes: {e}"
+            );
+            eprintln!("note: skipping the Kubernetes manifests: kubectl not found ({e})");
+            return None;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let rendered = dir.path().join("production.yaml");
+    std::fs::write(&rendered, &output.stdout).expect("writing the rendered manifests");
+    let documents = yaml(&[rendered.to_str().expect("a UTF-8 path")]);
+    Some(documents[0].as_array().expect("several documents").clone())
+}
+
+/// The rendered resource of `kind` named `name`.
+fn resource<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+/// The container port named `name` of a Deployment's first container.
+fn named_port(deployment: &Value, name: &str) -> u16 {
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no container port {name}",
+                deployment["metadata"]["name"]
+            )
+        })
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_their_mesh_config() {
+    let path = root().join("deploy/kubernetes/base/weft.toml");
+    let config = MeshConfig::load_from(Some(&path), std::iter::empty())
+        .unwrap_or_else(|e| panic!("deploy/kubernetes/base/weft.toml does not load: {e}"));
+    let Some(documents) = kustomize_production() else {
+        return;
+    };
+    for (name, service) in &config.services {
+        let process = process_name(name);
+        let deployment = resource(&documents, "Deployment", &process);
+        assert_eq!(
+            named_port(deployment, "grpc"),
+            service.listen.port(),
+            "{process}"
+        );
+        assert_eq!(
+            named_port(deployment, "admin"),
+            service.admin_listen.port(),
+            "{process}"
+        );
+        let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        let database = format!("WEFT_SERVICES__{}__DATABASE_URL", name.to_uppercase());
+        assert!(
+            env.contains(&database),
+            "{process} gets {database} from a Secret"
+        );
+        // Headless: callers resolve the name to every replica and balance over them.
+        let svc = resource(&documents, "Service", &process);
+        assert_eq!(
+            svc["spec"]["clusterIP"], "None",
+            "{process}'s Service is headless"
+        );
+        let upstream = config.upstream(name).expect("an upstream per service");
+        let endpoints = upstream.endpoint_list();
+        assert_eq!(
+            endpoints,
+            [format!("http://{process}:{}", service.listen.port())],
+            "upstreams.{name} names the headless Service"
+        );
+        resource(&documents, "NetworkPolicy", &process);
+        resource(&documents, "PodDisruptionBudget", &process);
+    }
+    let gateway = resource(&documents, "Deployment", GATEWAY);
+    assert_eq!(named_port(gateway, "http"), config.gateway.listen.port());
+    assert_eq!(
+        named_port(gateway, "admin"),
+        config.gateway.admin_listen.port()
+    );
+    assert!(
+        !config.gateway.public_operations,
+        "/readyz and /metrics stay off the port the Ingress exposes"
+    );
+    let readiness = &gateway["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+    assert_eq!(readiness["httpGet"]["path"], "/readyz");
+    assert_eq!(readiness["httpGet"]["port"], "admin");
+    let ingress = resource(&documents, "Ingress", GATEWAY);
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["name"],
+        "http"
+    );
 }
