@@ -363,7 +363,11 @@ async fn run_baseline(
     quiet: bool,
     stop: &watch::Receiver<bool>,
 ) -> Result<Summary, BenchError> {
-    let dir = bench_baseline::bin_dir(args.bin_dir.as_deref()).map_err(BenchError::Failed)?;
+    let dir = crate::tool::BinDir {
+        bin_dir: args.bin_dir.clone(),
+    }
+    .dir()
+    .map_err(|e| BenchError::Failed(format!("{e:#}")))?;
     let (name, body) = match prepared {
         Prepared::Http(plan) => {
             let request = plan.request(0);

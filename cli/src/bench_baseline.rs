@@ -27,18 +27,6 @@ impl Drop for Baseline {
     }
 }
 
-/// The folder of the baseline binaries: `bin_dir`, or the folder of this executable.
-pub fn bin_dir(bin_dir: Option<&Path>) -> Result<PathBuf, String> {
-    match bin_dir {
-        Some(dir) => Ok(dir.to_path_buf()),
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot find the weft executable: {e}"))?
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| "the weft executable has no folder".to_owned()),
-    }
-}
-
 /// Starts `name` from `dir` answering with `body` (its built-in answer when empty), and
 /// waits for its address.
 pub async fn start(dir: &Path, name: &str, body: &[u8]) -> Result<Baseline, String> {

@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 /// The deployment a `weft` operator command acts on: its mesh-config and the service binaries.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Deployment {
-    /// The deployment's mesh-config file (the services' databases and addresses).
+    /// The mesh-config file (the services' addresses and databases).
     #[arg(
         long,
         env = weft_mesh::config::CONFIG_ENV,
@@ -30,7 +30,7 @@ pub struct Deployment {
 /// executable (where `cargo build --workspace --bins` puts them all).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BinDir {
-    /// Folder of weft-auth and weft-user (default: the folder of this `weft` executable).
+    /// Folder of the Weft binaries (default: the folder of this `weft` executable).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
 }

@@ -21,7 +21,7 @@ use crate::{
     child::{self, Exited, Launch, Running},
     output::Output,
     probe,
-    tool::BinDir,
+    tool::Deployment,
 };
 
 /// Time allowed to one health check attempt.
@@ -45,21 +45,12 @@ const SIGNAL_GRACE: Duration = Duration::from_millis(300);
 /// Options of `weft up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
-    /// The mesh-config file, passed to every process.
-    #[arg(
-        long,
-        env = weft_mesh::config::CONFIG_ENV,
-        value_name = "FILE",
-        default_value = "mesh-config/local.toml"
-    )]
-    pub config: PathBuf,
+    /// The mesh-config file, passed to every process, and where the binaries are.
+    #[command(flatten)]
+    pub deployment: Deployment,
     /// Restart a process that exits on its own, after a delay that grows with each quick exit.
     #[arg(long)]
     pub restart: bool,
-    /// Folder of weft-auth, weft-user, weft-order and weft-gateway (default: the folder of
-    /// this `weft` executable).
-    #[arg(long, value_name = "DIR")]
-    pub bin_dir: Option<PathBuf>,
     /// Seconds each process may take to become healthy.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub start_timeout: u64,
@@ -97,20 +88,18 @@ enum Wait {
 
 /// Runs `weft up` until the mesh is stopped; `Err` when it cannot start.
 pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
-    if !args.config.exists() {
+    let config_file = &args.deployment.config;
+    if !config_file.exists() {
         bail!(
             "{} not found: run `weft up` from the root of the Weft repository, or name a \
              mesh-config file with --config",
-            args.config.display()
+            config_file.display()
         );
     }
-    let config = MeshConfig::load(Some(&args.config))?;
-    let config_path = std::path::absolute(&args.config)
-        .with_context(|| format!("cannot resolve {}", args.config.display()))?;
-    let bin_dir = BinDir {
-        bin_dir: args.bin_dir.clone(),
-    }
-    .dir()?;
+    let config = MeshConfig::load(Some(config_file))?;
+    let config_path = std::path::absolute(config_file)
+        .with_context(|| format!("cannot resolve {}", config_file.display()))?;
+    let bin_dir = args.deployment.bin_dir.dir()?;
     let mut supervisor = Supervisor::new(config, config_path, &bin_dir, &args, output)?;
     supervisor.preflight()?;
     let mut signals = Signals::new()?;
@@ -686,7 +675,7 @@ mod tests {
             panic!("`weft up` parses as Command::Up");
         };
         if std::env::var_os(weft_mesh::config::CONFIG_ENV).is_none() {
-            assert_eq!(args.config, Path::new("mesh-config/local.toml"));
+            assert_eq!(args.deployment.config, Path::new("mesh-config/local.toml"));
         }
         assert!(!args.restart);
         assert_eq!(args.start_timeout, 60);
@@ -703,8 +692,11 @@ mod tests {
         let crate::Command::Up(args) = cli.command else {
             panic!("`weft up` parses as Command::Up");
         };
-        assert_eq!(args.config, Path::new("x.toml"));
+        assert_eq!(args.deployment.config, Path::new("x.toml"));
         assert!(args.restart);
-        assert_eq!(args.bin_dir.as_deref(), Some(Path::new("target/release")));
+        assert_eq!(
+            args.deployment.bin_dir.bin_dir.as_deref(),
+            Some(Path::new("target/release"))
+        );
     }
 }
