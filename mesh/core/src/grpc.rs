@@ -154,7 +154,8 @@ fn trailer_status(trailers: Option<&HeaderMap>, http_status: http::StatusCode) -
 }
 
 /// Whether the call at `path` is the server's own infrastructure (health checks, reflection):
-/// polled all the time, so never traced and never shed.
+/// polled all the time, so never traced and never shed; outside every contract, and open to
+/// probes and tools without a token.
 pub fn is_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }

@@ -147,17 +147,6 @@ pub enum AuthError {
     OutsideContract(String),
 }
 
-/// Whether `path` is a method of the services every process serves beside its contract
-/// (`grpc.health.v1`, server reflection), open to probes and tools without a token.
-fn is_open_infrastructure(path: &str) -> bool {
-    const OPEN: [&str; 3] = [
-        "/grpc.health.v1.Health/",
-        "/grpc.reflection.v1.ServerReflection/",
-        "/grpc.reflection.v1alpha.ServerReflection/",
-    ];
-    OPEN.iter().any(|prefix| path.starts_with(prefix))
-}
-
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         match err {
@@ -453,7 +442,7 @@ where
         let access = match contract::current().access(path) {
             Some(access) => access,
             // Health and reflection are outside the contract and open to probes.
-            None if is_open_infrastructure(path) => Access::Public,
+            None if crate::grpc::is_infrastructure(path) => Access::Public,
             // A method nobody declared an access for is refused, not served to anyone: a
             // service whose descriptors did not reach the contract fails closed.
             None => {
