@@ -25,7 +25,7 @@ use crate::{
     bench_baseline,
     bench_grpc::{self, GrpcConnection, GrpcPlan, GrpcWorker},
     bench_http::{self, HttpPlan, HttpWorker},
-    bench_load::{self, Phase, Worker},
+    bench_load::{self, Phase, PhaseResult, Worker},
     bench_progress::{Counters, Progress},
     bench_stats::{self, Summary},
 };
@@ -308,6 +308,21 @@ async fn prepare(args: &BenchArgs, checked: &Checked) -> Result<Prepared, BenchE
     }
 }
 
+/// Runs one phase with its progress line, labelled `label`.
+async fn run_shown(
+    workers: Vec<Worker>,
+    phase: Phase,
+    label: &str,
+    quiet: bool,
+    stop: &watch::Receiver<bool>,
+) -> PhaseResult {
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(label, counters.clone(), quiet);
+    let result = bench_load::run_phase(workers, phase, counters, stop.clone()).await;
+    progress.finish();
+    result
+}
+
 /// Warm-up then measure against `prepared`'s server.
 async fn measure(
     prepared: &Prepared,
@@ -317,39 +332,32 @@ async fn measure(
     stop: &watch::Receiver<bool>,
 ) -> Summary {
     let mut workers = prepared.workers(spec);
+    let phase = |duration, requests| Phase {
+        duration,
+        requests,
+        rate: spec.rate,
+        timeout: spec.timeout,
+    };
     if !spec.warmup.is_zero() {
-        let counters = Arc::new(Counters::default());
-        let progress = Progress::start(&format!("{label} warm-up"), counters.clone(), quiet);
-        let warm = bench_load::run_phase(
+        let warm_up = format!("{label} warm-up");
+        let warm = run_shown(
             workers,
-            Phase {
-                duration: Some(spec.warmup),
-                requests: None,
-                rate: spec.rate,
-                timeout: spec.timeout,
-            },
-            counters,
-            stop.clone(),
+            phase(Some(spec.warmup), None),
+            &warm_up,
+            quiet,
+            stop,
         )
         .await;
-        progress.finish();
         workers = warm.workers;
     }
-    let counters = Arc::new(Counters::default());
-    let progress = Progress::start(label, counters.clone(), quiet);
-    let result = bench_load::run_phase(
+    let result = run_shown(
         workers,
-        Phase {
-            duration: spec.duration,
-            requests: spec.requests,
-            rate: spec.rate,
-            timeout: spec.timeout,
-        },
-        counters,
-        stop.clone(),
+        phase(spec.duration, spec.requests),
+        label,
+        quiet,
+        stop,
     )
     .await;
-    progress.finish();
     let interrupted = *stop.borrow();
     result.recorder.summary(result.elapsed, interrupted)
 }
