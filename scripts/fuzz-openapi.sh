@@ -18,8 +18,11 @@ url="${1%/}"
 shift
 # shellcheck source=venv.sh
 source "$(dirname "$0")/venv.sh"
-ensure_python_module schemathesis 'schemathesis>=4.3,<5'
+ensure_python_module schemathesis 'schemathesis>=4.32,<4.33'
 
+# The hooks drop the one failure that comes from a rule OpenAPI cannot state (fuzz_hooks.py).
+export SCHEMATHESIS_HOOKS=fuzz_hooks
+export PYTHONPATH="$(dirname "$0")${PYTHONPATH:+:$PYTHONPATH}"
 exec "$venv/bin/schemathesis" run "$url/openapi.json" \
     --checks all \
     --mode all \

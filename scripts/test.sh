@@ -27,6 +27,7 @@ echo "==> Python tools for the validators (.venv)"
 source scripts/venv.sh
 ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 ensure_python_module yaml 'PyYAML>=6,<7'
+ensure_python_module schemathesis 'schemathesis>=4.32,<4.33'
 
 echo "==> layout: imports go one way, the mesh names no service"
 python3 scripts/check-layout.py

@@ -34,6 +34,7 @@ pub mod connection;
 pub mod cors;
 pub mod endpoint;
 pub mod error;
+pub mod field_rules;
 pub mod message_json;
 pub mod metrics;
 pub mod openapi;

@@ -23,6 +23,7 @@ use weft_mesh::contract::Access;
 
 use crate::{
     endpoint::{BodyRule, Endpoint},
+    field_rules,
     request_message::is_scalar_like,
     route::{PathTemplate, Segment},
     table::RouteTable,
@@ -45,6 +46,7 @@ pub fn document(table: &RouteTable) -> Value {
     let mut operation_ids = HashSet::new();
     let mut tags: Vec<Value> = Vec::new();
     let mut tag_names = HashSet::new();
+    let mut linkable = Vec::new();
 
     for route in table.router.routes() {
         let endpoint: &Endpoint = route.value();
@@ -111,8 +113,16 @@ pub fn document(table: &RouteTable) -> Value {
             }
             key
         };
+        linkable.push(Linkable::of(
+            endpoint,
+            route.template(),
+            &path,
+            &key,
+            &operation,
+        ));
         item.insert(key, operation);
     }
+    add_links(&mut paths, &linkable);
 
     let mut info = json!({
         "title": "Weft API",
@@ -157,9 +167,113 @@ The REST+JSON front door of the Weft mesh. Every operation is a gRPC method, tra
 accept numbers), enums by name, bytes as base64, timestamps as RFC 3339 strings.
 - Responses carry every field, defaults included.
 - Unknown fields and unknown query parameters are refused with 400.
+- Field rules (required fields, lengths, ranges, patterns) are the services' own, declared \
+next to each field in the proto (`weft.api.v1.field`). In requests, `null` stands for a field's \
+default value, so only fields whose default is allowed take it.
 - Errors have one JSON shape, `{code, message, details, requestId}`, where `code` is the gRPC \
 status code. Every response carries `X-Request-Id`.
 - Operations not marked public need `Authorization: Bearer <access token>`.";
+
+/// What links between operations are made of: an operation's answer, and the one path
+/// parameter by which another operation takes an answer of that type.
+struct Linkable {
+    path: String,
+    key: String,
+    operation_id: String,
+    /// The message the operation answers with, when the whole of it is the response body.
+    output: Option<MessageDescriptor>,
+    /// The operation's only path parameter, if it binds a field `id` of the request or of a
+    /// request field of the output's type (`{id}`, `{user.id}`).
+    id_parameter: Option<String>,
+}
+
+impl Linkable {
+    fn of(
+        endpoint: &Endpoint,
+        template: &PathTemplate,
+        path: &str,
+        key: &str,
+        operation: &Value,
+    ) -> Self {
+        let output = endpoint.method.output();
+        let id_parameter = match template.variables() {
+            [variable] => {
+                let input = endpoint.method.input();
+                let binds_id = match variable.field_path() {
+                    [id] => id == "id",
+                    [parent, id] => {
+                        id == "id"
+                            && matches!(
+                                input.get_field_by_name(parent).map(|f| f.kind()),
+                                Some(Kind::Message(m)) if m == output
+                            )
+                    }
+                    _ => false,
+                };
+                let parameters = operation["parameters"].as_array();
+                let in_path = parameters.into_iter().flatten().find(|p| p["in"] == "path");
+                in_path
+                    .filter(|_| binds_id)
+                    .and_then(|p| p["name"].as_str())
+                    .map(str::to_owned)
+            }
+            _ => None,
+        };
+        Self {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            operation_id: operation["operationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            output: endpoint.response_body.is_none().then_some(output),
+            id_parameter,
+        }
+    }
+}
+
+/// OpenAPI links: from each operation answering with a message that has a string `id` to the
+/// operations that take such a message's id in their path and answer with the same type (from
+/// CreateOrder to GetOrder and CancelOrder). Clients and the stateful fuzz follow them.
+fn add_links(paths: &mut BTreeMap<String, Map<String, Value>>, operations: &[Linkable]) {
+    for from in operations {
+        let Some(output) = &from.output else { continue };
+        let has_id = output
+            .get_field_by_name("id")
+            .is_some_and(|f| f.kind() == Kind::String && !f.is_list());
+        if !has_id {
+            continue;
+        }
+        let mut links = Map::new();
+        for to in operations {
+            let same_type = to.output.as_ref() == Some(output);
+            if let (true, Some(parameter)) = (same_type, &to.id_parameter) {
+                if to.operation_id == from.operation_id {
+                    continue;
+                }
+                let name = to.operation_id.rsplit('.').next().unwrap_or_default();
+                links.insert(
+                    name.to_owned(),
+                    json!({
+                        "operationId": to.operation_id,
+                        "parameters": {parameter: "$response.body#/id"},
+                        "description": format!("The `{}` answered.", output.name()),
+                    }),
+                );
+            }
+        }
+        if links.is_empty() {
+            continue;
+        }
+        if let Some(ok) = paths
+            .get_mut(&from.path)
+            .and_then(|item| item.get_mut(&from.key))
+            .and_then(|operation| operation["responses"].get_mut("200"))
+        {
+            ok["links"] = Value::Object(links);
+        }
+    }
+}
 
 /// `base`, or `base_2`, `base_3`, ... if taken (additional bindings share a method name).
 fn unique(taken: &mut HashSet<String>, base: &str) -> String {
@@ -280,6 +394,9 @@ impl Generator {
             Some(field) => self.kind_schema(&field.kind()),
             None => json!({"type": "string"}),
         };
+        if let Some((field, rules)) = field.as_ref().and_then(|f| Some((f, field_rules::of(f)?))) {
+            field_rules::apply(&mut schema, field, &rules);
+        }
         let mut description = field
             .as_ref()
             .and_then(|f| self.field_description(f))
@@ -388,9 +505,17 @@ impl Generator {
             .map(|v| v.field_path().to_vec())
             .collect();
         let input = endpoint.method.input();
+        let body_message = match &endpoint.body {
+            BodyRule::Field(field) if !field.is_list() => match field.kind() {
+                Kind::Message(message) => Some(message),
+                _ => None,
+            },
+            _ => None,
+        };
         let mut walk = QueryWalk {
             bound,
             body_field,
+            body_message,
             proto_path: Vec::new(),
             json_path: Vec::new(),
             chain: vec![input.full_name().to_owned()],
@@ -424,11 +549,22 @@ impl Generator {
                         }
                     }
                     _ => {
+                        let mut schema = self.value_schema(&field);
+                        let rules = field_rules::of(&field);
+                        if let Some(rules) = &rules {
+                            field_rules::apply(&mut schema, &field, rules);
+                        }
                         let mut parameter = json!({
                             "name": walk.json_path.join("."),
                             "in": "query",
-                            "schema": self.value_schema(&field),
+                            "schema": schema,
                         });
+                        if rules.is_some_and(|rules| field_rules::refuse_default(&rules)) {
+                            parameter["required"] = Value::Bool(true);
+                        }
+                        if let Some(pattern) = walk.update_mask_pattern(&field) {
+                            parameter["schema"]["pattern"] = pattern.into();
+                        }
                         if let Some(text) = self.field_description(&field) {
                             parameter["description"] = Value::String(text);
                         }
@@ -463,7 +599,41 @@ impl Generator {
                         from_path.join(", ")
                     )
                 };
-                (self.message_ref(&input), description)
+                let schema = if from_path.is_empty() {
+                    self.message_ref(&input)
+                } else {
+                    // The path sets those fields, so the body need not: the message's schema
+                    // without them among the required ones.
+                    let mut schema = self.message_schema(&input);
+                    if let Some(Value::Array(required)) = schema.get_mut("required") {
+                        let bound: Vec<Value> = template
+                            .variables()
+                            .iter()
+                            .filter_map(|v| match v.field_path() {
+                                [top] => input.get_field_by_name(top),
+                                _ => None,
+                            })
+                            .map(|field| Value::String(field.json_name().to_owned()))
+                            .collect();
+                        required.retain(|name| !bound.contains(name));
+                    }
+                    for field in template
+                        .variables()
+                        .iter()
+                        .filter_map(|v| match v.field_path() {
+                            [top] => input.get_field_by_name(top),
+                            _ => None,
+                        })
+                    {
+                        // Whatever the body says, the path's value wins: only the type matters.
+                        let mut property = nullable(self.value_schema(&field));
+                        property["description"] =
+                            "Taken from the path; a value here is ignored.".into();
+                        schema["properties"][field.json_name()] = property;
+                    }
+                    schema
+                };
+                (schema, description)
             }
             BodyRule::Field(field) => {
                 let description = self.field_description(field).unwrap_or_else(|| {
@@ -473,10 +643,22 @@ impl Generator {
             }
         };
         // The gateway reads an empty body as the empty message (every field at its default),
-        // as grpc-gateway does: the body is optional, and the service says what it needs.
+        // as grpc-gateway does: the body is required only when a field it must carry has no
+        // acceptable default.
+        let required = match &endpoint.body {
+            BodyRule::None => false,
+            BodyRule::Field(field) => {
+                field_rules::of(field).is_some_and(|rules| field_rules::refuse_default(&rules))
+                    || matches!(field.kind(), Kind::Message(m) if !field.is_list() && has_required_field(&m))
+            }
+            BodyRule::Whole => match schema.get("required") {
+                Some(Value::Array(required)) => !required.is_empty(),
+                _ => schema.get("$ref").is_some() && has_required_field(&endpoint.method.input()),
+            },
+        };
         Some(json!({
             "description": format!("{description} An empty body is an empty message."),
-            "required": false,
+            "required": required,
             "content": {"application/json": {"schema": schema}},
         }))
     }
@@ -550,6 +732,13 @@ impl Generator {
     /// The schema of a field as a property: its value schema plus comment and flags.
     fn field_schema(&mut self, field: &FieldDescriptor) -> Value {
         let mut schema = self.value_schema(field);
+        let rules = field_rules::of(field);
+        if let Some(rules) = &rules {
+            field_rules::apply(&mut schema, field, rules);
+        }
+        if !rules.as_ref().is_some_and(field_rules::refuse_default) {
+            schema = nullable(schema);
+        }
         if let Some(text) = self.field_description(field) {
             schema["description"] = Value::String(text);
         }
@@ -654,11 +843,24 @@ impl Generator {
 
     fn message_schema(&mut self, message: &MessageDescriptor) -> Value {
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in message.fields() {
             let schema = self.field_schema(&field);
             properties.insert(field.json_name().to_owned(), schema);
+            if field_rules::of(&field).is_some_and(|rules| field_rules::refuse_default(&rules)) {
+                required.push(Value::String(field.json_name().to_owned()));
+            }
         }
-        let mut schema = json!({"type": "object", "properties": properties});
+        // The transcoder refuses unknown fields. (It also takes each field by its proto name,
+        // `display_name` for `displayName`, as proto3 JSON parsers must.)
+        let mut schema = json!({
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false,
+        });
+        if !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
         if let Some(text) = self.comments.of(&message.parent_file(), message.path()) {
             schema["description"] = Value::String(text);
         }
@@ -687,7 +889,10 @@ impl Generator {
             }
             description.push_str(&lines.join("\n"));
         }
-        let mut schema = json!({"type": "string", "enum": names});
+        // proto3 JSON parsers take an enum's number as well as its name.
+        let numbers = enumeration.values().map(|value| json!(value.number()));
+        names.extend(numbers);
+        let mut schema = json!({"type": ["string", "integer"], "enum": names});
         if !description.is_empty() {
             schema["description"] = Value::String(description);
         }
@@ -704,11 +909,38 @@ struct QueryWalk {
     bound: Vec<Vec<String>>,
     /// The top-level field that is the body, if any.
     body_field: Option<String>,
+    /// The body field's message type, what an update mask names the fields of (AIP-134).
+    body_message: Option<MessageDescriptor>,
     proto_path: Vec<String>,
     json_path: Vec<String>,
     /// Message types on the way down, against recursion.
     chain: Vec<String>,
     parameters: Vec<Value>,
+}
+
+impl QueryWalk {
+    /// The pattern of a top-level update mask: comma-separated names (JSON or proto) of the
+    /// body message's fields that a request may set (not `output_only`), as AIP-134 has it.
+    fn update_mask_pattern(&self, field: &FieldDescriptor) -> Option<String> {
+        let Kind::Message(mask) = field.kind() else {
+            return None;
+        };
+        if mask.full_name() != "google.protobuf.FieldMask" || self.proto_path.len() != 1 {
+            return None;
+        }
+        let mut names = Vec::new();
+        for field in self.body_message.as_ref()?.fields() {
+            if field_rules::of(&field).is_some_and(|rules| rules.output_only) {
+                continue;
+            }
+            names.push(field.json_name().to_owned());
+            if field.name() != field.json_name() {
+                names.push(field.name().to_owned());
+            }
+        }
+        let path = format!("(?:{})", names.join("|"));
+        Some(format!("^(?:{path}(?:,{path})*)?$"))
+    }
 }
 
 /// `path` with its parameters' names left out: two paths of the same shape are one OpenAPI path.
@@ -779,6 +1011,34 @@ fn well_known(full_name: &str) -> Option<Value> {
         }
         _ => return None,
     })
+}
+
+/// Whether a message has a field that a request must carry (its default is refused).
+fn has_required_field(message: &MessageDescriptor) -> bool {
+    message.fields().any(|field| {
+        field_rules::of(&field).is_some_and(|rules| field_rules::refuse_default(&rules))
+    })
+}
+
+/// `schema` also admitting JSON `null`, which proto3 JSON reads as the field's default value.
+fn nullable(mut schema: Value) -> Value {
+    if schema.get("$ref").is_some() {
+        return json!({"anyOf": [schema, {"type": "null"}]});
+    }
+    match schema.get_mut("type") {
+        Some(Value::Array(types)) => {
+            if !types.contains(&json!("null")) {
+                types.push(json!("null"));
+            }
+            schema
+        }
+        Some(kind @ Value::String(_)) => {
+            *kind = json!([kind.take(), "null"]);
+            schema
+        }
+        // No type: any value already.
+        _ => schema,
+    }
 }
 
 /// The field at a path of proto names, if every step exists.
@@ -1237,12 +1497,12 @@ mod tests {
         let size = parameter(list, "query", "pageSize");
         assert_eq!(
             size["schema"],
-            json!({"type": "integer", "format": "int32"})
+            json!({"type": "integer", "format": "int32", "minimum": 0})
         );
         assert_eq!(size["description"], "Page size, 1..500; 0 means 50.");
         assert_eq!(
-            parameter(list, "query", "pageToken")["schema"]["type"],
-            "string"
+            parameter(list, "query", "pageToken")["schema"],
+            json!({"type": "string", "pattern": "^(?:[A-Za-z0-9_-]{32})?$"})
         );
         assert!(list.get("requestBody").is_none());
 
@@ -1252,10 +1512,11 @@ mod tests {
         let restock = operation(&doc, "post", "/v1/products/{id}:restock");
         assert_eq!(parameter_names(restock, "path"), ["id"]);
         assert_eq!(parameter_names(restock, "query"), Vec::<String>::new());
-        assert_eq!(
-            restock["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/weft.order.v1.RestockProductRequest"
-        );
+        // The path sets `id`: the body need not, and what it says is ignored.
+        let body = &restock["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(body["required"], json!(["quantity"]));
+        assert_eq!(body["properties"]["id"]["type"], json!(["string", "null"]));
+        assert_eq!(restock["requestBody"]["required"], true);
     }
 
     #[test]
@@ -1265,10 +1526,16 @@ mod tests {
         let product = &schemas["weft.order.v1.Product"];
         assert_eq!(product["type"], "object");
         for field in ["unitPriceCents", "stock"] {
-            assert_eq!(product["properties"][field]["type"], "string", "{field}");
+            // A string, or a number as parsers take too; `null` means 0, which is allowed.
+            let types = json!(["string", "integer", "null"]);
+            assert_eq!(product["properties"][field]["type"], types, "{field}");
             assert_eq!(product["properties"][field]["format"], "int64", "{field}");
         }
-        assert_eq!(product["properties"]["createTime"]["type"], "string");
+        let total = &schemas["weft.order.v1.Order"]["properties"]["totalCents"];
+        assert_eq!(total["type"], json!(["string", "null"]));
+        assert_eq!(total["pattern"], "^-?[0-9]+$");
+        let created = &product["properties"]["createTime"];
+        assert_eq!(created["type"], json!(["string", "null"]));
         assert_eq!(product["properties"]["createTime"]["format"], "date-time");
         assert!(
             product["properties"].get("unit_price_cents").is_none(),
@@ -1276,19 +1543,27 @@ mod tests {
         );
 
         let order = &schemas["weft.order.v1.Order"];
-        assert_eq!(order["properties"]["items"]["type"], "array");
+        assert_eq!(
+            order["properties"]["items"]["type"],
+            json!(["array", "null"])
+        );
         assert_eq!(
             order["properties"]["items"]["items"]["$ref"],
             "#/components/schemas/weft.order.v1.OrderItem"
         );
-        let status = resolve_ref(&doc, &order["properties"]["status"]);
-        assert_eq!(status["type"], "string");
+        let status = &order["properties"]["status"]["anyOf"];
+        assert_eq!(status[1], json!({"type": "null"}));
+        let status = resolve_ref(&doc, &status[0]);
+        assert_eq!(status["type"], json!(["string", "integer"]));
         assert_eq!(
             status["enum"],
             json!([
                 "ORDER_STATUS_UNSPECIFIED",
                 "ORDER_STATUS_CONFIRMED",
-                "ORDER_STATUS_CANCELLED"
+                "ORDER_STATUS_CANCELLED",
+                0,
+                1,
+                2
             ])
         );
         // Every message reached is a component, and every reference resolves.
@@ -1308,6 +1583,114 @@ mod tests {
             logout["responses"]["200"]["content"]["application/json"]["schema"],
             json!({"type": "object"})
         );
+    }
+
+    #[test]
+    fn field_rules_from_the_contract_are_published() {
+        let doc = weft_document();
+        let schemas = &doc["components"]["schemas"];
+        // Unknown fields are refused, so every message says so.
+        for (name, schema) in schemas.as_object().unwrap() {
+            if schema["type"] == "object" && name != ERROR_SCHEMA {
+                assert_eq!(schema["additionalProperties"], false, "{name}");
+            }
+        }
+        let product = &schemas["weft.order.v1.Product"];
+        assert_eq!(product["required"], json!(["name"]));
+        let name = &product["properties"]["name"];
+        assert_eq!(name["type"], "string", "a required field is never null");
+        assert_eq!(
+            (&name["minLength"], &name["maxLength"]),
+            (&json!(1), &json!(200))
+        );
+        assert!(name["pattern"].as_str().unwrap().contains(r"\x00-\x1f"));
+        assert_eq!(product["properties"]["id"]["readOnly"], true);
+        assert_eq!(
+            product["properties"]["currency"]["pattern"],
+            "^(?:[A-Z]{3})?$"
+        );
+        assert_eq!(product["properties"]["stock"]["minimum"], 0);
+        // CreateProduct's body is the product, which has a required field: the body is too.
+        let create = operation(&doc, "post", "/v1/products");
+        assert_eq!(create["requestBody"]["required"], true);
+
+        let line = &schemas["weft.order.v1.OrderLine"];
+        assert_eq!(line["required"], json!(["productId", "quantity"]));
+        let quantity = &line["properties"]["quantity"];
+        assert_eq!(quantity["type"], json!(["string", "integer"]));
+        assert_eq!(
+            (&quantity["minimum"], &quantity["maximum"]),
+            (&json!(1), &json!(1000))
+        );
+        assert_eq!(
+            quantity["pattern"],
+            r"^(?:\+?0*(?:[1-9]|[1-9][0-9]|[1-9][0-9]{2}|1000))$"
+        );
+        let order = &schemas["weft.order.v1.CreateOrderRequest"]["properties"];
+        assert_eq!(
+            (&order["items"]["minItems"], &order["items"]["maxItems"]),
+            (&json!(1), &json!(100))
+        );
+        assert_eq!(order["idempotencyKey"]["maxLength"], 128);
+
+        let register = &schemas["weft.auth.v1.RegisterRequest"];
+        assert_eq!(
+            register["required"],
+            json!(["email", "password", "displayName"])
+        );
+        assert_eq!(register["properties"]["email"]["format"], "email");
+        assert_eq!(register["properties"]["password"]["minLength"], 8);
+        // Login refuses bad credentials with 401, not their shape: no rules there.
+        assert!(
+            schemas["weft.auth.v1.LoginRequest"]
+                .get("required")
+                .is_none()
+        );
+
+        // An update mask names the body message's writable fields, in either spelling.
+        let update = operation(&doc, "patch", "/v1/users/{id}");
+        assert_eq!(update["requestBody"]["required"], false);
+        let mask = parameter(update, "query", "updateMask");
+        let fields = "(?:displayName|display_name|role)";
+        assert_eq!(
+            mask["schema"]["pattern"],
+            format!("^(?:{fields}(?:,{fields})*)?$")
+        );
+    }
+
+    #[test]
+    fn answers_link_to_the_operations_that_take_their_id() {
+        let doc = weft_document();
+        let links = |method: &str, path: &str| {
+            let links = &operation(&doc, method, path)["responses"]["200"]["links"];
+            let mut names: Vec<String> = links
+                .as_object()
+                .map(|l| l.keys().cloned().collect())
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        assert_eq!(links("post", "/v1/orders"), ["CancelOrder", "GetOrder"]);
+        assert_eq!(
+            links("post", "/v1/products"),
+            ["GetProduct", "RestockProduct"]
+        );
+        assert_eq!(links("get", "/v1/me"), ["GetUser", "UpdateUser"]);
+        // No link to itself; lists and tokens have no `id` of their own.
+        assert_eq!(links("get", "/v1/orders/{id}"), ["CancelOrder"]);
+        assert!(links("get", "/v1/orders").is_empty());
+        assert!(links("post", "/v1/auth/register").is_empty());
+        let update =
+            &operation(&doc, "post", "/v1/orders")["responses"]["200"]["links"]["CancelOrder"];
+        assert_eq!(
+            update["operationId"],
+            "weft.order.v1.OrderService.CancelOrder"
+        );
+        assert_eq!(update["parameters"], json!({"id": "$response.body#/id"}));
+        let to_update =
+            &operation(&doc, "get", "/v1/me")["responses"]["200"]["links"]["UpdateUser"];
+        // PATCH /v1/users/{user.id} shares its path with GET /v1/users/{id}: the name is `id`.
+        assert_eq!(to_update["parameters"], json!({"id": "$response.body#/id"}));
     }
 
     fn check_refs(doc: &Value, value: &Value) {
@@ -1611,7 +1994,10 @@ mod tests {
         let genres = parameter(get, "query", "genres");
         assert_eq!(genres["schema"]["type"], "array");
         let genre = resolve_ref(&doc, &genres["schema"]["items"]);
-        assert_eq!(genre["enum"], json!(["GENRE_UNSPECIFIED", "GENRE_FICTION"]));
+        assert_eq!(
+            genre["enum"],
+            json!(["GENRE_UNSPECIFIED", "GENRE_FICTION", 0, 1])
+        );
 
         // The additional binding, with an anonymous wildcard and a unique operationId.
         let extra = operation(&doc, "get", "/v1/books/{_wildcard1}/{name}");
@@ -1626,7 +2012,8 @@ mod tests {
         let book = &doc["components"]["schemas"]["acme.shelf.v1.Book"];
         assert_eq!(book["description"], "A book on a shelf.");
         let properties = &book["properties"];
-        assert_eq!(properties["pageCount"]["type"], "string");
+        // Without field rules, `null` (the default) is taken too.
+        assert_eq!(properties["pageCount"]["type"], json!(["string", "null"]));
         assert_eq!(properties["pageCount"]["format"], "uint64");
         assert_eq!(properties["pageCount"]["description"], "Pages, counted.");
         assert_eq!(properties["rating"]["type"], json!(["number", "null"]));
@@ -1634,13 +2021,13 @@ mod tests {
             properties["related"]["items"]["$ref"],
             "#/components/schemas/acme.shelf.v1.Book"
         );
-        assert_eq!(properties["labels"]["type"], "object");
+        assert_eq!(properties["labels"]["type"], json!(["object", "null"]));
         assert_eq!(
             properties["labels"]["additionalProperties"]["format"],
             "int64"
         );
         assert_eq!(properties["cover"]["contentEncoding"], "base64");
-        assert_eq!(properties["readTime"]["type"], "string");
+        assert_eq!(properties["readTime"]["type"], json!(["string", "null"]));
         assert!(
             properties["isbn"]["description"]
                 .as_str()

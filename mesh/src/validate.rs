@@ -60,16 +60,18 @@ pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, FieldError> {
     Ok(value)
 }
 
-/// Text of `min..=max` characters (Unicode scalar values), after trimming surrounding spaces.
+/// Text of at most `max` characters (Unicode scalar values) as sent, and at least `min` after
+/// trimming the white space around it; returned trimmed. (Counting the maximum as sent keeps
+/// the rule one that a JSON Schema `maxLength` states exactly.)
 pub fn text<'a>(
     field: &str,
     value: &'a str,
     min: usize,
     max: usize,
 ) -> Result<&'a str, FieldError> {
+    let sent = value.chars().count();
     let value = value.trim();
-    let len = value.chars().count();
-    if len < min || len > max {
+    if value.chars().count() < min || sent > max {
         let reason = if min == 0 {
             format!("must be at most {max} characters")
         } else {

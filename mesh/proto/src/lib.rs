@@ -2,6 +2,8 @@
 //!
 //! - [`Access`], the `weft.api.v1.access` method option: who may call a method, enforced by
 //!   the server stack before any handler runs;
+//! - [`FieldRules`], the `weft.api.v1.field` field option: what a field's value must be,
+//!   enforced by the service that owns it and published in the gateway's OpenAPI document;
 //! - [`Jwks`] and [`Jwk`], the token signing keys that every process verifying a token fetches
 //!   from the method of the contract that returns them.
 //!
@@ -15,3 +17,6 @@ pub const JWKS_MESSAGE: &str = "weft.api.v1.Jwks";
 
 /// The full name of the method option declaring a method's [`Access`].
 pub const ACCESS_OPTION: &str = "weft.api.v1.access";
+
+/// The full name of the field option declaring a field's [`FieldRules`].
+pub const FIELD_RULES_OPTION: &str = "weft.api.v1.field";

@@ -334,15 +334,22 @@ impl Store {
                 .await?
                 .ok_or_else(|| Error::OrderNotFound(order.id.clone()));
         }
-        // Products in id order, as when the stock was taken, so the two never deadlock.
+        // Products in id order, as when the stock was taken, so the two never deadlock. A
+        // restock may have filled the stock to the top of 64 bits meanwhile: it saturates there
+        // rather than overflow (which would fail the cancel, or turn SQLite's integer to a real).
         for (product_id, quantity) in order.units_per_product() {
-            sqlx::query("UPDATE products SET stock = stock + $1, update_time = $2 WHERE id = $3")
-                .bind(quantity)
-                .bind(now)
-                .bind(product_id)
-                .execute(&mut *tx)
-                .instrument(db::span(self.db.engine, "UPDATE", "products"))
-                .await?;
+            sqlx::query(
+                "UPDATE products SET stock = CASE WHEN stock > $4 THEN $5 ELSE stock + $1 END, \
+                 update_time = $2 WHERE id = $3",
+            )
+            .bind(quantity)
+            .bind(now)
+            .bind(product_id)
+            .bind(i64::MAX - quantity)
+            .bind(i64::MAX)
+            .execute(&mut *tx)
+            .instrument(db::span(self.db.engine, "UPDATE", "products"))
+            .await?;
         }
         tx.commit().await?;
         order.status = OrderStatus::Cancelled;
