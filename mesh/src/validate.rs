@@ -161,6 +161,13 @@ mod tests {
     }
 
     #[test]
+    fn text_counts_the_maximum_as_sent_and_the_minimum_trimmed() {
+        assert_eq!(text("f", " ab ", 1, 4).unwrap(), "ab");
+        assert!(text("f", " ab  ", 1, 4).is_err(), "5 characters sent");
+        assert!(text("f", "   ", 1, 4).is_err(), "blank");
+    }
+
+    #[test]
     fn text_counts_characters_not_bytes() {
         assert!(text("name", "ééé", 1, 3).is_ok());
         assert!(text("name", "   ", 1, 3).is_err());

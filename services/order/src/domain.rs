@@ -622,6 +622,17 @@ mod tests {
         }
         assert_eq!(field(new_product("n", "", 1, "EUR", -1)), "product.stock");
         assert!(new_product("n", "", 0, "EUR", i64::MAX).is_ok());
+        // A description is empty or says something; its length counts what was sent.
+        assert_eq!(
+            field(new_product("n", " \n ", 1, "EUR", 1)),
+            "product.description"
+        );
+        assert!(new_product("n", " Fine.\n", 1, "EUR", 1).is_ok());
+        let long = format!("{} ", "d".repeat(MAX_DESCRIPTION_CHARS));
+        assert_eq!(
+            field(new_product("n", &long, 1, "EUR", 1)),
+            "product.description"
+        );
     }
 
     #[test]

@@ -842,6 +842,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stock_at_the_top_of_64_bits_neither_overflows_nor_fails_a_cancel() {
+        for t in temp_stores().await {
+            let a = product(&t.store, "a", "USD", i64::MAX).await;
+            let order = t
+                .store
+                .create_order("u1", &request("", &[(&a.id, 5)]))
+                .await
+                .unwrap();
+            assert!(matches!(
+                t.store.restock(&a.id, 6).await,
+                Err(Error::StockOverflow(_))
+            ));
+            assert_eq!(t.store.restock(&a.id, 5).await.unwrap().stock, i64::MAX);
+            // The five units come back to a full stock: it stays at the largest value.
+            let cancelled = t.store.cancel_order(order).await.unwrap();
+            assert_eq!(cancelled.status, OrderStatus::Cancelled);
+            assert_eq!(stock(&t.store, &a.id).await, i64::MAX);
+        }
+    }
+
+    #[tokio::test]
     async fn orders_list_newest_first_and_cancel_puts_stock_back() {
         for t in temp_stores().await {
             let a = product(&t.store, "a", "USD", 100).await;
