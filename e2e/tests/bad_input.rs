@@ -1,5 +1,6 @@
 //! Hostile input over gRPC: every service answers INVALID_ARGUMENT naming the field, refuses
-//! oversized messages without dropping the connection, and never panics.
+//! oversized messages without dropping the connection, keeps control characters away from the
+//! database (PostgreSQL cannot hold a NUL), and never panics.
 
 #[macro_use]
 mod common;
@@ -8,7 +9,11 @@ use common::*;
 use prost_types::FieldMask;
 use tonic::Code;
 
-backends!(bad_input_names_the_field, oversized_messages_are_refused);
+backends!(
+    bad_input_names_the_field,
+    oversized_messages_are_refused,
+    control_characters_never_reach_the_database
+);
 
 async fn bad_input_names_the_field(backend: Backend) {
     let mesh = TestMesh::start(backend).await;
@@ -431,4 +436,67 @@ async fn oversized_messages_are_refused(backend: Backend) {
     ok(orders.list_products(ListProductsRequest::default()).await);
     mesh.assert_no_panics();
     mesh.stop().await;
+}
+
+async fn control_characters_never_reach_the_database(backend: Backend) {
+    let mesh = TestMesh::start(backend).await;
+    let alice = mesh.new_user().await;
+    let admin = mesh.admin().await;
+    let token = alice.access_token.as_str();
+    let (mut auth, mut users, mut orders) = (mesh.auth(), mesh.user(), mesh.order());
+    let p = product(&mesh, "Plain", 100, "USD", 10).await;
+    for id in ["a\0b", "\0", "tab\tid", "\u{85}"] {
+        // An id that cannot exist is NOT_FOUND, as any unknown id.
+        let request = GetProductRequest { id: id.into() };
+        err(orders.get_product(request).await, Code::NotFound, &[]);
+        let restock = RestockProductRequest {
+            id: id.into(),
+            quantity: 1,
+        };
+        err(
+            orders
+                .restock_product(bearer(&admin.access_token, restock))
+                .await,
+            Code::NotFound,
+            &[],
+        );
+        let order = order_request("", vec![line(id, 1)]);
+        err(
+            orders.create_order(bearer(token, order)).await,
+            Code::NotFound,
+            &[],
+        );
+        let get = GetOrderRequest { id: id.into() };
+        err(
+            orders.get_order(bearer(token, get)).await,
+            Code::NotFound,
+            &[],
+        );
+        let cancel = CancelOrderRequest { id: id.into() };
+        err(
+            orders.cancel_order(bearer(token, cancel)).await,
+            Code::NotFound,
+            &[],
+        );
+        let get = GetUserRequest { id: id.into() };
+        err(
+            users.get_user(bearer(&admin.access_token, get)).await,
+            Code::NotFound,
+            &[],
+        );
+        // A key is stored: refused, naming the field.
+        let keyed = order_request(&format!("key{id}"), vec![line(&p.id, 1)]);
+        invalid(
+            orders.create_order(bearer(token, keyed)).await,
+            "idempotency_key",
+        );
+        // No registered email has one: the usual refusal of bad credentials.
+        let login = LoginRequest {
+            email: format!("alice{id}@example.com"),
+            password: "password-123".into(),
+        };
+        err(auth.login(login).await, Code::Unauthenticated, &[]);
+    }
+    assert_eq!(stock(&mesh, &p.id).await, 10, "nothing was taken");
+    mesh.assert_no_panics();
 }

@@ -132,6 +132,10 @@ fn string_pattern(rules: &FieldRules) -> Option<String> {
         let optional = if refuse_default(rules) { "" } else { "?" };
         return Some(format!("^(?:{}){optional}$", rules.pattern));
     }
+    if rules.printable {
+        let repeat = if refuse_default(rules) { "+" } else { "*" };
+        return Some(format!("^[^{CONTROL}]{repeat}$"));
+    }
     rules
         .text
         .then(|| text_pattern(rules.multiline, refuse_default(rules)))
@@ -314,6 +318,23 @@ mod tests {
             ("bell\u{7}", false),
         ] {
             assert_eq!(description.is_match(text), ok, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn printable_values_have_no_control_characters() {
+        let rules = FieldRules {
+            printable: true,
+            ..FieldRules::default()
+        };
+        let key = regex(&string_pattern(&rules).unwrap());
+        for (text, ok) in [
+            ("", true),
+            (" key 1 ", true),
+            ("a\0b", false),
+            ("\u{9f}", false),
+        ] {
+            assert_eq!(key.is_match(text), ok, "{text:?}");
         }
     }
 

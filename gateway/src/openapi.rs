@@ -1632,6 +1632,10 @@ mod tests {
             (&json!(1), &json!(100))
         );
         assert_eq!(order["idempotencyKey"]["maxLength"], 128);
+        assert_eq!(
+            order["idempotencyKey"]["pattern"],
+            r"^[^\x00-\x1f\x7f-\x9f]*$"
+        );
 
         let register = &schemas["weft.auth.v1.RegisterRequest"];
         assert_eq!(

@@ -38,6 +38,13 @@ impl From<FieldError> for Status {
 /// NOT_FOUND for them without a query.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Whether an id could name anything: at most [`MAX_ID_LEN`] bytes and no control characters
+/// (real ids are 32 hex digits). One that cannot is NOT_FOUND without a query; PostgreSQL
+/// could not even compare a NUL character.
+pub fn can_exist(id: &str) -> bool {
+    id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+}
+
 /// An id as it may be echoed in an error message: ids past [`MAX_ID_LEN`] bytes are cut, so a
 /// huge id cannot blow up the message (and the gRPC trailer that carries it).
 pub fn shown_id(id: &str) -> std::borrow::Cow<'_, str> {
@@ -187,6 +194,15 @@ mod tests {
             shown.len() <= MAX_ID_LEN + 3 && shown.ends_with("..."),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn ids_with_control_characters_or_too_long_cannot_exist() {
+        assert!(can_exist("0a1b2c3d4e5f60718293a4b5c6d7e8f9"));
+        assert!(can_exist("any:printable/thing"));
+        for id in ["a\0b", "tab\there", "\u{85}", &"x".repeat(MAX_ID_LEN + 1)] {
+            assert!(!can_exist(id), "{id:?}");
+        }
     }
 
     #[test]

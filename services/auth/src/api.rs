@@ -124,7 +124,11 @@ impl AuthApi {
     async fn login(&self, req: LoginRequest) -> Result<AuthTokens, Error> {
         let email = req.email.trim().to_lowercase();
         let password = req.password;
-        let credential = if password.chars().count() > domain::PASSWORD_MAX_CHARS {
+        // No registered email holds a control character (PostgreSQL could not even compare
+        // a NUL), nor is any password that long: no lookup, the same refusal.
+        let credential = if password.chars().count() > domain::PASSWORD_MAX_CHARS
+            || email.chars().any(char::is_control)
+        {
             None
         } else {
             store::completed_credential(&self.db.read, &email).await?

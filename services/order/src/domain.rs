@@ -318,6 +318,12 @@ pub fn order_request<'a>(
                 format!("must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"),
             ));
         }
+        _ if idempotency_key.chars().any(char::is_control) => {
+            return Err(FieldError::new(
+                "idempotency_key",
+                "must not contain control characters",
+            ));
+        }
         _ => Some(idempotency_key.to_owned()),
     };
     if !(1..=MAX_ORDER_LINES).contains(&lines.len()) {

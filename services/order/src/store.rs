@@ -11,6 +11,7 @@ use weft_mesh::{
     clock::now_micros,
     db::{self, Database, Engine, is_unique_violation},
     page::{Cursor, PageRequest},
+    validate,
 };
 
 use crate::{
@@ -51,6 +52,9 @@ impl Store {
     /// The product with this id. One primary-key lookup: this is the hot read path, read
     /// through rusqlite on SQLite and through sqlx on PostgreSQL.
     pub async fn product(&self, id: &str) -> Result<Option<Product>, Error> {
+        if !validate::can_exist(id) {
+            return Ok(None);
+        }
         match &self.sqlite {
             Some(reader) => {
                 db::span(self.db.engine, "SELECT", "products").in_scope(|| reader.product(id))
@@ -141,6 +145,9 @@ impl Store {
 
     /// Adds `quantity` units to a product's stock in one atomic statement.
     pub async fn restock(&self, id: &str, quantity: i64) -> Result<Product, Error> {
+        if !validate::can_exist(id) {
+            return Err(Error::ProductNotFound(id.to_owned()));
+        }
         let row = sqlx::query(
             "UPDATE products SET stock = stock + $1, update_time = $2 \
              WHERE id = $3 AND stock <= $4 RETURNING id, name, description, \
@@ -164,6 +171,9 @@ impl Store {
 
     /// The order with this id, whoever owns it.
     pub async fn order(&self, id: &str) -> Result<Option<Order>, Error> {
+        if !validate::can_exist(id) {
+            return Ok(None);
+        }
         let rows = sqlx::query(
             "SELECT o.id, o.user_id, o.status, o.total_cents, o.currency, o.idempotency_key, \
              o.request_hash, o.create_time, o.update_time, i.product_id, i.product_name, \
@@ -370,6 +380,9 @@ async fn write_order(
     // order (no deadlocks on PostgreSQL).
     let mut pricing = OrderPricing::default();
     for (product_id, quantity) in request.units_per_product() {
+        if !validate::can_exist(product_id) {
+            return Err(Error::ProductNotFound(product_id.to_owned()));
+        }
         let row = sqlx::query(
             "UPDATE products SET stock = stock - $1, update_time = $2 \
              WHERE id = $3 AND stock >= $1 RETURNING name, unit_price_cents, currency",

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use weft_mesh::{
     auth::{Principal, Role as CallerRole},
     page::{Cursor, PageRequest},
-    validate::{FieldError, MAX_ID_LEN},
+    validate::{self, FieldError},
 };
 use weft_proto::user::{
     CreateUserRequest, GetMeRequest, GetUserRequest, ListUsersRequest, ListUsersResponse,
@@ -39,7 +39,7 @@ fn requested_id<'a>(field: &str, id: &'a str) -> Result<&'a str, UserError> {
     if id.is_empty() {
         return Err(FieldError::new(field, "must not be empty").into());
     }
-    if id.len() > MAX_ID_LEN {
+    if !validate::can_exist(id) {
         return Err(UserError::NotFound);
     }
     Ok(id)
