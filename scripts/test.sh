@@ -28,6 +28,17 @@ source scripts/venv.sh
 ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 ensure_python_module yaml 'PyYAML>=6,<7'
 
+echo "==> playwright-core for the trace viewer's browser test (.playwright)"
+# The test itself runs this script too; here a failure to install is said once, up front. The
+# browser is Debian's chromium (.ci/run installs it); without it the test skips outside CI.
+if ! scripts/playwright.sh >/dev/null; then
+    if [[ "${CI:-}" == "true" ]]; then
+        echo "error: CI=true but playwright-core could not be installed (node and npm needed)" >&2
+        exit 1
+    fi
+    echo "note: playwright-core could not be installed; the browser test will be skipped" >&2
+fi
+
 echo "==> layout: imports go one way, the mesh names no service"
 python3 scripts/check-layout.py
 

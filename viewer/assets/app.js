@@ -16,6 +16,11 @@ function ms(nanos) {
   return value.toFixed(2) + " ms";
 }
 
+// The end of a long id: the gateway's ids share a per-thread prefix, their ends differ.
+function shortId(id) {
+  return id.length > 14 ? "…" + id.slice(-12) : id;
+}
+
 function clock(nanos) {
   const date = new Date(nanos / 1e6);
   return date.toLocaleTimeString([], { hour12: false }) + "." + String(date.getMilliseconds()).padStart(3, "0");
@@ -35,11 +40,21 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-// A colour per service, the same on every load: a hue from the name's hash.
+// A colour per service: a distinct one from a palette for each service seen on this page,
+// starting from the name's hash so that a service tends to keep its colour across loads.
+// No red: red marks failures.
+const PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79"];
+const assigned = new Map();
 function colour(service) {
+  if (assigned.has(service)) return assigned.get(service);
   let hash = 0;
   for (const c of service) hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
-  return `hsl(${hash % 360}, 62%, 45%)`;
+  const used = new Set(assigned.values());
+  let index = hash % PALETTE.length;
+  for (let n = 0; n < PALETTE.length && used.has(PALETTE[index]); n++) index = (index + 1) % PALETTE.length;
+  const chosen = used.size < PALETTE.length ? PALETTE[index] : `hsl(${hash % 360}, 60%, 45%)`;
+  assigned.set(service, chosen);
+  return chosen;
 }
 
 // --- the list ---
@@ -59,10 +74,10 @@ function renderRow(summary) {
   },
     el("td", { class: "time" }, clock(summary.start_unix_nano)),
     el("td", { class: "method" }, summary.method),
-    el("td", { class: "route" }, summary.route),
+    el("td", { class: "route" }, el("span", { title: summary.route }, summary.route)),
     el("td", { class: "status" }, summary.status || "…"),
     el("td", { class: "num duration" }, ms(summary.duration_nanos)),
-    el("td", { class: "rid" }, summary.request_id || summary.trace_id.slice(0, 16)),
+    el("td", { class: "rid", title: summary.request_id || summary.trace_id }, shortId(summary.request_id || summary.trace_id)),
   );
   tr.addEventListener("click", () => { location.hash = "#/request/" + (summary.request_id || summary.trace_id); });
   return tr;
@@ -239,13 +254,10 @@ function showSpan(span, t0) {
   for (const a of span.attributes) add(a.key, a.value);
   const events = span.events.map((e) => el("li", {}, `+${ms(e.time_unix_nano - t0)} ${e.name}`,
     ...e.attributes.map((a) => el("div", {}, `  ${a.key} = ${a.value}`))));
-  $("#span-detail").replaceChildren(
-    el("h3", {}, `${span.service} · ${span.name}`),
-    table,
-    events.length ? el("h3", {}, "events") : null,
-    events.length ? el("ul", {}, ...events) : null,
-    span.truncated ? el("p", { class: "truncated" }, "Some attributes, events or values were cut to the viewer's bounds.") : null,
-  );
+  const parts = [el("h3", {}, `${span.service} · ${span.name}`), table];
+  if (events.length) parts.push(el("h3", {}, "events"), el("ul", {}, ...events));
+  if (span.truncated) parts.push(el("p", { class: "truncated" }, "Some attributes, events or values were cut to the viewer's bounds."));
+  $("#span-detail").replaceChildren(...parts);
   $("#span-detail").hidden = false;
 }
 

@@ -83,7 +83,7 @@ pub struct Store {
     dropped_spans: u64,
 }
 
-/// What a caller may search for: `q` matches a request id or trace id (a prefix of at least
+/// What a caller may search for: `q` matches a request id or trace id (any part of at least
 /// four characters), a route or span name (a part of it, any case), a method, or a status
 /// (`500`, `5xx`, `failed`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -262,9 +262,9 @@ impl Store {
 /// Whether `summary` matches the lower-cased search `text`.
 fn matches(summary: &RequestSummary, text: &str) -> bool {
     let status = summary.status.to_ascii_lowercase();
-    let id_prefix = |id: &str| text.len() >= 4 && id.to_ascii_lowercase().starts_with(text);
-    id_prefix(&summary.trace_id)
-        || summary.request_id.as_deref().is_some_and(id_prefix)
+    let id_part = |id: &str| text.len() >= 4 && id.to_ascii_lowercase().contains(text);
+    id_part(&summary.trace_id)
+        || summary.request_id.as_deref().is_some_and(id_part)
         || summary.route.to_ascii_lowercase().contains(text)
         || summary.method.eq_ignore_ascii_case(text)
         || format!("{} {}", summary.method, summary.route)
