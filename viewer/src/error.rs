@@ -12,7 +12,10 @@ pub enum ViewerError {
     )]
     NotLoopback(SocketAddr),
     /// A port could not be bound.
-    #[error("the trace viewer cannot listen on {0}: {1} (is another `weft up` running?)")]
+    #[error(
+        "the trace viewer cannot listen on {0}: {1} (is another `weft up`, or a Jaeger UI, using \
+         it? `weft up --viewer-listen 127.0.0.1:<port>` picks another port, --no-viewer runs none)"
+    )]
     Bind(SocketAddr, std::io::Error),
     /// The OTLP endpoint to forward to is unusable.
     #[error("cannot forward spans to {0}: {1}")]
