@@ -253,9 +253,9 @@ pub fn summarize(
 /// The trace's root: the earliest span whose parent is not among `spans` (a span without a
 /// parent first).
 pub fn root_span(spans: &[SpanView]) -> Option<&SpanView> {
-    let orphan = |s: &&SpanView| {
-        s.parent_span_id.is_empty() || !spans.iter().any(|p| p.span_id == s.parent_span_id)
-    };
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let orphan =
+        |s: &&SpanView| s.parent_span_id.is_empty() || !ids.contains(s.parent_span_id.as_str());
     spans
         .iter()
         .filter(|s| s.parent_span_id.is_empty())

@@ -61,6 +61,8 @@ impl Default for Limits {
 #[derive(Debug)]
 struct Stored {
     spans: Vec<SpanView>,
+    /// The summary as of the last span kept (or dropped).
+    summary: Option<RequestSummary>,
     bytes: usize,
     dropped_spans: u64,
     seq: u64,
@@ -133,6 +135,7 @@ impl Store {
                     trace_id.clone(),
                     Stored {
                         spans: Vec::new(),
+                        summary: None,
                         bytes: 0,
                         dropped_spans: 0,
                         seq,
@@ -147,6 +150,9 @@ impl Store {
             if stored.spans.len() >= self.limits.max_spans_per_trace {
                 stored.dropped_spans += 1;
                 self.dropped_spans += 1;
+                if !touched.contains(&trace_id) {
+                    touched.push(trace_id.clone());
+                }
                 continue;
             }
             if stored.request_id.is_none()
@@ -168,7 +174,15 @@ impl Store {
                 self.drop_oldest();
             }
         }
-        touched.iter().filter_map(|id| self.summary(id)).collect()
+        let mut changed = Vec::with_capacity(touched.len());
+        for id in &touched {
+            if let Some(stored) = self.traces.get_mut(id) {
+                let summary = summarize(id, &stored.spans, stored.dropped_spans, stored.seq);
+                stored.summary = Some(summary.clone());
+                changed.push(summary);
+            }
+        }
+        changed
     }
 
     /// Drops the oldest traces until one more fits under [`Limits::max_traces`].
@@ -197,12 +211,10 @@ impl Store {
     /// The summary of trace `trace_id`, if kept.
     pub fn summary(&self, trace_id: &str) -> Option<RequestSummary> {
         let stored = self.traces.get(trace_id)?;
-        Some(summarize(
-            trace_id,
-            &stored.spans,
-            stored.dropped_spans,
-            stored.seq,
-        ))
+        Some(match &stored.summary {
+            Some(summary) => summary.clone(),
+            None => summarize(trace_id, &stored.spans, stored.dropped_spans, stored.seq),
+        })
     }
 
     /// The trace whose trace id or request id is `id`, its spans by start time.
