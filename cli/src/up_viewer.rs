@@ -140,7 +140,7 @@ pub async fn start(
     // Spans show up in the page a fraction of a second after the request, unless the user
     // chose a batch delay.
     if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-        child_env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        child_env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
     }
     let to = forwarded.map_or_else(String::new, |url| format!(", forwarded to {url}"));
     output.info(&format!(
