@@ -5,6 +5,7 @@
 const $ = (selector) => document.querySelector(selector);
 const rows = new Map(); // trace id -> summary
 let current = null; // the trace shown in the waterfall
+let pending = null; // an id asked for (by link) before its spans arrived
 let query = "";
 
 // --- formatting ---
@@ -158,6 +159,7 @@ function listen() {
     if (query) reloadSoon(); else upsert(summary, !rows.has(summary.trace_id));
     refreshStatsSoon();
     if (current && current.summary.trace_id === summary.trace_id) showTrace(summary.trace_id, true);
+    else if (pending && (pending === summary.request_id || pending === summary.trace_id)) showTrace(pending);
   });
   events.addEventListener("lagged", () => loadList());
 }
@@ -268,6 +270,7 @@ async function showTrace(id, quiet) {
     if (quiet) return;
     const error = await response.json().catch(() => ({ error: response.statusText }));
     current = null;
+    pending = response.status === 404 ? id : null;
     $("#detail-head").replaceChildren(el("p", { class: "empty" }, error.error));
     $("#legend").replaceChildren();
     $("#waterfall").replaceChildren();
@@ -275,6 +278,7 @@ async function showTrace(id, quiet) {
     return;
   }
   const trace = await response.json();
+  pending = null;
   const changed = !current || current.summary.trace_id !== trace.summary.trace_id;
   current = trace;
   renderDetail(trace);
