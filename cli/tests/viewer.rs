@@ -8,7 +8,8 @@
 //! - `weft trace <request id>` prints the same tree in the terminal, and a bad id is refused
 //!   clearly;
 //! - with weft-user gone, the gateway answers 5xx and `weft up`'s line for it carries the
-//!   viewer's link for that request id.
+//!   viewer's link for that request id;
+//! - `weft up --viewer-listen 0.0.0.0:...` refuses to start.
 //!
 //! Screenshots go to `<target>/tmp/viewer-browser/`. Needs the binaries (as `tests/up.rs`),
 //! node and chromium (`/usr/bin/chromium`, or `WEFT_CHROMIUM`); without them the test is
@@ -321,4 +322,27 @@ async fn the_viewer_shows_requests_live_in_a_browser_and_in_the_terminal() {
     assert!(signal(up.pid, "TERM").await.unwrap());
     let _ = tokio::time::timeout(WAIT, up.child.wait()).await;
     up.pids.clear();
+
+    // The page is never served beyond loopback: `weft up` refuses to start.
+    let (ok, stdout, stderr) = weft(
+        &[
+            "up",
+            "--config",
+            &config,
+            "--bin-dir",
+            &bins,
+            "--viewer-listen",
+            "0.0.0.0:16686",
+        ],
+        &up.dir,
+        "",
+    )
+    .await;
+    assert!(!ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "the trace viewer serves on loopback only, and 0.0.0.0:16686 is not a loopback address"
+        ),
+        "{stderr}"
+    );
 }
