@@ -19,6 +19,8 @@
 //! - [`forward`]: OTLP out, to the configured endpoint;
 //! - [`server`]: the page and the API.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod forward;
 pub mod hub;
