@@ -89,3 +89,75 @@ async fn exported_spans_are_kept_and_forwarded() {
     let counts = viewer.forwarder().unwrap().counts();
     assert_eq!(counts.lost.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// OTLP/HTTP with protobuf bodies: what the receiver gets is POSTed to the configured URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_endpoints_get_the_export_requests() {
+    use http_body_util::BodyExt as _;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    // A bare OTLP/HTTP endpoint that hands each request's path and decoded body to the test.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let decoded = ExportTraceServiceRequest::decode(body).unwrap();
+                            tx.send((path, decoded)).unwrap();
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+
+    let viewer = Viewer::start(ViewerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        forward: Some(Upstream::HttpProtobuf(format!("http://{addr}/v1/traces"))),
+        ..ViewerOptions::default()
+    })
+    .await
+    .unwrap();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(viewer.otlp_endpoint())
+        .build()
+        .unwrap();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("test");
+    tokio::task::spawn_blocking(move || tracer.start("one span").end())
+        .await
+        .unwrap();
+
+    let (path, request) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the endpoint got nothing")
+        .unwrap();
+    assert_eq!(path, "/v1/traces");
+    let names: Vec<&str> = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["one span"]);
+}
