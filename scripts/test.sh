@@ -29,6 +29,29 @@ ensure_python_module openapi_spec_validator 'openapi-spec-validator>=0.7,<1'
 ensure_python_module yaml 'PyYAML>=6,<7'
 ensure_python_module schemathesis 'schemathesis>=4.32,<4.33'
 
+echo "==> chromium for the trace viewer's browser test"
+# Debian's chromium, installed when missing and apt-get can (root, or sudo); without it the
+# browser test skips outside CI and fails under CI=true.
+if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null; then
+    sudo=""
+    [[ "$(id -u)" -ne 0 ]] && command -v sudo >/dev/null && sudo="sudo -n"
+    if [[ "$(id -u)" -eq 0 || -n "$sudo" ]]; then
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium \
+            || echo "note: chromium could not be installed; the browser test will be skipped" >&2
+    fi
+fi
+
+echo "==> playwright-core for the trace viewer's browser test (.playwright)"
+# The test itself runs this script too; here a failure to install is said once, up front. The
+# browser is Debian's chromium (.ci/run installs it); without it the test skips outside CI.
+if ! scripts/playwright.sh >/dev/null; then
+    if [[ "${CI:-}" == "true" ]]; then
+        echo "error: CI=true but playwright-core could not be installed (node and npm needed)" >&2
+        exit 1
+    fi
+    echo "note: playwright-core could not be installed; the browser test will be skipped" >&2
+fi
+
 echo "==> layout: imports go one way, the mesh names no service"
 python3 scripts/check-layout.py
 

@@ -110,6 +110,8 @@ pub struct Launch<'a> {
     pub config: &'a Path,
     /// Where its lines go.
     pub output: Output,
+    /// Variables set for it beyond `weft up`'s own (the trace viewer's `OTEL_*`).
+    pub env: &'a [(String, String)],
 }
 
 /// Starts the child; its exit is sent on `exits` once its output has been read to the end.
@@ -126,6 +128,7 @@ pub fn spawn(launch: &Launch<'_>, exits: mpsc::UnboundedSender<Exited>) -> io::R
     if !launch.output.colour() {
         command.env("NO_COLOR", "1");
     }
+    command.envs(launch.env.iter().map(|(name, value)| (name, value)));
     let mut child = command.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -321,6 +324,7 @@ mod tests {
             binary: &script,
             config: Path::new("mesh.toml"),
             output: Output::with_colour(false),
+            env: &[],
         };
         let running = spawn(&launch, tx).unwrap();
         let exited = rx.recv().await.unwrap();

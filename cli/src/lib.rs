@@ -12,6 +12,10 @@
 //! - [`health`]: `weft health <target>`, one check for a container's health check;
 //! - [`output`]: prefixed, optionally coloured lines.
 //!
+//! `weft up` also runs the local trace viewer (the `weft-viewer` crate): its children export
+//! their spans to it, and it serves a web page of recent requests on loopback;
+//! [`trace`] is `weft trace`, the same waterfall in the terminal.
+//!
 //! `weft admin` and `weft keys` are an operator's tools, wrapping the services' own command
 //! lines:
 //!
@@ -45,7 +49,9 @@ pub mod keys;
 pub mod output;
 pub mod probe;
 pub mod tool;
+pub mod trace;
 pub mod up;
+pub mod up_viewer;
 
 use std::process::ExitCode;
 
@@ -68,6 +74,9 @@ pub enum Command {
     /// Start weft-auth, weft-user, weft-order and weft-gateway locally and watch over them until
     /// Ctrl-C.
     Up(UpArgs),
+    /// Print one request's spans as a tree, from the trace viewer of the running `weft up`:
+    /// `weft trace <request-id|trace-id>`, `weft trace --last`, `weft trace --errors`.
+    Trace(trace::TraceArgs),
     /// Check one process's health once and exit 0 (healthy) or 1: `weft health 127.0.0.1:50051`
     /// (gRPC health) or `weft health http://127.0.0.1:8080/readyz` (HTTP 200).
     Health(health::HealthArgs),
@@ -90,6 +99,16 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => bench::run(*args),
         Command::Admin(args) => report("weft admin", admin::run(args)),
         Command::Keys(args) => report("weft keys", keys::run(args)),
+        Command::Trace(args) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => report("weft trace", runtime.block_on(trace::run(args))),
+            Err(err) => {
+                eprintln!("weft trace: cannot start the runtime: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Up(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -22,6 +22,7 @@ use crate::{
     output::Output,
     probe,
     tool::Deployment,
+    up_viewer::{self, ViewerArgs},
 };
 
 /// Time allowed to one health check attempt.
@@ -54,6 +55,9 @@ pub struct UpArgs {
     /// Seconds each process may take to become healthy.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub start_timeout: u64,
+    /// The trace viewer.
+    #[command(flatten)]
+    pub viewer: ViewerArgs,
 }
 
 /// What a child is, which says how its health is checked.
@@ -104,6 +108,10 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     supervisor.preflight()?;
     let mut signals = Signals::new()?;
     supervisor.describe();
+    if let Some(viewer) = up_viewer::start(&args.viewer, &supervisor.config, output).await? {
+        supervisor.child_env = viewer.child_env;
+        supervisor.viewer_url = Some(viewer.viewer.url());
+    }
     let started = Instant::now();
     for slot in 0..supervisor.slots.len() {
         match supervisor.start(slot, &mut signals).await {
@@ -133,6 +141,10 @@ struct Supervisor {
     slots: Vec<Slot>,
     exits: mpsc::UnboundedSender<Exited>,
     exit_events: mpsc::UnboundedReceiver<Exited>,
+    /// Variables every child gets (the trace viewer's `OTEL_*`).
+    child_env: Vec<(String, String)>,
+    /// The trace viewer's page, when it runs.
+    viewer_url: Option<String>,
 }
 
 // === impl Supervisor ===
@@ -186,6 +198,8 @@ impl Supervisor {
             slots,
             exits,
             exit_events,
+            child_env: Vec::new(),
+            viewer_url: None,
         })
     }
 
@@ -347,6 +361,7 @@ impl Supervisor {
             binary: &self.slots[slot].binary,
             config: &self.config_path,
             output: self.output,
+            env: &self.child_env,
         };
         Ok(child::spawn(&launch, self.exits.clone())?)
     }
@@ -366,8 +381,13 @@ impl Supervisor {
     fn ready(&self, elapsed: Duration) {
         let url = self.gateway_url();
         let names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
+        let traces = self
+            .viewer_url
+            .as_ref()
+            .map(|viewer| format!("\n  traces    {viewer}   (or `weft trace --last`)"))
+            .unwrap_or_default();
         self.output.info(&format!(
-            "ready: {} are healthy ({:.1}s)\n  REST API  {url}\n  docs      {url}/docs\n  \
+            "ready: {} are healthy ({:.1}s)\n  REST API  {url}\n  docs      {url}/docs{traces}\n  \
              try       curl {url}/v1/products\nCtrl-C stops everything.",
             names.join(", "),
             elapsed.as_secs_f64()
