@@ -253,29 +253,10 @@ fn span_status(span: &SpanView) -> String {
 }
 
 fn grpc_code_name(code: &str) -> String {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    code.parse::<usize>()
-        .ok()
-        .and_then(|n| NAMES.get(n))
-        .map_or_else(|| format!("gRPC {code}"), |name| (*name).to_owned())
+    match code.parse::<i32>() {
+        Ok(n @ 0..=16) => weft_mesh::grpc::code_name(tonic::Code::from_i32(n)).to_owned(),
+        _ => format!("gRPC {code}"),
+    }
 }
 
 /// Nanoseconds as milliseconds with two decimals: `12.35ms`.
