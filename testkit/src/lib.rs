@@ -26,7 +26,8 @@
 //!   also used by the services' own store tests;
 //! - [`collector`]: an in-process OTLP collector and the [`CollectedSpan`]s it keeps;
 //! - [`tokens`]: bearer metadata, claims, and the signing key the kit gives weft-auth;
-//! - [`process`]: binaries, free ports, graceful stops.
+//! - [`process`]: binaries, free ports, graceful stops;
+//! - [`netns`]: several hosts on one machine (network namespaces), for the multi-host test.
 //!
 //! The binaries are looked up next to the test executable (`target/<profile>/`), or in
 //! `WEFT_BIN_DIR`; build them first with `cargo build --workspace --bins`.
@@ -35,6 +36,7 @@ pub mod collector;
 pub mod config;
 pub mod database;
 pub mod mesh;
+pub mod netns;
 pub mod process;
 pub mod tokens;
 

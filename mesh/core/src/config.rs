@@ -264,6 +264,12 @@ pub struct ServiceConfig {
     /// Connections in the pool (PostgreSQL, or SQLite readers); default 8.
     #[serde(default = "default_db_connections")]
     pub database_max_connections: u32,
+    /// PostgreSQL ends a session whose transaction its client has left idle this long, in ms,
+    /// releasing the transaction's row locks: a replica that vanishes mid-order (host down,
+    /// network cut) then holds the stock rows others wait for no longer than this; default
+    /// 2000 (the services' transactions take milliseconds); 0: never.
+    #[serde(default = "default_idle_transaction_timeout_ms")]
+    pub database_idle_transaction_timeout_ms: u64,
 }
 
 /// How one upstream is reached, and the policies of calls to it.
@@ -511,6 +517,9 @@ impl UpstreamConfig {
 
 fn default_db_connections() -> u32 {
     8
+}
+fn default_idle_transaction_timeout_ms() -> u64 {
+    2000
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))

@@ -138,10 +138,12 @@ impl Database {
             }
             .into());
         }
-        Self::open(
+        let idle = Duration::from_millis(service.database_idle_transaction_timeout_ms);
+        Self::open_with(
             &service.database_url,
             service.database_max_connections,
             migrator,
+            idle,
         )
         .await
     }
@@ -153,6 +155,24 @@ impl Database {
         url: &str,
         max_connections: u32,
         migrator: &Migrator,
+    ) -> Result<Self, DbError> {
+        Self::open_with(
+            url,
+            max_connections,
+            migrator,
+            DEFAULT_IDLE_TRANSACTION_TIMEOUT,
+        )
+        .await
+    }
+
+    /// [`Database::open`], with PostgreSQL ending a session whose transaction its client left
+    /// idle for `idle_transaction_timeout` (zero: never), so that a client gone silent
+    /// mid-transaction does not hold its row locks for good.
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        migrator: &Migrator,
+        idle_transaction_timeout: Duration,
     ) -> Result<Self, DbError> {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let redacted = redact(url);
@@ -208,9 +228,21 @@ impl Database {
                 engine: Engine::Sqlite,
             })
         } else {
+            let idle_ms = idle_transaction_timeout.as_millis();
             let pool = AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "SELECT set_config('idle_in_transaction_session_timeout', $1, false)",
+                        )
+                        .bind(idle_ms.to_string())
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| ())
+                    })
+                })
                 .connect_with(options(url, &connect_err)?)
                 .await
                 .map_err(connect_err)?;
@@ -233,6 +265,9 @@ impl Database {
 /// Mode of the database files: the owner's only (password hashes, keys and profiles are in
 /// them).
 const PRIVATE_FILE: u32 = 0o600;
+/// How long PostgreSQL lets a client leave its transaction idle, unless configured
+/// (`services.<name>.database_idle_transaction_timeout_ms`).
+pub const DEFAULT_IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Mode of a folder made for them.
 const PRIVATE_DIR: u32 = 0o700;
 
