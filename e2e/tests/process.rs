@@ -1,5 +1,5 @@
-//! The processes themselves: health, graceful shutdown, restarts keeping data and keys, and
-//! start-up failures on bad configuration.
+//! The processes themselves: health, graceful shutdown, restarts keeping data and keys,
+//! `migrate` (a deployment's migration step), and start-up failures on bad configuration.
 
 #[macro_use]
 mod common;
@@ -16,7 +16,50 @@ backends!(
     health_restarts_and_graceful_shutdown,
     calls_beyond_the_limit_are_shed,
     a_service_down_fails_calls_cleanly,
+    migrate_applies_the_schema_once_and_exits,
 );
+
+/// `weft-<service> migrate` on an empty database applies every migration and exits 0; run
+/// again, it finds the database up to date.
+async fn migrate_applies_the_schema_once_and_exits(backend: Backend) {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, _) in WEFT_SERVICES {
+        let database = weft_testkit::TestDatabase::in_dir(&backend, dir.path(), name).await;
+        let config = dir.path().join(format!("{name}.toml"));
+        let toml = format!(
+            "[services.{name}]\nlisten = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\n",
+            database.url()
+        );
+        std::fs::write(&config, toml).unwrap();
+        let program = binary(&process_name(name));
+        let mut said = String::new();
+        for round in ["first", "second"] {
+            let output = Command::new(&program)
+                .args(["migrate", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            said = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success() && said.contains("database up to date ("),
+                "{name} migrate ({round} run): {}\n{said}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let pool = sqlx::AnyPool::connect(database.url()).await.unwrap();
+        let applied: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        assert!(!applied.is_empty(), "{name}: no migration recorded");
+        let count = format!("({} migration", applied.len());
+        assert!(said.contains(&count), "{name}: {said} vs {count}");
+    }
+}
 
 async fn health_restarts_and_graceful_shutdown(backend: Backend) {
     let mesh = TestMesh::start(backend).await;

@@ -119,6 +119,22 @@ where
     }
 }
 
+/// The `migrate` subcommand of a service that keeps data: applies its migrations to the
+/// configured database, says so, and returns (a deployment's migration Job runs it).
+pub async fn migrate(
+    config: &MeshConfig,
+    name: &str,
+    migrator: &db::Migrator,
+) -> anyhow::Result<()> {
+    let count = db::Database::migrate_service(config, name, migrator).await?;
+    let plural = if count == 1 { "" } else { "s" };
+    println!(
+        "{}: database up to date ({count} migration{plural})",
+        config::process_name(name)
+    );
+    Ok(())
+}
+
 /// A single-threaded runtime for 1 worker (the fastest on few cores: no cross-thread wake-ups),
 /// a multi-threaded one otherwise.
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

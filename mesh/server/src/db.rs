@@ -12,8 +12,10 @@ use std::{path::Path, str::FromStr, sync::Once, time::Duration};
 use sqlx::{
     AnyPool, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
-    migrate::Migrator,
 };
+
+/// The migrations of a service (`sqlx::migrate!`), as [`Database::open`] takes them.
+pub use sqlx::migrate::Migrator;
 
 /// A storage problem, for the service to map to a status.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,20 @@ impl Database {
             Engine::Postgres => vec![("main", &self.write)],
             Engine::Sqlite => vec![("write", &self.write), ("read", &self.read)],
         }
+    }
+
+    /// Applies the service's migrations to its configured database and closes it: a
+    /// deployment's migration step (the Kubernetes Job), run before the new version starts.
+    /// Returns how many migrations the database has. (Starting the service applies them too;
+    /// replicas that start together take turns on PostgreSQL's migration lock.)
+    pub async fn migrate_service(
+        config: &crate::config::MeshConfig,
+        name: &str,
+        migrator: &Migrator,
+    ) -> Result<usize, DbError> {
+        let database = Self::open_service(config, name, migrator).await?;
+        database.close().await;
+        Ok(migrator.iter().count())
     }
 
     /// Opens the database of the service `name` (`services.<name>.database_url` and

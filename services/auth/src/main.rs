@@ -1,4 +1,5 @@
-//! The `weft-auth` process: serves AuthService, or rotates or imports the signing key.
+//! The `weft-auth` process: serves AuthService, or rotates or imports the signing key, or
+//! migrates its database, and exits.
 
 use std::process::ExitCode;
 
@@ -33,14 +34,21 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Applies this service's database migrations and exits (a deployment's migration Job).
+    Migrate {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Some(Command::RotateKey { common } | Command::ImportKey { common, .. }) => {
-            common.config.clone().or(cli.common.config)
-        }
+        Some(
+            Command::RotateKey { common }
+            | Command::ImportKey { common, .. }
+            | Command::Migrate { common },
+        ) => common.config.clone().or(cli.common.config),
         None => cli.common.config,
     };
     let contract = [weft_proto::FILE_DESCRIPTOR_SET];
@@ -57,6 +65,9 @@ fn main() -> ExitCode {
                 let kid = weft_auth::import_key(&config, &pem).await?;
                 println!("{kid}");
                 Ok(())
+            }
+            Some(Command::Migrate { .. }) => {
+                weft_mesh::migrate(&config, weft_auth::NAME, &weft_auth::MIGRATOR).await
             }
             None => {
                 weft_mesh::server::serve(config.clone(), weft_auth::NAME, weft_auth::init(config))

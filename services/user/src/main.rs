@@ -1,4 +1,5 @@
-//! The `weft-user` process: serves UserService, or grants a role and exits.
+//! The `weft-user` process: serves UserService, or grants a role or migrates its database and
+//! exits.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,11 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Applies this service's database migrations and exits (a deployment's migration Job).
+    Migrate {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 /// A role an operator may give.
@@ -45,7 +51,9 @@ enum RoleArg {
 fn main() -> ExitCode {
     let args = Args::parse();
     let config_path = match &args.command {
-        Some(Command::GrantRole { common, .. }) => common.config.clone().or(args.common.config),
+        Some(Command::GrantRole { common, .. } | Command::Migrate { common }) => {
+            common.config.clone().or(args.common.config)
+        }
         None => args.common.config,
     };
     let contract = [weft_proto::FILE_DESCRIPTOR_SET];
@@ -62,6 +70,9 @@ fn main() -> ExitCode {
                     user.email, user.id
                 );
                 Ok(())
+            }
+            Some(Command::Migrate { .. }) => {
+                weft_mesh::migrate(&config, weft_user::NAME, &weft_user::MIGRATOR).await
             }
             None => {
                 weft_mesh::server::serve(config.clone(), weft_user::NAME, weft_user::init(config))
