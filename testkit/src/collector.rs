@@ -257,6 +257,31 @@ fn any_value_text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValu
     }
 }
 
+/// A tracer provider exporting each span at once (the simple processor) over OTLP/gRPC to
+/// `endpoint`, as the process `service` (no `service.name` when empty). Its exports block: end
+/// spans on a blocking thread (`tokio::task::spawn_blocking`), not on the runtime's.
+pub fn test_tracer_provider(
+    endpoint: &str,
+    service: &str,
+) -> opentelemetry_sdk::trace::SdkTracerProvider {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .expect("an OTLP exporter");
+    let mut builder =
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(exporter);
+    if !service.is_empty() {
+        builder = builder.with_resource(
+            opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name(service.to_owned())
+                .build(),
+        );
+    }
+    builder.build()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -270,21 +295,8 @@ mod tests {
         use opentelemetry::trace::{
             Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _,
         };
-        use opentelemetry_otlp::WithExportConfig as _;
         let collector = Collector::start().await;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(collector.endpoint())
-            .build()
-            .unwrap();
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder_empty()
-                    .with_service_name("weft-test")
-                    .build(),
-            )
-            .build();
+        let provider = test_tracer_provider(&collector.endpoint(), "weft-test");
         let tracer = provider.tracer("test");
         // The simple processor blocks on the export: run it off the runtime's thread.
         let trace_id = tokio::task::spawn_blocking(move || {

@@ -3,8 +3,7 @@
 //! them to the mesh's own collector (here the test kit's in-process one).
 
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig as _;
-use weft_testkit::Collector;
+use weft_testkit::{Collector, collector::test_tracer_provider};
 use weft_viewer::{Viewer, ViewerOptions, forward::Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,19 +18,7 @@ async fn exported_spans_are_kept_and_forwarded() {
     .await
     .unwrap();
 
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(viewer.otlp_endpoint())
-        .build()
-        .unwrap();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(exporter)
-        .with_resource(
-            opentelemetry_sdk::Resource::builder_empty()
-                .with_service_name("weft-gateway")
-                .build(),
-        )
-        .build();
+    let provider = test_tracer_provider(&viewer.otlp_endpoint(), "weft-gateway");
     let tracer = provider.tracer("test");
     // The simple processor blocks on the export: run it off the runtime's threads.
     let trace_id = tokio::task::spawn_blocking(move || {
@@ -134,14 +121,7 @@ async fn http_protobuf_endpoints_get_the_export_requests() {
     })
     .await
     .unwrap();
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(viewer.otlp_endpoint())
-        .build()
-        .unwrap();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(exporter)
-        .build();
+    let provider = test_tracer_provider(&viewer.otlp_endpoint(), "");
     let tracer = provider.tracer("test");
     tokio::task::spawn_blocking(move || tracer.start("one span").end())
         .await
