@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use metrics::Recorder as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
@@ -77,6 +78,10 @@ pub fn incoming(
     tls: MeshTls,
 ) -> impl futures::Stream<Item = io::Result<TlsConnection>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<io::Result<TlsConnection>>(BACKLOG);
+    let failures = crate::metrics::registry().recorder().register_counter(
+        &metrics::Key::from_static_name("weft_mesh_tls_handshake_failures_total"),
+        &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
+    );
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -93,14 +98,14 @@ pub fn incoming(
             };
             // Small unary answers must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
-            let (tls, tx) = (tls.clone(), tx.clone());
+            let (tls, tx, failures) = (tls.clone(), tx.clone(), failures.clone());
             tokio::spawn(async move {
                 match tls.accept(tcp).await {
                     Ok((stream, peer)) => {
                         let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
                     }
                     Err(err) => {
-                        metrics::counter!("weft_mesh_tls_handshake_failures_total").increment(1);
+                        failures.increment(1);
                         tracing::debug!(%remote, error = %err, "mTLS handshake refused");
                     }
                 }

@@ -200,6 +200,12 @@ pub fn start_tls(config: &MeshConfig, name: &str) -> anyhow::Result<Option<MeshT
         .with_context(|| format!("mTLS is on ([mtls]), but {name} has no usable certificate"))?;
     weft_tls::install(tls.clone());
     tls.spawn_reload();
+    let sampled = tls.clone();
+    crate::metrics::registry().observe_gauge(
+        "weft_mesh_certificate_expiry_seconds",
+        ("identity", name.to_owned()),
+        move || sampled.seconds_to_expiry() as f64,
+    );
     tracing::info!(identity = %tls.identity(), serial = %tls.serial(), "mTLS on");
     Ok(Some(tls))
 }

@@ -9,9 +9,9 @@
 //! [`MeshTls::spawn_reload`] polls the files' modification times every
 //! `mtls.reload_interval_ms` (on a blocking thread) and swaps in the new configs when they
 //! change and load; new handshakes use them, open connections keep theirs. A file that does not
-//! load is logged and the previous certificate stays. The seconds to the certificate's expiry
-//! are the gauge `weft_mesh_certificate_expiry_seconds`; [`MeshTls::expiry`] says whether it is
-//! near (logs, readiness) or past (readiness fails).
+//! load is logged and the previous certificate stays. [`MeshTls::seconds_to_expiry`] feeds the
+//! gauge `weft_mesh_certificate_expiry_seconds` (registered by the server stack);
+//! [`MeshTls::expiry`] says whether it is near (logs, readiness) or past (readiness fails).
 
 use std::{
     path::{Path, PathBuf},
@@ -162,7 +162,7 @@ impl MeshTls {
 
     /// How close the certificate in use is to its expiry.
     pub fn expiry(&self) -> Expiry {
-        let secs = self.loaded().not_after - now_secs();
+        let secs = self.seconds_to_expiry();
         if secs <= 0 {
             Expiry::Expired
         } else if secs < self.inner.mtls.expiry_warning_secs as i64 {
@@ -277,8 +277,15 @@ impl MeshTls {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
+            let mut state = std::mem::discriminant(&tls.expiry());
             loop {
                 ticker.tick().await;
+                // Crossing into "near" or "expired" is logged once, when it happens.
+                let now = std::mem::discriminant(&tls.expiry());
+                if now != state {
+                    state = now;
+                    tls.report();
+                }
                 let worker = tls.clone();
                 match tokio::task::spawn_blocking(move || worker.reload_if_changed()).await {
                     Ok(Ok(_)) => {}
@@ -288,12 +295,11 @@ impl MeshTls {
                     ),
                     Err(_) => {}
                 }
-                tls.gauge();
             }
         })
     }
 
-    /// Logs the certificate's expiry when near or past, and sets the gauge.
+    /// Logs the certificate's expiry when near or past.
     fn report(&self) {
         let identity = &self.inner.identity;
         match self.expiry() {
@@ -308,16 +314,11 @@ impl MeshTls {
                 "the mTLS certificate has expired: handshakes fail until `weft certs --rotate`"
             ),
         }
-        self.gauge();
     }
 
-    fn gauge(&self) {
-        let secs = self.loaded().not_after - now_secs();
-        metrics::gauge!(
-            "weft_mesh_certificate_expiry_seconds",
-            "identity" => self.inner.identity.name.clone()
-        )
-        .set(secs as f64);
+    /// Seconds until the certificate in use expires (negative once expired).
+    pub fn seconds_to_expiry(&self) -> i64 {
+        self.loaded().not_after - now_secs()
     }
 }
 
