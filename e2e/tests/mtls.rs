@@ -432,3 +432,87 @@ async fn a_rotated_certificate_is_used_without_a_restart_or_a_failed_call() {
     mesh.assert_no_panics();
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_certificate_a_service_refuses_to_start_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mesh.toml");
+    let certs = dir.path().join("certs");
+    std::fs::write(
+        &config,
+        format!(
+            "[services.order]\nlisten = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\n\
+             [mtls]\nca_file = {:?}\ncert_dir = {:?}\n",
+            dir.path().join("order.db").display(),
+            certs.join("ca.pem").display().to_string(),
+            certs.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(weft_testkit::binary("weft-order"))
+            .arg("--config")
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("weft-order exits")
+    .expect("weft-order runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without a certificate");
+    for needle in ["ca.pem", "weft certs", "mode = \"off\""] {
+        assert!(
+            stderr.contains(needle),
+            "the error does not say {needle}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_text_opt_out_is_logged_at_every_start() {
+    // The testkit's meshes opt out unless asked (`[mtls] mode = "off"`).
+    let mesh = TestMesh::start(Backend::Sqlite).await;
+    for service in SERVICES {
+        assert!(
+            mesh.logs(service).contains("mTLS is off"),
+            "{service} did not warn: {}",
+            mesh.logs(service)
+        );
+    }
+    mesh.restart("user").await;
+    assert_eq!(
+        mesh.logs("user").matches("mTLS is off").count(),
+        2,
+        "{}",
+        mesh.logs("user")
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_rule_for_a_method_the_contract_lacks_stops_the_service() {
+    let mesh = TestMesh::start_with(
+        Backend::Sqlite,
+        MeshOptions {
+            toml: "[callers]\n\"weft.user.v1.UserService/CreateUsr\" = [\"auth\"]\n".into(),
+            ..Default::default()
+        },
+    );
+    let started = tokio::time::timeout(Duration::from_secs(60), mesh);
+    // The kit panics when a service exits during start-up, naming its log.
+    let panic = match tokio::spawn(started).await {
+        Ok(_) => panic!("the mesh started with a misspelt [callers] method"),
+        Err(panic) => panic,
+    };
+    let message = panic
+        .into_panic()
+        .downcast::<String>()
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(
+        message.contains("has no method CreateUsr"),
+        "the error does not name the method: {message}"
+    );
+}

@@ -64,6 +64,7 @@ where
     F: Future<Output = anyhow::Result<Started<S>>>,
 {
     let own = config.service(name)?;
+    check_callers(&config, S::NAME)?;
     let tls = start_tls(&config, name)?;
     let addr = own.listen;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -208,6 +209,27 @@ pub fn start_tls(config: &MeshConfig, name: &str) -> anyhow::Result<Option<MeshT
     );
     tracing::info!(identity = %tls.identity(), serial = %tls.serial(), "mTLS on");
     Ok(Some(tls))
+}
+
+/// Checks that each `[callers]` entry for a method of `grpc_service` names a method the
+/// contract describes: a misspelt method would otherwise leave the real one unguarded.
+fn check_callers(config: &MeshConfig, grpc_service: &str) -> anyhow::Result<()> {
+    let contract = crate::contract::current();
+    for pattern in config.callers.keys() {
+        let Some((service, method)) = pattern.split_once('/') else {
+            continue;
+        };
+        if service == grpc_service
+            && method != "*"
+            && contract.access(&format!("/{pattern}")).is_none()
+        {
+            anyhow::bail!(
+                "invalid configuration: key `callers.\"{pattern}\"`: {grpc_service} has no \
+                 method {method} in its contract"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
