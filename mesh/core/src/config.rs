@@ -186,7 +186,8 @@ pub struct MtlsConfig {
     /// A process's certificate expiring within this many seconds is reported (logs, readiness
     /// output); default 604800 (7 days). An expired one makes readiness fail.
     pub expiry_warning_secs: u64,
-    /// Lifetime of the certificates `weft certs` issues, in days; default 90 (the CA: 10 years).
+    /// Lifetime of the certificates `weft certs` issues, in days, 1 to 3650; default 90 (the
+    /// CA: 10 years).
     pub cert_validity_days: u64,
 }
 
@@ -305,6 +306,9 @@ impl MeshConfig {
             if value == 0 {
                 return err(key, "must be at least 1");
             }
+        }
+        if mtls.cert_validity_days > 3650 {
+            return err("mtls.cert_validity_days", "must be at most 3650 (10 years)");
         }
         let known = self.identities();
         for (pattern, callers) in &self.callers {
@@ -1535,6 +1539,8 @@ mod tests {
         );
         let err = load_text("[callers]\n\"UserService\" = [\"gateway\"]\n", &[]).unwrap_err();
         assert!(err.to_string().contains("name a method in full"), "{err}");
+        let err = load_text("[mtls]\ncert_validity_days = 100000\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("mtls.cert_validity_days"));
     }
 
     #[test]
