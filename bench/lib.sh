@@ -166,7 +166,14 @@ grpc_services = ["weft.order.v1.OrderService"]
 
 [gateway]
 listen = "127.0.0.1:$p_gateway"
+
+# mTLS on, as by default: the figures include it. The CA and certificates are made below.
+[mtls]
+ca_file = "$WORK/certs/ca.pem"
+ca_key_file = "$WORK/certs/ca.key"
+cert_dir = "$WORK/certs"
 EOF
+    "$BIN/weft" certs --config "$CONFIG" >/dev/null || die "weft certs failed"
 
     log "starting weft-auth, weft-user, weft-order, weft-gateway in $WORK"
     # RUST_LOG would override the config's "warn" filter.

@@ -34,7 +34,7 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null 2>&1 || die "curl is needed"
 
-need_binaries weft-auth weft-user weft-order weft-gateway weft-bench-baseline
+need_binaries weft-auth weft-user weft-order weft-gateway weft weft-bench-baseline
 
 # --- the mesh ---------------------------------------------------------------------------------
 

@@ -169,7 +169,7 @@ fn read_password(path: &Path) -> anyhow::Result<String> {
 /// that serves AuthService.
 async fn register(config: &MeshConfig, args: &CreateArgs, password: &str) -> anyhow::Result<()> {
     let service = auth_service_server::SERVICE_NAME;
-    let (_, upstream) = config.upstream_serving(service).with_context(|| {
+    let (upstream_name, upstream) = config.upstream_serving(service).with_context(|| {
         format!(
             "{} has no upstream serving {service}",
             args.target.config.display()
@@ -183,19 +183,51 @@ async fn register(config: &MeshConfig, args: &CreateArgs, password: &str) -> any
     let unreachable = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!("cannot reach weft-auth at {endpoint}: {e} (is the mesh running?)")
     };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-        .map_err(|e| unreachable(&e))?
-        .connect_timeout(REGISTER_TIMEOUT)
-        .timeout(REGISTER_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| unreachable(&e))?;
     let request = RegisterRequest {
         email: args.email.clone(),
         password: password.to_owned(),
         display_name: args.display_name.clone(),
     };
-    match AuthServiceClient::new(channel).register(request).await {
+    let answer = if config.mtls.is_on() {
+        // Over mTLS, as the operator tools' identity (`weft`, see `[callers]`).
+        let tls =
+            weft_mesh::mtls::MeshTls::load(&config.mtls, weft_mesh::config::OPERATOR_IDENTITY)?;
+        let uri: http::Uri = endpoint.parse().map_err(|e| unreachable(&e))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| unreachable(&"no host:port"))?;
+        let addr = tokio::net::lookup_host(authority.as_str())
+            .await
+            .map_err(|e| unreachable(&e))?
+            .next()
+            .ok_or_else(|| unreachable(&"the host name resolves to no address"))?;
+        let connection = weft_mesh::connection::Connection::with_tls(
+            addr,
+            http::uri::Scheme::HTTP,
+            authority,
+            REGISTER_TIMEOUT,
+            weft_mesh::connection::Keepalive::default(),
+            Some(weft_mesh::mtls::ClientTls {
+                server: upstream_name.to_owned(),
+                own: Some(tls),
+            }),
+        );
+        let mut client = AuthServiceClient::new(connection);
+        tokio::time::timeout(REGISTER_TIMEOUT, client.register(request))
+            .await
+            .map_err(|_| unreachable(&"timed out"))?
+    } else {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(REGISTER_TIMEOUT)
+            .timeout(REGISTER_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        AuthServiceClient::new(channel).register(request).await
+    };
+    match answer {
         Ok(_) => Ok(()),
         Err(status) if status.code() == Code::AlreadyExists => bail!(
             "{} is already registered: `weft admin grant --email {}` makes it an administrator",

@@ -43,6 +43,7 @@ pub mod bench_http;
 pub mod bench_load;
 pub mod bench_progress;
 pub mod bench_stats;
+pub mod certs;
 pub mod child;
 pub mod health;
 pub mod keys;
@@ -90,6 +91,9 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Manage weft-auth's token signing keys: `weft keys rotate`.
     Keys(keys::KeysArgs),
+    /// Create the mesh's CA and one mTLS certificate per process (`[mtls]` says where):
+    /// `weft certs`, `weft certs --rotate` (new certificates, same CA), `--force` (new CA).
+    Certs(certs::CertsArgs),
 }
 
 /// Runs a parsed command line; errors are printed as one readable message, never a panic.
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => bench::run(*args),
         Command::Admin(args) => report("weft admin", admin::run(args)),
         Command::Keys(args) => report("weft keys", keys::run(args)),
+        Command::Certs(args) => report("weft certs", certs::run(args)),
         Command::Trace(args) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

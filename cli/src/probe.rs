@@ -65,6 +65,42 @@ pub async fn grpc_serving(addr: SocketAddr, timeout: Duration) -> Result<(), Str
     }
 }
 
+/// Like [`grpc_serving`], over mTLS when this process has installed its certificate (the
+/// server's must then be `service`'s).
+pub async fn grpc_serving_as(
+    addr: SocketAddr,
+    timeout: Duration,
+    service: &str,
+) -> Result<(), String> {
+    if weft_mesh::mtls::current().is_none() {
+        return grpc_serving(addr, timeout).await;
+    }
+    let authority = addr
+        .to_string()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let connection = weft_mesh::connection::Connection::with_tls(
+        addr,
+        http::uri::Scheme::HTTP,
+        authority,
+        timeout,
+        weft_mesh::connection::Keepalive::default(),
+        Some(weft_mesh::mtls::ClientTls::to(service)),
+    );
+    let mut client = HealthClient::new(connection);
+    let check = client.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    let answer = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+        .map_err(|status| format!("health check failed: {}", status.message()))?;
+    match answer.into_inner().status() {
+        ServingStatus::Serving => Ok(()),
+        other => Err(format!("health is {}", other.as_str_name())),
+    }
+}
+
 /// Checks the gateway at `addr`: `/healthz` (the process is up), then `/readyz` (every
 /// upstream is SERVING). `Err` says which is not 200 yet and why.
 pub async fn gateway_ready(addr: SocketAddr, timeout: Duration) -> Result<(), String> {

@@ -101,6 +101,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         );
     }
     let config = MeshConfig::load(Some(config_file))?;
+    prepare_mtls(&config, output)?;
     let config_path = std::path::absolute(config_file)
         .with_context(|| format!("cannot resolve {}", config_file.display()))?;
     let bin_dir = args.deployment.bin_dir.dir()?;
@@ -129,6 +130,30 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     }
     supervisor.ready(started.elapsed());
     supervisor.watch(&mut signals).await
+}
+
+/// With mTLS on: creates the certificates that are missing (saying so), and loads `weft`'s own
+/// for the health checks; with it off, says that the mesh runs in plain text.
+fn prepare_mtls(config: &MeshConfig, output: Output) -> anyhow::Result<()> {
+    if !config.mtls.is_on() {
+        output.info(
+            "mTLS is off ([mtls] mode = \"off\"): the services talk in plain text; only for a \
+             trusted network",
+        );
+        return Ok(());
+    }
+    let written = crate::certs::issue_all(
+        &config.mtls,
+        &config.identities(),
+        crate::certs::Mode::Missing,
+    )
+    .context("cannot create the mTLS certificates (`weft certs`)")?;
+    for line in written {
+        output.info(&format!("weft certs: {line}"));
+    }
+    let tls = weft_mesh::mtls::MeshTls::load(&config.mtls, weft_mesh::config::OPERATOR_IDENTITY)?;
+    weft_mesh::mtls::install(tls);
+    Ok(())
 }
 
 /// The four children and what `weft up` knows about them.
@@ -300,7 +325,7 @@ impl Supervisor {
         let mut last;
         loop {
             let attempt = async {
-                let result = check(kind, health, tls).await;
+                let result = check(kind, health, tls, &name).await;
                 if result.is_err() {
                     tokio::time::sleep(PROBE_INTERVAL).await;
                 }
@@ -518,7 +543,7 @@ impl Supervisor {
             let started = Instant::now();
             let mut last = String::new();
             while started.elapsed() < timeout {
-                match check(kind, addr, tls).await {
+                match check(kind, addr, tls, &name).await {
                     Ok(()) => {
                         output.info(&format!(
                             "{name} is healthy again ({:.1}s)",
@@ -617,9 +642,13 @@ impl Supervisor {
 }
 
 /// One health check of a child.
-async fn check(kind: Kind, addr: SocketAddr, tls: bool) -> Result<(), String> {
+async fn check(kind: Kind, addr: SocketAddr, tls: bool, name: &str) -> Result<(), String> {
     match kind {
-        Kind::Service(_) => probe::grpc_serving(addr, PROBE_TIMEOUT).await,
+        // With mTLS on, the check presents `weft`'s certificate and expects the service's.
+        Kind::Service(_) => {
+            let service = name.strip_prefix("weft-").unwrap_or(name);
+            probe::grpc_serving_as(addr, PROBE_TIMEOUT, service).await
+        }
         // The plain HTTP probe cannot speak TLS: an accepting listener has to do.
         Kind::Gateway if tls => probe::tcp_open(addr, PROBE_TIMEOUT).await,
         Kind::Gateway => probe::gateway_ready(addr, PROBE_TIMEOUT).await,

@@ -169,9 +169,12 @@ async fn readiness(upstreams: &[Upstream]) -> HttpResponse {
         (upstream.name.clone(), state)
     });
     let states = futures::future::join_all(checks).await;
-    let ready = states.iter().all(|(_, state)| *state == "SERVING");
+    let (certificate_ok, certificate) =
+        weft_mesh::admin::certificate_readiness(weft_mesh::mtls::current().as_ref());
+    let ready = certificate_ok && states.iter().all(|(_, state)| *state == "SERVING");
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
+        "certificate": certificate.trim(),
         "upstreams": states.into_iter().map(|(name, state)| (name, serde_json::Value::from(state))).collect::<serde_json::Map<_, _>>(),
     });
     json_response(

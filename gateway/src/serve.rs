@@ -71,6 +71,8 @@ use crate::{
 
 /// Serves the gateway as configured until SIGINT or SIGTERM, then drains.
 pub async fn run(config: Arc<MeshConfig>) -> anyhow::Result<()> {
+    // The gateway's identity in the mesh: its upstream calls (the JWKS fetch included) present it.
+    weft_mesh::server::start_tls(&config, weft_mesh::config::GATEWAY_IDENTITY)?;
     let gateway = Arc::new(Gateway::new(config.clone())?);
     gateway.spawn_upkeep();
     // Metrics and readiness for scrapers and probes, also where the API's port is public.

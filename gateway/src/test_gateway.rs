@@ -63,6 +63,8 @@ pub(crate) async fn gateway(upstream: SocketAddr, env: &[(&str, &str)]) -> Socke
         ]
     })
     .collect();
+    // The upstreams here are in-process plain-text servers: an explicit opt-out of mTLS.
+    vars.push(("WEFT_MTLS__MODE".to_string(), "off".to_string()));
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = MeshConfig::load_from(None, vars).expect("test config is valid");
     let gateway = Arc::new(Gateway::new(Arc::new(config)).unwrap());

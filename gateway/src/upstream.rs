@@ -49,14 +49,19 @@ impl Upstream {
         let connections = config.gateway.upstream_connections;
         let initial = config.upstream(&spec.key)?.clone();
         let key = spec.key.clone();
-        let (channel, policy) =
-            weft_mesh::client::resilient(&spec.name, config, connections, move |config| {
+        let (channel, policy) = weft_mesh::client::resilient(
+            &spec.name,
+            &spec.key,
+            config,
+            connections,
+            move |config| {
                 config
                     .upstreams
                     .get(&key)
                     .cloned()
                     .unwrap_or_else(|| initial.clone())
-            })?;
+            },
+        )?;
         Ok(Self {
             name: spec.name.clone(),
             channel,

@@ -41,7 +41,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use weft_client::{balance, breaker, client, connection, deadline, retry};
 pub use weft_core::{config, contract, grpc, live, policy, reload};
 pub use weft_observe::{metrics, propagate, telemetry, trace_mode};
-pub use weft_server::{admin, auth, db, fault, jwt_crypto, ratelimit, server, shed};
+pub use weft_server::{
+    admin, auth, callers, db, fault, jwt_crypto, listener, ratelimit, server, shed,
+};
+/// mTLS: identities, the CA and certificates, reloading rustls configs (`weft-tls`).
+pub use weft_tls as mtls;
 
 pub mod clock;
 pub mod page;

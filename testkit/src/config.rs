@@ -65,6 +65,12 @@ pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str
     }
     root.insert("services".into(), section.into());
     root.insert("upstreams".into(), upstreams.into());
+    // A test mesh opts out of mTLS explicitly unless it asks for it (`MeshOptions::mtls`, whose
+    // TOML from `mtls_toml` turns it on): its helpers' clients are plain tonic channels.
+    merge(
+        &mut root,
+        "[mtls]\nmode = \"off\"\n".parse().expect("valid TOML"),
+    );
     let weft = |name: &str| services.iter().any(|s| s.name == name);
     if weft("auth") {
         // As in mesh-config/local.toml: every process fetches the token keys from weft-auth,
@@ -105,6 +111,47 @@ pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str
         merge(&mut root, extra);
     }
     toml::to_string(&root).expect("a TOML table serialises")
+}
+
+/// `extra` with `[mtls]` turned on under `dir` (the CA and certificates `issue_certificates`
+/// writes there), reloaded every 200 ms; the test's own `[mtls]` keys win.
+pub fn mtls_toml(dir: &std::path::Path, extra: &str) -> String {
+    let mut root: toml::Table = format!(
+        "[mtls]\nmode = \"on\"\nca_file = {:?}\nca_key_file = {:?}\ncert_dir = {:?}\n\
+         reload_interval_ms = 200\n",
+        dir.join("ca.pem").display().to_string(),
+        dir.join("ca.key").display().to_string(),
+        dir.display().to_string(),
+    )
+    .parse()
+    .expect("valid TOML");
+    if !extra.trim().is_empty() {
+        let extra: toml::Table = extra
+            .parse()
+            .unwrap_or_else(|e| panic!("MeshOptions::toml is not valid TOML: {e}"));
+        merge(&mut root, extra);
+    }
+    toml::to_string(&root).expect("a TOML table serialises")
+}
+
+/// Writes a new CA and a certificate for each of `names` where `mtls` says (what `weft certs`
+/// does, without the command).
+pub fn issue_certificates(mtls: &weft_mesh::config::MtlsConfig, names: &[String]) {
+    use weft_mesh::mtls::{Identity, issue};
+    let ca = issue::new_ca(&mtls.trust_domain, issue::CA_VALIDITY).expect("a CA is made");
+    std::fs::create_dir_all(&mtls.cert_dir).expect("cannot create the certificate folder");
+    std::fs::write(&mtls.ca_file, &ca.cert).expect("cannot write the CA");
+    std::fs::write(&mtls.ca_key_file, &ca.key).expect("cannot write the CA key");
+    for name in names {
+        let leaf = issue::leaf(
+            &ca,
+            &Identity::of(mtls, name),
+            std::time::Duration::from_secs(24 * 3600),
+        )
+        .expect("a certificate is made");
+        std::fs::write(mtls.cert_file(name), leaf.cert).expect("cannot write a certificate");
+        std::fs::write(mtls.key_file(name), leaf.key).expect("cannot write a key");
+    }
 }
 
 /// The key of the gateway's admin address in [`with_admin_listeners`]' map.

@@ -76,6 +76,10 @@ pub struct MeshOptions {
     pub replicas: Vec<String>,
     /// Services started after Weft's three; default none.
     pub extra_services: Vec<ExtraService>,
+    /// Run the mesh over mTLS: a CA and a certificate per process (and for `weft`, the
+    /// kit's own health checks) made in the mesh's folder, `[mtls]` on and reloading every
+    /// 200 ms. Default false: the generated config opts out (`[mtls] mode = "off"`).
+    pub mtls: bool,
 }
 
 /// A running mesh of the real binaries. Kills its children (and drops its PostgreSQL
@@ -158,8 +162,13 @@ impl TestMesh {
                 grpc_services,
             });
         }
+        let extra = if options.mtls {
+            config::mtls_toml(&path.join("certs"), &options.toml)
+        } else {
+            options.toml.clone()
+        };
         let signing_key = if services.iter().any(|s| s.name == "auth") {
-            let config = config::generate(&services, None, &options.toml);
+            let config = config::generate(&services, None, &extra);
             std::fs::write(&config_path, config).expect("cannot write the mesh config");
             Some(import_signing_key(&path, &config_path).await)
         } else {
@@ -172,7 +181,7 @@ impl TestMesh {
         for (service, addr) in services.iter_mut().zip(free) {
             service.addr = addr;
         }
-        let config = config::generate(&services, gateway_addr, &options.toml);
+        let config = config::generate(&services, gateway_addr, &extra);
         let taken: Vec<SocketAddr> = services
             .iter()
             .map(|s| s.addr)
@@ -182,6 +191,11 @@ impl TestMesh {
         let (config, replicas) = config::with_replicas(config, &options.replicas);
         let gateway = gateway_addr.map(|addr| (addr, config::gateway_tls(&config)));
         std::fs::write(&config_path, config).expect("cannot write the mesh config");
+        if options.mtls {
+            let config = weft_mesh::MeshConfig::load_from(Some(&config_path), [])
+                .expect("the generated config is valid");
+            config::issue_certificates(&config.mtls, &config.identities());
+        }
 
         let mesh = TestMesh {
             backend,
@@ -405,14 +419,51 @@ impl TestMesh {
 
     /// The health of `service` (`""` for the whole server) as reported by `name`.
     pub async fn health(&self, name: &str, service: &str) -> Result<ServingStatus, Status> {
-        let mut client = HealthClient::new(self.channel(name));
-        let response = client
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await?
-            .into_inner();
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let response = if self.options.mtls {
+            let identity = self.identity(weft_mesh::config::OPERATOR_IDENTITY);
+            HealthClient::new(self.mtls_connection(name, &identity))
+                .check(request)
+                .await?
+        } else {
+            HealthClient::new(self.channel(name)).check(request).await?
+        };
+        let response = response.into_inner();
         Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
+    }
+
+    /// The mTLS material of the process `name` in a mesh started with [`MeshOptions::mtls`]
+    /// (its certificate as the files hold it now), to call the mesh as that process does.
+    pub fn identity(&self, name: &str) -> weft_mesh::mtls::MeshTls {
+        let config = weft_mesh::MeshConfig::load_from(Some(&self.config_path), [])
+            .expect("the mesh's config is valid");
+        weft_mesh::mtls::MeshTls::load(&config.mtls, name)
+            .unwrap_or_else(|e| panic!("no certificate for {name}: {e}"))
+    }
+
+    /// A lazily connecting mTLS connection to the service `name`, presenting `identity`'s
+    /// certificate and expecting `name`'s (a tonic transport: `UserServiceClient::new(..)`).
+    pub fn mtls_connection(
+        &self,
+        name: &str,
+        identity: &weft_mesh::mtls::MeshTls,
+    ) -> weft_mesh::connection::Connection {
+        let addr = self.addr(name);
+        weft_mesh::connection::Connection::with_tls(
+            addr,
+            http::uri::Scheme::HTTP,
+            addr.to_string()
+                .parse()
+                .expect("an address is an authority"),
+            Duration::from_secs(5),
+            weft_mesh::connection::Keepalive::default(),
+            Some(weft_mesh::mtls::ClientTls {
+                server: name.to_owned(),
+                own: Some(identity.clone()),
+            }),
+        )
     }
 
     /// Kills `name` with SIGKILL and reaps it.

@@ -85,7 +85,7 @@ use tower::{ServiceExt as _, util::Oneshot};
 use tower_service::Service;
 
 use crate::{
-    connection::{Connection, Keepalive},
+    connection::{ClientTls, Connection, Keepalive},
     grpc,
     live::Live,
 };
@@ -131,6 +131,9 @@ pub struct BalancePolicy {
     pub decay: Duration,
     /// Latency estimate of an endpoint not yet heard from; default 1 ms.
     pub default_rtt: Duration,
+    /// mTLS to the endpoints (the identity their certificates must carry); default `None`:
+    /// plain HTTP/2.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for BalancePolicy {
@@ -143,6 +146,7 @@ impl Default for BalancePolicy {
             resolve_interval: Duration::from_secs(5),
             outlier: OutlierPolicy::default(),
             decay: Duration::from_secs(10),
+            tls: None,
             default_rtt: Duration::from_millis(1),
         }
     }
@@ -222,12 +226,13 @@ fn connect(target: &Target, policy: &BalancePolicy) -> Result<Connection, Balanc
     let (Some(scheme), Some(authority)) = (origin.scheme(), origin.authority()) else {
         return Err(bad("not a usable origin"));
     };
-    Ok(Connection::new(
+    Ok(Connection::with_tls(
         addr,
         scheme.clone(),
         authority.clone(),
         policy.connect_timeout,
         policy.keepalive,
+        policy.tls.clone(),
     ))
 }
 

@@ -35,6 +35,7 @@ use crate::{
     balance::{Balance, BalanceError, BalancePolicy},
     breaker::{Breaker, BreakerLayer},
     config::{ConfigError, MeshConfig, UpstreamConfig},
+    connection::ClientTls,
     connection::Keepalive,
     deadline::{self, Deadline, DeadlineLayer, DeadlineService},
     live::Live,
@@ -233,7 +234,7 @@ pub enum ClientError {
 /// (and as reloads of mesh-config change it; one removed by a reload keeps its last policies).
 pub fn channel(config: &MeshConfig, name: &str) -> Result<MeshChannel, ClientError> {
     let initial = config.upstream(name)?.clone();
-    let (stack, _) = resilient(&crate::config::process_name(name), config, 1, {
+    let (stack, _) = resilient(&crate::config::process_name(name), name, config, 1, {
         let (name, initial) = (name.to_owned(), initial.clone());
         move |config| {
             config
@@ -267,10 +268,12 @@ pub fn with_context(stack: ResilientChannel, name: &str, upstream: &UpstreamConf
 }
 
 /// The resilient stack to the upstream `select` picks from mesh-config (named `name` in errors,
-/// logs and metrics), with `connections` HTTP/2 connections per endpoint, and its live
+/// logs and metrics; `key` is its `[upstreams.<key>]`, whose identity its certificate must carry
+/// when mTLS is on), with `connections` HTTP/2 connections per endpoint, and its live
 /// per-method policy. Must be called inside the tokio runtime.
 pub fn resilient<F>(
     name: &str,
+    key: &str,
     config: &MeshConfig,
     connections: usize,
     select: F,
@@ -287,8 +290,10 @@ where
         let select = select.clone();
         move |config| select(config).breaker
     });
+    let key = key.to_owned();
     let endpoints = crate::reload::policy(config, move |config| {
-        balance_policy(&select(config), connections)
+        let tls = config.mtls.is_on().then(|| ClientTls::to(&key));
+        balance_policy(&select(config), connections, tls)
     });
     let balance = Balance::new(name, endpoints).map_err(|source| ClientError::Balance {
         upstream: name.to_owned(),
@@ -313,8 +318,13 @@ where
     })
 }
 
-fn balance_policy(upstream: &UpstreamConfig, connections: usize) -> BalancePolicy {
+fn balance_policy(
+    upstream: &UpstreamConfig,
+    connections: usize,
+    tls: Option<ClientTls>,
+) -> BalancePolicy {
     BalancePolicy {
+        tls,
         endpoints: upstream.endpoint_list(),
         connections_per_endpoint: connections,
         connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),

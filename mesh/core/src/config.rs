@@ -64,6 +64,13 @@ pub struct MeshConfig {
     pub gateway: GatewayConfig,
     /// Faults to inject (`[[faults]]`, see `fault`); default none.
     pub faults: Vec<crate::policy::FaultRule>,
+    /// Mutual TLS between the processes of the mesh (`[mtls]`): on by default.
+    pub mtls: MtlsConfig,
+    /// Which processes may call which methods (`[callers]`): a full method name
+    /// (`"weft.user.v1.UserService/CreateUser"`) or a whole service (`"weft.user.v1.UserService/*"`)
+    /// to the process names allowed (`["auth"]`). A method's own entry wins over its service's;
+    /// a method with neither is open to every identity of the mesh. Enforced only with mTLS on.
+    pub callers: BTreeMap<String, Vec<String>>,
     /// Each service's own settings: the top-level table named after the service (`[order]` for
     /// `[services.order]`), read and checked by that service with [`MeshConfig::settings`].
     #[serde(skip)]
@@ -139,6 +146,195 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key file (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+}
+
+/// Whether the mesh's gRPC traffic runs over mutual TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Every server asks for a client certificate of the mesh CA; every client presents one.
+    #[default]
+    On,
+    /// Plain HTTP/2 between the processes: only for a network trusted as a whole; logged as a
+    /// warning at every start.
+    Off,
+}
+
+/// Mutual TLS between the processes of the mesh: the CA, where each process's certificate is,
+/// and how identities are spelled (`spiffe://<trust_domain>/ns/<namespace>/sa/<name>`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtlsConfig {
+    /// `on` (default) or `off` (plain text, an explicit opt-out for a trusted network).
+    pub mode: MtlsMode,
+    /// The trust domain of the identities; default `weft.local`.
+    pub trust_domain: String,
+    /// The namespace of the identities; default `default`.
+    pub namespace: String,
+    /// PEM certificate of the mesh CA; default `certs/ca.pem`.
+    pub ca_file: String,
+    /// PEM private key of the mesh CA, read only by `weft certs`; default `certs/ca.key`.
+    pub ca_key_file: String,
+    /// Folder of each process's `<name>.pem` (certificate) and `<name>.key` (private key);
+    /// default `certs`.
+    pub cert_dir: String,
+    /// Time a client has to finish the TLS handshake at a server, in ms; default 10000.
+    pub handshake_timeout_ms: u64,
+    /// How often the certificate files are checked for changes (then reloaded), in ms;
+    /// default 5000.
+    pub reload_interval_ms: u64,
+    /// A process's certificate expiring within this many seconds is reported (logs, readiness
+    /// output); default 604800 (7 days). An expired one makes readiness fail.
+    pub expiry_warning_secs: u64,
+    /// Lifetime of the certificates `weft certs` issues, in days, 1 to 3650; default 90 (the
+    /// CA: 10 years).
+    pub cert_validity_days: u64,
+}
+
+impl Default for MtlsConfig {
+    fn default() -> Self {
+        Self {
+            mode: MtlsMode::On,
+            trust_domain: "weft.local".into(),
+            namespace: "default".into(),
+            ca_file: "certs/ca.pem".into(),
+            ca_key_file: "certs/ca.key".into(),
+            cert_dir: "certs".into(),
+            handshake_timeout_ms: 10_000,
+            reload_interval_ms: 5_000,
+            expiry_warning_secs: 7 * 24 * 3600,
+            cert_validity_days: 90,
+        }
+    }
+}
+
+impl MtlsConfig {
+    /// Whether mTLS is on.
+    pub fn is_on(&self) -> bool {
+        self.mode == MtlsMode::On
+    }
+
+    /// The certificate file of the process `name` (`<cert_dir>/<name>.pem`).
+    pub fn cert_file(&self, name: &str) -> PathBuf {
+        Path::new(&self.cert_dir).join(format!("{name}.pem"))
+    }
+
+    /// The private key file of the process `name` (`<cert_dir>/<name>.key`).
+    pub fn key_file(&self, name: &str) -> PathBuf {
+        Path::new(&self.cert_dir).join(format!("{name}.key"))
+    }
+
+    /// The SPIFFE ID of the process `name`: `spiffe://<trust_domain>/ns/<namespace>/sa/<name>`.
+    pub fn spiffe_id(&self, name: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{name}",
+            self.trust_domain, self.namespace
+        )
+    }
+}
+
+/// The processes `callers` (a `[callers]` table) allows to call `path`
+/// (`/package.Service/Method`): the method's entry, else its service's `/*` entry.
+pub fn allowed_callers<'a>(
+    callers: &'a BTreeMap<String, Vec<String>>,
+    path: &str,
+) -> Option<&'a [String]> {
+    let method = path.strip_prefix('/').unwrap_or(path);
+    if let Some(allowed) = callers.get(method) {
+        return Some(allowed);
+    }
+    let (service, _) = method.split_once('/')?;
+    callers.get(&format!("{service}/*")).map(Vec::as_slice)
+}
+
+/// The name of the gateway's identity in the mesh (`sa/gateway`, a caller in `[callers]`).
+pub const GATEWAY_IDENTITY: &str = "gateway";
+/// The name of the operator tools' identity (`weft up`'s health checks, `weft admin create`).
+pub const OPERATOR_IDENTITY: &str = "weft";
+
+impl MeshConfig {
+    /// Every process that has an identity in the mesh: each service, the gateway and the
+    /// operator tools (`weft`), the names `weft certs` issues certificates for.
+    pub fn identities(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        names.push(GATEWAY_IDENTITY.into());
+        names.push(OPERATOR_IDENTITY.into());
+        names
+    }
+
+    /// The processes allowed to call `path` (`/package.Service/Method`) by `[callers]`: the
+    /// method's entry, else its service's `/*` entry; `None` when neither exists (any identity
+    /// of the mesh may call it).
+    pub fn allowed_callers(&self, path: &str) -> Option<&[String]> {
+        allowed_callers(&self.callers, path)
+    }
+
+    fn validate_mtls(&self) -> Result<(), (String, String)> {
+        let mtls = &self.mtls;
+        let err = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        if !label(&mtls.trust_domain) {
+            return err(
+                "mtls.trust_domain",
+                "must be lower-case letters, digits, `-` and `.` (e.g. weft.local)",
+            );
+        }
+        if !label(&mtls.namespace) || mtls.namespace.contains('.') {
+            return err(
+                "mtls.namespace",
+                "must be lower-case letters, digits and `-` (e.g. default)",
+            );
+        }
+        for (key, value) in [
+            ("mtls.ca_file", &mtls.ca_file),
+            ("mtls.ca_key_file", &mtls.ca_key_file),
+            ("mtls.cert_dir", &mtls.cert_dir),
+        ] {
+            if value.is_empty() {
+                return err(key, "must not be empty");
+            }
+        }
+        for (key, value) in [
+            ("mtls.handshake_timeout_ms", mtls.handshake_timeout_ms),
+            ("mtls.reload_interval_ms", mtls.reload_interval_ms),
+            ("mtls.cert_validity_days", mtls.cert_validity_days),
+        ] {
+            if value == 0 {
+                return err(key, "must be at least 1");
+            }
+        }
+        if mtls.cert_validity_days > 3650 {
+            return err("mtls.cert_validity_days", "must be at most 3650 (10 years)");
+        }
+        let known = self.identities();
+        for (pattern, callers) in &self.callers {
+            let key = format!("callers.\"{pattern}\"");
+            let whole_service = pattern
+                .strip_suffix("/*")
+                .is_some_and(|service| service.contains('.') && !service.contains('/'));
+            if !whole_service && !is_full_method(pattern) {
+                return err(
+                    &key,
+                    "name a method in full (`package.Service/Method`) or a whole service \
+                     (`package.Service/*`)",
+                );
+            }
+            if let Some(unknown) = callers.iter().find(|c| !known.contains(c)) {
+                return err(
+                    &key,
+                    &format!(
+                        "`{unknown}` is not a process of the mesh (one of: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Access of a method that declares none.
@@ -364,6 +560,8 @@ impl Default for MeshConfig {
             upstreams: IndexMap::new(),
             gateway: GatewayConfig::default(),
             faults: Vec::new(),
+            mtls: MtlsConfig::default(),
+            callers: BTreeMap::new(),
             settings: BTreeMap::new(),
         }
     }
@@ -764,6 +962,7 @@ impl MeshConfig {
             return err("jwt.audience", "must not be empty");
         }
         self.validate_gateway()?;
+        self.validate_mtls()?;
         for (key, service) in &self.services {
             if !is_service_name(key) {
                 return err(
@@ -810,6 +1009,20 @@ impl MeshConfig {
             upstream
                 .validate()
                 .map_err(|(sub, reason)| (format!("upstreams.{key}.{sub}"), reason))?;
+            if !self.mtls.is_on()
+                && let Some(https) = upstream
+                    .endpoint_list()
+                    .into_iter()
+                    .find(|e| e.starts_with("https://"))
+            {
+                return err(
+                    &format!("upstreams.{key}"),
+                    &format!(
+                        "`{https}` asks for TLS, but mtls.mode is \"off\": use http://, or \
+                         turn mTLS on"
+                    ),
+                );
+            }
             for service in &upstream.grpc_services {
                 if let Some((other, _)) = self.upstream_serving(service)
                     && other != key
@@ -825,18 +1038,14 @@ impl MeshConfig {
     }
 }
 
-/// Checks that `endpoint` is an `http://` URI. The mesh dials its upstreams in clear text (it
-/// expects a private network until mTLS is built), so an `https://` endpoint would be a promise
-/// of encryption that nobody keeps: a configuration error rather than a silent downgrade.
-fn check_plaintext_endpoint(endpoint: &str) -> Result<(), String> {
-    if endpoint.starts_with("https://") {
-        return Err(format!(
-            "`{endpoint}`: https:// upstreams are not supported yet (the mesh connects in clear \
-             text and expects a private network); use http://"
-        ));
-    }
-    if !endpoint.starts_with("http://") || endpoint.parse::<http::Uri>().is_err() {
-        return Err(format!("`{endpoint}` is not an http:// URI"));
+/// Checks that `endpoint` is an `http://` or `https://` URI. Both mean the same to the mesh:
+/// its connections run over mTLS unless `[mtls] mode = "off"`, which refuses `https://` (see
+/// [`MeshConfig::validate`]) rather than dial in clear text an endpoint that promises TLS.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        || endpoint.parse::<http::Uri>().is_err()
+    {
+        return Err(format!("`{endpoint}` is not an http:// or https:// URI"));
     }
     Ok(())
 }
@@ -846,12 +1055,10 @@ impl UpstreamConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, reason: &str| Err((key, reason.to_string()));
         if self.endpoints.is_empty() {
-            check_plaintext_endpoint(&self.endpoint)
-                .map_err(|reason| ("endpoint".to_string(), reason))?;
+            check_endpoint(&self.endpoint).map_err(|reason| ("endpoint".to_string(), reason))?;
         }
         for (i, endpoint) in self.endpoints.iter().enumerate() {
-            check_plaintext_endpoint(endpoint)
-                .map_err(|reason| (format!("endpoints[{i}]"), reason))?;
+            check_endpoint(endpoint).map_err(|reason| (format!("endpoints[{i}]"), reason))?;
         }
         for (key, value) in [
             ("timeout_ms", self.timeout_ms),
@@ -984,6 +1191,8 @@ const SECTIONS: &[&str] = &[
     "upstreams",
     "gateway",
     "faults",
+    "mtls",
+    "callers",
 ];
 
 /// `WEFT_SERVICES__ORDER__LISTEN` -> `["services", "order", "listen"]`, for the mesh's sections
@@ -1282,22 +1491,65 @@ mod tests {
     }
 
     #[test]
-    fn an_https_upstream_is_refused_rather_than_dialled_in_clear_text() {
-        let err =
-            load_text("[upstreams.user]\nendpoint = \"https://user:443\"\n", &[]).unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoint"));
-        assert!(
-            err.to_string()
-                .contains("https:// upstreams are not supported"),
-            "{err}"
-        );
+    fn an_https_upstream_means_tls_and_is_refused_when_mtls_is_off() {
+        // mTLS on (the default): https:// is what the mesh dials anyway.
+        assert!(load_text("[upstreams.user]\nendpoint = \"https://user:443\"\n", &[]).is_ok());
+        let off = "[mtls]\nmode = \"off\"\n";
         let err = load_text(
-            "[upstreams.user]\nendpoints = [\"http://a:1\", \"https://b:1\"]\n",
+            &format!("{off}[upstreams.user]\nendpoints = [\"http://a:1\", \"https://b:1\"]\n"),
             &[],
         )
         .unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("upstreams.user.endpoints[1]"));
-        assert!(load_text("[upstreams.user]\nendpoint = \"http://user:80\"\n", &[]).is_ok());
+        assert_eq!(err.key.as_deref(), Some("upstreams.user"));
+        assert!(err.to_string().contains("mtls.mode is \"off\""), "{err}");
+        assert!(
+            load_text(
+                &format!("{off}[upstreams.user]\nendpoint = \"http://user:80\"\n"),
+                &[]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn callers_name_methods_or_services_and_processes_of_the_mesh() {
+        let config = load_text(
+            &format!(
+                "{TWO_SERVICES}[callers]\n\"weft.user.v1.UserService/*\" = [\"gateway\"]\n\
+                 \"weft.user.v1.UserService/CreateUser\" = [\"order\"]\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let callers = |path| config.allowed_callers(path).map(<[String]>::to_vec);
+        assert_eq!(
+            callers("/weft.user.v1.UserService/CreateUser"),
+            Some(vec!["order".to_string()])
+        );
+        assert_eq!(
+            callers("/weft.user.v1.UserService/GetUser"),
+            Some(vec!["gateway".to_string()])
+        );
+        assert_eq!(callers("/weft.order.v1.OrderService/GetProduct"), None);
+        let err = load_text(
+            &format!(
+                "{TWO_SERVICES}[callers]\n\"weft.user.v1.UserService/GetUser\" = [\"billing\"]\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("callers.\"weft.user.v1.UserService/GetUser\"")
+        );
+        assert!(
+            err.to_string().contains("`billing` is not a process"),
+            "{err}"
+        );
+        let err = load_text("[callers]\n\"UserService\" = [\"gateway\"]\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("name a method in full"), "{err}");
+        let err = load_text("[mtls]\ncert_validity_days = 100000\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("mtls.cert_validity_days"));
     }
 
     #[test]

@@ -90,7 +90,12 @@ pub struct Registry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     pools: Mutex<Vec<PoolGauges>>,
+    /// Gauges sampled at every render: (gauge, the value's source).
+    sampled: Mutex<Vec<SampledGauge>>,
 }
+
+/// A gauge whose value is read from its source at every render.
+type SampledGauge = (Gauge, Box<dyn Fn() -> f64 + Send + Sync>);
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
@@ -111,6 +116,7 @@ impl Registry {
             recorder,
             handle,
             pools: Mutex::new(Vec::new()),
+            sampled: Mutex::new(Vec::new()),
         };
         registry.describe_own();
         registry
@@ -179,6 +185,19 @@ impl Registry {
         }
     }
 
+    /// Samples `source` at every render as the gauge `name{label="value"}` (the seconds to
+    /// the expiry of the process's mTLS certificate, `weft_mesh_certificate_expiry_seconds`).
+    pub fn observe_gauge(
+        &self,
+        name: &'static str,
+        label: (&'static str, String),
+        source: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        let key = Key::from_parts(name, vec![Label::new(label.0, label.1)]);
+        let gauge = self.recorder.register_gauge(&key, &metadata());
+        lock(&self.sampled).push((gauge, Box::new(source)));
+    }
+
     /// Folds recorded samples into the histograms' buckets. The exporter keeps raw samples
     /// until then, so without a periodic upkeep memory grows with every call between scrapes.
     pub fn upkeep(&self) {
@@ -189,6 +208,9 @@ impl Registry {
     pub fn render(&self) -> String {
         for pool in lock(&self.pools).iter() {
             pool.sample();
+        }
+        for (gauge, source) in lock(&self.sampled).iter() {
+            gauge.set(source());
         }
         let mut text = self.handle.render();
         process::render(&mut text);

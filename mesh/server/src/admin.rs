@@ -13,6 +13,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use weft_tls::{Expiry, MeshTls};
+
 use crate::metrics::{CONTENT_TYPE, registry, spawn_upkeep};
 
 /// What an admin listener answers each request with.
@@ -37,6 +39,22 @@ impl AdminServer {
         Self::start_with(
             addr,
             Arc::new(|req| Box::pin(async move { metrics_only(req) })),
+        )
+        .await
+    }
+
+    /// A service's listener on `addr`: `GET /metrics`, and `GET /readyz`, which fails (503)
+    /// when the process's mTLS certificate `tls` has expired and names its expiry when near.
+    pub async fn start_service(addr: SocketAddr, tls: Option<MeshTls>) -> anyhow::Result<Self> {
+        Self::start_with(
+            addr,
+            Arc::new(move |req| {
+                let answer = match req.uri().path() {
+                    "/readyz" => readiness(tls.as_ref()),
+                    _ => metrics_only(req),
+                };
+                Box::pin(async move { answer })
+            }),
         )
         .await
     }
@@ -110,6 +128,36 @@ pub fn plain_answer(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// The certificate's part of readiness: `None` when ready (mTLS off, or the certificate not
+/// expired), with a line to report either way.
+pub fn certificate_readiness(tls: Option<&MeshTls>) -> (bool, String) {
+    let Some(tls) = tls else {
+        return (true, "mTLS off\n".into());
+    };
+    match tls.expiry() {
+        Expiry::Fine { secs } => (true, format!("certificate: expires in {secs} s\n")),
+        Expiry::Near { secs } => (
+            true,
+            format!("certificate: expires soon, in {secs} s: run `weft certs --rotate`\n"),
+        ),
+        Expiry::Expired => (
+            false,
+            "certificate: expired: run `weft certs --rotate`\n".into(),
+        ),
+    }
+}
+
+fn readiness(tls: Option<&MeshTls>) -> Response<Full<Bytes>> {
+    let (ready, line) = certificate_readiness(tls);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = format!("{}\n{line}", if ready { "ready" } else { "not ready" });
+    plain_answer(status, "text/plain; charset=utf-8", Bytes::from(body))
 }
 
 fn metrics_only<B>(req: Request<B>) -> Response<Full<Bytes>> {

@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod callers;
 pub mod db;
 pub mod fault;
 pub mod jwt_crypto;
+pub mod listener;
 pub mod ratelimit;
 pub mod server;
 pub mod shed;

@@ -27,8 +27,11 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower_service::Service;
 
+use weft_tls::MeshTls;
+
 use crate::{
     auth::{AuthLayer, JwtVerifier, KeySource},
+    callers::{CallerLayer, CallerRules},
     config::{MeshConfig, process_name},
     db::Database,
     deadline::ServerDeadlineLayer,
@@ -61,13 +64,15 @@ where
     F: Future<Output = anyhow::Result<Started<S>>>,
 {
     let own = config.service(name)?;
+    check_callers(&config, S::NAME)?;
+    let tls = start_tls(&config, name)?;
     let addr = own.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // `/metrics` on the admin port, from start to exit (stopped when dropped).
-    let admin = crate::admin::AdminServer::start(own.admin_listen).await?;
+    let admin = crate::admin::AdminServer::start_service(own.admin_listen, tls.clone()).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -95,23 +100,34 @@ where
         .layer(FaultLayer::new(crate::reload::policy(&config, |config| {
             config.faults.clone()
         })))
+        .layer(CallerLayer::new(crate::reload::policy(&config, |config| {
+            CallerRules::from(config)
+        })))
         .layer(AuthLayer::new(verifier));
     let slot = Arc::new(OnceLock::new());
     let stack = stack.layer(DirectLayer {
         gate: Gate { slot: slot.clone() },
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let router = Server::builder()
         .layer(stack)
         .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            // Small unary answers must not wait for Nagle's algorithm.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .add_service(reflection);
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::listener::incoming(listener, tls.clone()),
+                stopped,
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                // Small unary answers must not wait for Nagle's algorithm.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            )),
+        };
     let mut server = tokio::spawn(server);
     tracing::info!(
         service = %process,
@@ -167,6 +183,52 @@ where
         database.close().await;
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the process `name`'s mTLS certificate (`[mtls]`), makes it the one its mesh clients
+/// present, and starts its reload from disk; `None`, with a warning, when mTLS is off. The
+/// error names the missing file and says to run `weft certs` or to opt out.
+pub fn start_tls(config: &MeshConfig, name: &str) -> anyhow::Result<Option<MeshTls>> {
+    if !config.mtls.is_on() {
+        tracing::warn!(
+            "mTLS is off ([mtls] mode = \"off\"): the mesh's gRPC traffic is plain text and \
+             [callers] is not enforced; only for a network trusted as a whole"
+        );
+        return Ok(None);
+    }
+    let tls = MeshTls::load(&config.mtls, name)
+        .with_context(|| format!("mTLS is on ([mtls]), but {name} has no usable certificate"))?;
+    weft_tls::install(tls.clone());
+    tls.spawn_reload();
+    let sampled = tls.clone();
+    crate::metrics::registry().observe_gauge(
+        "weft_mesh_certificate_expiry_seconds",
+        ("identity", name.to_owned()),
+        move || sampled.seconds_to_expiry() as f64,
+    );
+    tracing::info!(identity = %tls.identity(), serial = %tls.serial(), "mTLS on");
+    Ok(Some(tls))
+}
+
+/// Checks that each `[callers]` entry for a method of `grpc_service` names a method the
+/// contract describes: a misspelt method would otherwise leave the real one unguarded.
+fn check_callers(config: &MeshConfig, grpc_service: &str) -> anyhow::Result<()> {
+    let contract = crate::contract::current();
+    for pattern in config.callers.keys() {
+        let Some((service, method)) = pattern.split_once('/') else {
+            continue;
+        };
+        if service == grpc_service
+            && method != "*"
+            && contract.access(&format!("/{pattern}")).is_none()
+        {
+            anyhow::bail!(
+                "invalid configuration: key `callers.\"{pattern}\"`: {grpc_service} has no \
+                 method {method} in its contract"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -312,6 +312,8 @@ mod tests {
             ..UpstreamConfig::with_endpoint(endpoint)
         };
         config.upstreams.insert("user".into(), upstream);
+        // The fake weft-user below is an in-process plain-text server: an explicit opt-out.
+        config.mtls.mode = weft_mesh::config::MtlsMode::Off;
         UserServiceClient::new(weft_mesh::client::channel(&config, "user").unwrap())
     }
 
