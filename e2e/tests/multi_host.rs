@@ -1,11 +1,14 @@
 //! Weft on several hosts: network namespaces on this machine stand for a gateway host, an auth
 //! host, two user-service hosts and two order-service hosts, joined by a bridge, each service
-//! bound to its own host's address, all on one PostgreSQL (reached through the bridge). Orders
-//! flow through the gateway while one order host is cut off (its link down: packets vanish,
-//! nothing is reset) and then restored:
+//! bound to its own host's address with its own mTLS certificate (the second replica of a
+//! service has a key pair of its own, same identity), all on one PostgreSQL (reached through the
+//! bridge). Orders flow through the gateway while one order host is cut off (its link down:
+//! packets vanish, nothing is reset), then restored, then while every certificate is rotated
+//! (`weft certs --rotate`, picked up without a restart):
 //!
 //! - every order answered OK exists exactly once, and the stock never goes negative (stock
 //!   left + units in confirmed orders = stock created);
+//! - every process reloads its rotated certificate, and no order fails meanwhile;
 //! - the gateway keeps answering while the host is down, with few errors (counted per phase
 //!   and printed);
 //! - both order hosts serve orders, and the restored host serves again (each host's own
@@ -46,7 +49,8 @@ const WORKERS: usize = 6;
 const BEFORE: u8 = 0;
 const CUT: u8 = 1;
 const RESTORED: u8 = 2;
-const STOPPED: u8 = 3;
+const ROTATED: u8 = 3;
+const STOPPED: u8 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
@@ -83,6 +87,17 @@ async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
         .map(|db| via(db.url(), bridge_postgres));
     let config = dir.as_path().join("weft.toml");
     std::fs::write(&config, mesh_config(&net, &auth_db, &user_db, &order_db)).unwrap();
+    // The CA and the first replicas' certificates, then the second replicas' own key pairs
+    // (same CA, same identities: `--rotate` issues with the existing CA) in a folder of their own.
+    weft_certs(&config, dir.as_path(), &[]).await;
+    let second = dir.as_path().join("second.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &second,
+        text.replace("cert_dir = \"certs\"", "cert_dir = \"certs-2\""),
+    )
+    .unwrap();
+    weft_certs(&second, dir.as_path(), &["--rotate"]).await;
 
     // Each process on its host; the second instance of a service takes its host's address.
     let mut children = Vec::new();
@@ -95,9 +110,10 @@ async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
         ("gateway", "weft-gateway", "gateway"),
     ] {
         children.push(start(&net, dir.as_path(), &config, host, program, service));
+        // The admin listeners' readiness (the services' gRPC port takes mTLS clients only).
         let ready = match service {
             "gateway" => format!("http://{}:9100/readyz", net.addr(host)),
-            _ => port_of(&net, host, service).to_string(),
+            _ => format!("http://{}/readyz", admin_of(&net, host, service)),
         };
         wait_healthy(&ready, dir.as_path(), host).await;
     }
@@ -105,6 +121,7 @@ async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
     let gateway = Gateway {
         addr: SocketAddr::from((net.addr("gateway"), 8080)),
     };
+    wait_for_products(&gateway).await;
     let admin = admin_token(&gateway, &config, dir.as_path()).await;
     let buyer = gateway
         .post("/v1/auth/register")
@@ -150,7 +167,12 @@ async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
     net.restore("order2").expect("restore order2");
     phase.store(RESTORED, Ordering::SeqCst);
     let order2_restored = metrics("order2").await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every certificate re-issued under load; the processes poll their files every 500 ms.
+    weft_certs(&config, dir.as_path(), &["--rotate"]).await;
+    weft_certs(&second, dir.as_path(), &["--rotate"]).await;
+    phase.store(ROTATED, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
     phase.store(STOPPED, Ordering::SeqCst);
     let mut answers = Vec::new();
     for worker in workers {
@@ -161,7 +183,12 @@ async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
     // What the clients saw, per phase (tagged by when each order was sent).
     let mut ok_ids = HashSet::new();
     let mut breaches = Vec::new();
-    for (name, tag) in [("before", BEFORE), ("cut off", CUT), ("restored", RESTORED)] {
+    for (name, tag) in [
+        ("before", BEFORE),
+        ("cut off", CUT),
+        ("restored", RESTORED),
+        ("certificates rotated", ROTATED),
+    ] {
         let of_phase: Vec<&Answer> = answers.iter().filter(|a| a.phase == tag).collect();
         let failed: Vec<&str> = of_phase
             .iter()
@@ -206,6 +233,14 @@ async fn orders_keep_flowing_while_an_order_host_is_cut_off_and_restored() {
         "the restored order host served no order ({order2_restored} -> {order2_end})"
     );
 
+    for (host, _) in &children {
+        let log = std::fs::read_to_string(dir.join(format!("{host}.log"))).unwrap_or_default();
+        assert!(
+            log.contains("mTLS certificate reloaded"),
+            "{host} did not reload its rotated certificate (logs: {})",
+            dir.display()
+        );
+    }
     check_database(databases[2].url(), &product, &ok_ids).await;
     for (host, mut child) in children {
         if let Ok(Some(status)) = child.try_wait() {
@@ -278,6 +313,9 @@ fn start(
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .kill_on_drop(true);
+    if host.ends_with('2') {
+        command.env("WEFT_MTLS__CERT_DIR", "certs-2");
+    }
     if service != "gateway" {
         let key = service.to_uppercase();
         command
@@ -294,6 +332,37 @@ fn start(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program} on {host}: {e}"));
     (host.to_owned(), child)
+}
+
+/// Waits until the gateway answers a listing through to weft-order (every service has finished
+/// starting: the gateway's readiness only says an endpoint of each upstream answers).
+async fn wait_for_products(gateway: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway.get("/v1/products").send().await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never listed products"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `weft certs --config <config> <args>` (the mesh's CA and certificates, `[mtls]`).
+async fn weft_certs(config: &Path, dir: &Path, args: &[&str]) {
+    let output = tokio::process::Command::new(binary("weft"))
+        .arg("certs")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .await
+        .expect("weft certs");
+    assert!(
+        output.status.success(),
+        "weft certs {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Waits until `weft health <target>` says it serves.
@@ -393,6 +462,14 @@ fn mesh_config(net: &Network, auth_db: &str, user_db: &str, order_db: &str) -> S
     let outlier = "consecutive_failures = 2\nejection_ms = 500\nmax_ejection_ms = 2000\n";
     format!(
         r#"environment = "test"
+
+# Every process with its own certificate; files checked for changes every 500 ms.
+[mtls]
+mode = "on"
+ca_file = "certs/ca.pem"
+ca_key_file = "certs/ca.key"
+cert_dir = "certs"
+reload_interval_ms = 500
 
 [telemetry]
 log_format = "json"
