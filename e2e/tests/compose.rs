@@ -542,4 +542,66 @@ fn kubernetes_manifests_agree_with_their_mesh_config() {
         ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["name"],
         "http"
     );
+
+    // Production runs mTLS: each process, with the environment its Deployment sets, loads a
+    // config whose certificate files are the items its Secret mounts.
+    let names = config
+        .services
+        .keys()
+        .map(String::as_str)
+        .chain(["gateway"]);
+    for name in names.collect::<Vec<_>>() {
+        let deployment = resource(&documents, "Deployment", &process_name(name));
+        let pod = &deployment["spec"]["template"]["spec"];
+        let env: Vec<(String, String)> = pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_owned(),
+                    e["value"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        let loaded = MeshConfig::load_from(Some(&path), env)
+            .unwrap_or_else(|e| panic!("{name}'s production config does not load: {e}"));
+        assert_eq!(loaded.mtls.mode, weft_mesh::config::MtlsMode::On, "{name}");
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "mtls")
+            .unwrap_or_else(|| panic!("{name} mounts no certificate"));
+        assert_eq!(mount["mountPath"], loaded.mtls.cert_dir.as_str(), "{name}");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "mtls")
+            .unwrap();
+        assert_eq!(volume["secret"]["secretName"], format!("weft-mtls-{name}"));
+        let items: Vec<String> = volume["secret"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                format!(
+                    "{}/{}",
+                    loaded.mtls.cert_dir,
+                    item["path"].as_str().unwrap()
+                )
+            })
+            .collect();
+        for file in [
+            loaded.mtls.ca_file.clone(),
+            format!("{}/{name}.pem", loaded.mtls.cert_dir),
+            format!("{}/{name}.key", loaded.mtls.cert_dir),
+        ] {
+            assert!(
+                items.contains(&file),
+                "{name}: {file} is not mounted ({items:?})"
+            );
+        }
+    }
 }

@@ -1,10 +1,18 @@
 //! The admin HTTP listener beside a process's API listener, for operations tools rather than
 //! clients: the services' `GET /metrics` (the Prometheus text of the process's metrics
-//! registry, started by [`crate::server::serve`]), or what the gateway hands it
+//! registry) and `GET /readyz` (started by [`crate::server::serve`]), or what the gateway hands it
 //! ([`AdminServer::start_with`]: its metrics and readiness).
 
 use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -44,13 +52,19 @@ impl AdminServer {
     }
 
     /// A service's listener on `addr`: `GET /metrics`, and `GET /readyz`, which fails (503)
-    /// when the process's mTLS certificate `tls` has expired and names its expiry when near.
-    pub async fn start_service(addr: SocketAddr, tls: Option<MeshTls>) -> anyhow::Result<Self> {
+    /// while the service does not serve (`serving`: still initialising, or draining) and when
+    /// the process's mTLS certificate `tls` has expired, and names the certificate's expiry.
+    /// What a gRPC health check says, for probes that cannot present a client certificate.
+    pub async fn start_service(
+        addr: SocketAddr,
+        tls: Option<MeshTls>,
+        serving: Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
         Self::start_with(
             addr,
             Arc::new(move |req| {
                 let answer = match req.uri().path() {
-                    "/readyz" => readiness(tls.as_ref()),
+                    "/readyz" => readiness(serving.load(Ordering::Acquire), tls.as_ref()),
                     _ => metrics_only(req),
                 };
                 Box::pin(async move { answer })
@@ -149,14 +163,23 @@ pub fn certificate_readiness(tls: Option<&MeshTls>) -> (bool, String) {
     }
 }
 
-fn readiness(tls: Option<&MeshTls>) -> Response<Full<Bytes>> {
-    let (ready, line) = certificate_readiness(tls);
+fn readiness(serving: bool, tls: Option<&MeshTls>) -> Response<Full<Bytes>> {
+    let (certificate_ok, line) = certificate_readiness(tls);
+    let ready = serving && certificate_ok;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = format!("{}\n{line}", if ready { "ready" } else { "not ready" });
+    let state = if serving {
+        "serving"
+    } else {
+        "not serving (starting or draining)"
+    };
+    let body = format!(
+        "{}\n{state}\n{line}",
+        if ready { "ready" } else { "not ready" }
+    );
     plain_answer(status, "text/plain; charset=utf-8", Bytes::from(body))
 }
 

@@ -16,7 +16,10 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -72,7 +75,11 @@ where
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // `/metrics` on the admin port, from start to exit (stopped when dropped).
-    let admin = crate::admin::AdminServer::start_service(own.admin_listen, tls.clone()).await?;
+    // `/readyz` on the admin port follows the health service: not serving until `init` is done.
+    let serving = Arc::new(AtomicBool::new(false));
+    let admin =
+        crate::admin::AdminServer::start_service(own.admin_listen, tls.clone(), serving.clone())
+            .await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -153,6 +160,7 @@ where
     }
     health.set_serving::<S>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    serving.store(true, Ordering::Release);
     tracing::info!(service = %process, addr = %local, "serving");
 
     tokio::select! {
@@ -163,6 +171,7 @@ where
         }
     }
     tracing::info!("shutting down: draining in-flight calls");
+    serving.store(false, Ordering::Release);
     health.set_not_serving::<S>().await;
     health
         .set_service_status("", ServingStatus::NotServing)
