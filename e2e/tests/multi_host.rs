@@ -594,7 +594,16 @@ async fn check_database(url: &str, product: &str, ok_ids: &HashSet<String>) {
         STOCK,
         "stock {stock} + units ordered {taken}"
     );
-    // One order per answered key (a retried call found its first attempt's order).
+    // One order per key: a call retried on the other host found its first attempt's order.
+    let (twice,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM (SELECT user_id, idempotency_key FROM orders \
+         WHERE idempotency_key IS NOT NULL GROUP BY user_id, idempotency_key \
+         HAVING COUNT(*) > 1) AS doubled",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "an idempotency key placed two orders");
     assert!(stored.len() >= ok_ids.len());
     eprintln!(
         "database: {} orders stored for {} answered OK; stock {stock} + {taken} ordered = {STOCK}",

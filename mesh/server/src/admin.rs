@@ -215,6 +215,14 @@ fn metrics_only<B>(req: Request<B>) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn readiness_follows_the_serving_state() {
+        let starting = readiness(false, None);
+        assert_eq!(starting.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let serving = readiness(true, None);
+        assert_eq!(serving.status(), StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn the_admin_listener_serves_metrics() {
         let admin = AdminServer::start("127.0.0.1:0".parse().unwrap())
