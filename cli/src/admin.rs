@@ -114,7 +114,7 @@ fn grant(target: &Deployment, email: &str, role: RoleArg) -> anyhow::Result<Stri
         &[
             OsStr::new("grant-role"),
             OsStr::new("--config"),
-            target.config.as_os_str(),
+            target.mesh.config.as_os_str(),
             OsStr::new("--email"),
             OsStr::new(email),
             OsStr::new("--role"),
@@ -126,7 +126,7 @@ fn grant(target: &Deployment, email: &str, role: RoleArg) -> anyhow::Result<Stri
 fn create(args: CreateArgs) -> anyhow::Result<()> {
     // Fail before registering anything when the grant could not follow.
     args.target.bin_dir.binary("weft-user")?;
-    let config = MeshConfig::load(Some(&args.target.config))?;
+    let config = MeshConfig::load(Some(&args.target.mesh.config))?;
     let (password, generated) = match &args.password_file {
         Some(path) => (read_password(path)?, false),
         None => (uuid::Uuid::new_v4().simple().to_string(), true),
@@ -172,7 +172,7 @@ async fn register(config: &MeshConfig, args: &CreateArgs, password: &str) -> any
     let (upstream_name, upstream) = config.upstream_serving(service).with_context(|| {
         format!(
             "{} has no upstream serving {service}",
-            args.target.config.display()
+            args.target.mesh.config.display()
         )
     })?;
     let endpoint = upstream

@@ -35,13 +35,8 @@ use weft_mesh::{
 #[derive(Debug, clap::Args)]
 pub struct CertsArgs {
     /// The mesh-config file: `[mtls]` says where the files go, `[services]` who gets one.
-    #[arg(
-        long,
-        env = weft_mesh::config::CONFIG_ENV,
-        value_name = "FILE",
-        default_value = "mesh-config/local.toml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub mesh: crate::tool::MeshConfigFile,
     /// Issue every process's certificate again with the existing CA (rotation).
     #[arg(long, conflicts_with = "force")]
     pub rotate: bool,
@@ -65,7 +60,7 @@ pub enum Mode {
 
 /// Runs `weft certs`; prints what it wrote.
 pub fn run(args: CertsArgs) -> anyhow::Result<()> {
-    let config = MeshConfig::load(Some(&args.config))?;
+    let config = MeshConfig::load(Some(&args.mesh.config))?;
     let mode = match (args.rotate, args.force) {
         (true, _) => Mode::Rotate,
         (_, true) => Mode::Force,

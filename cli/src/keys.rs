@@ -39,7 +39,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                 &[
                     OsStr::new("rotate-key"),
                     OsStr::new("--config"),
-                    args.config.as_os_str(),
+                    args.mesh.config.as_os_str(),
                 ],
             )?;
             print!("{out}");

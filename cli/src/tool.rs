@@ -14,7 +14,16 @@ use anyhow::{Context as _, bail};
 /// The deployment a `weft` operator command acts on: its mesh-config and the service binaries.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Deployment {
-    /// The mesh-config file (the services' addresses and databases).
+    #[command(flatten)]
+    pub mesh: MeshConfigFile,
+    #[command(flatten)]
+    pub bin_dir: BinDir,
+}
+
+/// The mesh-config file a `weft` command reads: `--config`, `WEFT_CONFIG`, or the local one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MeshConfigFile {
+    /// The mesh-config file (the services' addresses and databases, `[mtls]`).
     #[arg(
         long,
         env = weft_mesh::config::CONFIG_ENV,
@@ -22,8 +31,6 @@ pub struct Deployment {
         default_value = "mesh-config/local.toml"
     )]
     pub config: PathBuf,
-    #[command(flatten)]
-    pub bin_dir: BinDir,
 }
 
 /// Where the service binaries are: `--bin-dir` when given, else the folder of this `weft`

@@ -92,7 +92,7 @@ enum Wait {
 
 /// Runs `weft up` until the mesh is stopped; `Err` when it cannot start.
 pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
-    let config_file = &args.deployment.config;
+    let config_file = &args.deployment.mesh.config;
     if !config_file.exists() {
         bail!(
             "{} not found: run `weft up` from the root of the Weft repository, or name a \
@@ -724,7 +724,10 @@ mod tests {
             panic!("`weft up` parses as Command::Up");
         };
         if std::env::var_os(weft_mesh::config::CONFIG_ENV).is_none() {
-            assert_eq!(args.deployment.config, Path::new("mesh-config/local.toml"));
+            assert_eq!(
+                args.deployment.mesh.config,
+                Path::new("mesh-config/local.toml")
+            );
         }
         assert!(!args.restart);
         assert_eq!(args.start_timeout, 60);
@@ -741,7 +744,7 @@ mod tests {
         let crate::Command::Up(args) = cli.command else {
             panic!("`weft up` parses as Command::Up");
         };
-        assert_eq!(args.deployment.config, Path::new("x.toml"));
+        assert_eq!(args.deployment.mesh.config, Path::new("x.toml"));
         assert!(args.restart);
         assert_eq!(
             args.deployment.bin_dir.bin_dir.as_deref(),

@@ -104,6 +104,11 @@ pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str
         listen.insert("gateway".into(), section.into());
         merge(&mut root, listen);
     }
+    with_extra(root, extra)
+}
+
+/// `root` with the test's own TOML `extra` merged over it, as text.
+fn with_extra(mut root: toml::Table, extra: &str) -> String {
     if !extra.trim().is_empty() {
         let extra: toml::Table = extra
             .parse()
@@ -116,7 +121,7 @@ pub fn generate(services: &[Placement], gateway: Option<SocketAddr>, extra: &str
 /// `extra` with `[mtls]` turned on under `dir` (the CA and certificates `issue_certificates`
 /// writes there), reloaded every 200 ms; the test's own `[mtls]` keys win.
 pub fn mtls_toml(dir: &std::path::Path, extra: &str) -> String {
-    let mut root: toml::Table = format!(
+    let root: toml::Table = format!(
         "[mtls]\nmode = \"on\"\nca_file = {:?}\nca_key_file = {:?}\ncert_dir = {:?}\n\
          reload_interval_ms = 200\n",
         dir.join("ca.pem").display().to_string(),
@@ -125,13 +130,7 @@ pub fn mtls_toml(dir: &std::path::Path, extra: &str) -> String {
     )
     .parse()
     .expect("valid TOML");
-    if !extra.trim().is_empty() {
-        let extra: toml::Table = extra
-            .parse()
-            .unwrap_or_else(|e| panic!("MeshOptions::toml is not valid TOML: {e}"));
-        merge(&mut root, extra);
-    }
-    toml::to_string(&root).expect("a TOML table serialises")
+    with_extra(root, extra)
 }
 
 /// Writes a new CA and a certificate for each of `names` where `mtls` says (what `weft certs`
