@@ -1,11 +1,13 @@
 //! The mTLS listener of a gRPC server: accepts TCP connections, completes each one's handshake
 //! on its own task (bounded by `mtls.handshake_timeout_ms`, so a slow or silent client never
-//! holds up the accept loop), and hands tonic the connections whose client proved a mesh
-//! identity, with that [`PeerIdentity`] in every request's extensions.
+//! holds up the accept loop; at most `MAX_HANDSHAKES` at once), and hands tonic the connections
+//! whose client proved a mesh identity, with that [`PeerIdentity`] in every request's
+//! extensions.
 
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -14,13 +16,17 @@ use metrics::Recorder as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 use tonic::transport::server::Connected;
 use weft_tls::{MeshTls, PeerIdentity, ServerStream};
 
 /// Handshakes completed but not yet taken by the server.
 const BACKLOG: usize = 64;
+/// Handshakes under way at once. Beyond it the accept loop waits for one to end, leaving new
+/// connections in the kernel's backlog: a flood of connections that never finish their
+/// handshake holds at most this many tasks, each for at most the handshake timeout.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// One accepted mTLS connection.
 pub struct TlsConnection {
@@ -82,8 +88,12 @@ pub fn incoming(
         &metrics::Key::from_static_name("weft_mesh_tls_handshake_failures_total"),
         &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
     );
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return,
@@ -100,6 +110,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let (tls, tx, failures) = (tls.clone(), tx.clone(), failures.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 match tls.accept(tcp).await {
                     Ok((stream, peer)) => {
                         let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
