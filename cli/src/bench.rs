@@ -15,10 +15,14 @@
 //! [`bench_baseline`]: crate::bench_baseline
 //! [`bench_stats`]: crate::bench_stats
 
-use std::{fmt::Write as _, process::ExitCode, sync::Arc};
+use std::{fmt::Write as _, path::Path, process::ExitCode, sync::Arc};
 
 use http::{HeaderName, HeaderValue, header};
 use tokio::{net::TcpStream, sync::watch};
+use weft_mesh::{
+    MeshConfig,
+    mtls::{ClientTls, MeshTls},
+};
 
 use crate::{
     bench_args::{self, BenchArgs, Checked, LoadSpec, Target, UsageError},
@@ -210,6 +214,8 @@ impl Prepared {
             Self::Grpc(plan) => {
                 let mut plan = GrpcPlan::clone(plan);
                 plan.authority = authority.to_owned();
+                // The bare baseline speaks plain text.
+                plan.tls = None;
                 Self::Grpc(Arc::new(plan))
             }
         }
@@ -254,6 +260,10 @@ async fn prepare(args: &BenchArgs, checked: &Checked) -> Result<Prepared, BenchE
         bench_grpc::plan(&authority, method, json, extra.as_deref(), Vec::new())
             .map_err(UsageError::Grpc)?;
     }
+    let tls = match &args.mtls {
+        Some(service) => Some(mesh_tls(&args.mesh.config, service, &args.identity)?),
+        None => None,
+    };
     if let Err(e) = TcpStream::connect(&authority).await {
         return Err(BenchError::Failed(format!(
             "cannot connect to {authority}: {e}"
@@ -301,11 +311,47 @@ async fn prepare(args: &BenchArgs, checked: &Checked) -> Result<Prepared, BenchE
             })))
         }
         Target::Grpc { authority, method } => {
-            let plan = bench_grpc::plan(authority, method, json, extra.as_deref(), headers)
+            let mut plan = bench_grpc::plan(authority, method, json, extra.as_deref(), headers)
                 .map_err(UsageError::Grpc)?;
+            plan.tls = tls;
             Ok(Prepared::Grpc(Arc::new(plan)))
         }
     }
+}
+
+/// `--mtls SERVICE`: the certificate of `identity` from the mesh-config's `[mtls]`, expecting
+/// SERVICE's identity from the server.
+fn mesh_tls(file: &Path, service: &str, identity: &str) -> Result<ClientTls, BenchError> {
+    let config = MeshConfig::load(Some(file))
+        .map_err(|e| BenchError::Failed(format!("--mtls: {}: {e}", file.display())))?;
+    if !config.mtls.is_on() {
+        return Err(UsageError::Grpc(format!(
+            "--mtls: {} turns mTLS off ([mtls] mode = \"off\"): leave --mtls out",
+            file.display()
+        ))
+        .into());
+    }
+    let names = config.identities();
+    for name in [service, identity] {
+        if !names.iter().any(|n| n == name) {
+            return Err(UsageError::Grpc(format!(
+                "--mtls: {name:?} is not an identity of {} (it has {})",
+                file.display(),
+                names.join(", ")
+            ))
+            .into());
+        }
+    }
+    let own = MeshTls::load(&config.mtls, identity).map_err(|e| {
+        BenchError::Failed(format!(
+            "--mtls: no certificate for {identity}: {e} (`weft certs --config {}` makes them)",
+            file.display()
+        ))
+    })?;
+    Ok(ClientTls {
+        server: service.to_owned(),
+        own: Some(own),
+    })
 }
 
 /// Runs one phase with its progress line, labelled `label`.

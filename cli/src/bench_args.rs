@@ -82,6 +82,18 @@ pub struct BenchArgs {
     /// Print the summary as one JSON object on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Speak the mesh's mTLS to the process SERVICE (its mesh-config name, e.g. `order`), with
+    /// the `[mtls]` files of --config (grpc:// targets only: a mesh runs mTLS unless its
+    /// mesh-config opts out).
+    #[arg(long, value_name = "SERVICE")]
+    pub mtls: Option<String>,
+    /// With --mtls, the identity presented, whose certificate and key are in `[mtls]`'s
+    /// `cert_dir`: `weft` (the operator tools') or a process's, when `[callers]` lets only
+    /// that process call the method (e.g. `gateway` for a service's public methods).
+    #[arg(long, value_name = "NAME", default_value = weft_mesh::config::OPERATOR_IDENTITY, requires = "mtls")]
+    pub identity: String,
+    #[command(flatten)]
+    pub mesh: crate::tool::MeshConfigFile,
 }
 
 /// How requests pick their id among the ids.
@@ -97,7 +109,7 @@ pub enum IdOrder {
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error(
-        "unsupported URL {0:?}: use http://HOST:PORT/PATH or grpc://HOST:PORT (https and TLS are not supported)"
+        "unsupported URL {0:?}: use http://HOST:PORT/PATH or grpc://HOST:PORT (https is not supported; for the mesh's mTLS add --mtls SERVICE to a grpc:// URL)"
     )]
     Scheme(String),
     #[error("URL {0:?} has no host")]
@@ -122,6 +134,8 @@ pub enum UsageError {
     MethodForHttp(String),
     #[error("{0} works with http:// targets only")]
     HttpOnly(&'static str),
+    #[error("{0} works with grpc:// targets only")]
+    GrpcOnly(&'static str),
     #[error("{0}")]
     Grpc(String),
 }
@@ -232,6 +246,9 @@ pub fn check(args: &BenchArgs) -> Result<Checked, UsageError> {
         Target::Http { path, .. } => {
             if path.contains("{id}") && args.ids_from.is_none() && args.ids.is_empty() {
                 return Err(UsageError::NoIdSource);
+            }
+            if args.mtls.is_some() {
+                return Err(UsageError::GrpcOnly("--mtls"));
             }
         }
         Target::Grpc { .. } => {

@@ -11,6 +11,7 @@ use http::{HeaderValue, Request};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tokio::{net::TcpStream, sync::Mutex};
+use weft_mesh::mtls::ClientTls;
 
 use crate::bench_stats::Outcome;
 
@@ -27,6 +28,8 @@ pub struct GrpcPlan {
     template: Option<(String, MessageDescriptor)>,
     /// `authorization` and `-H` metadata.
     pub metadata: Vec<(http::HeaderName, HeaderValue)>,
+    /// The mesh's mTLS (`--mtls`); `None`: plain-text HTTP/2.
+    pub tls: Option<ClientTls>,
 }
 
 /// Finds `package.Service/Method` in Weft's descriptor set (plus `extra`, a
@@ -73,6 +76,7 @@ pub fn plan(
         fixed,
         template,
         metadata,
+        tls: None,
     })
 }
 
@@ -125,12 +129,12 @@ impl GrpcConnection {
         })
     }
 
-    async fn sender(&self, authority: &str) -> Result<SendRequest<Bytes>, String> {
+    async fn sender(&self, plan: &GrpcPlan) -> Result<SendRequest<Bytes>, String> {
         let mut slot = self.sender.lock().await;
         if let Some(sender) = slot.as_ref() {
             return Ok(sender.clone());
         }
-        let sender = connect(authority).await?;
+        let sender = connect(&plan.authority, plan.tls.as_ref()).await?;
         *slot = Some(sender.clone());
         Ok(sender)
     }
@@ -140,8 +144,11 @@ impl GrpcConnection {
     }
 }
 
-/// Opens one HTTP/2 (h2c) connection.
-pub async fn connect(authority: &str) -> Result<SendRequest<Bytes>, String> {
+/// Opens one HTTP/2 connection: over the mesh's mTLS with `tls`, else in plain text (h2c).
+pub async fn connect(
+    authority: &str,
+    tls: Option<&ClientTls>,
+) -> Result<SendRequest<Bytes>, String> {
     let stream = TcpStream::connect(authority).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {
             "connect: connection refused".to_owned()
@@ -150,9 +157,27 @@ pub async fn connect(authority: &str) -> Result<SendRequest<Bytes>, String> {
         }
     })?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = h2::client::handshake(stream)
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    match tls {
+        Some(tls) => {
+            let stream = tls
+                .connect(stream)
+                .await
+                .map_err(|e| format!("mTLS: {e}"))?;
+            handshake(stream).await
+        }
+        None => handshake(stream).await,
+    }
+}
+
+/// The HTTP/2 handshake on `io`; the connection is driven by a task of its own.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Bytes>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::handshake(io).await.map_err(|e| {
+        // A server that wants mTLS closes a plain-text connection at once.
+        format!("HTTP/2 handshake: {e} (if the server speaks the mesh's mTLS, add --mtls SERVICE)")
+    })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -174,21 +199,29 @@ impl GrpcWorker {
 
     /// One unary call.
     pub async fn call(&mut self) -> Outcome {
-        match self.try_call().await {
-            Ok(outcome) => outcome,
-            Err(CallError::Stream(e)) => Outcome::Transport(e),
+        let e = match self.try_call().await {
+            Ok(outcome) => return outcome,
+            Err(CallError::Stream(e)) => e,
             Err(CallError::Connection(e)) => {
                 self.connection.broken().await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                Outcome::Transport(e)
+                e
             }
+        };
+        // A TLS server answers the plain-text preface with an alert record, which reads as an
+        // oversized frame.
+        if self.plan.tls.is_none() && e.ends_with("FRAME_SIZE_ERROR") {
+            return Outcome::Transport(format!(
+                "{e} (a TLS server? for the mesh's mTLS add --mtls SERVICE)"
+            ));
         }
+        Outcome::Transport(e)
     }
 
     async fn try_call(&mut self) -> Result<Outcome, CallError> {
         let sender = self
             .connection
-            .sender(&self.plan.authority)
+            .sender(&self.plan)
             .await
             .map_err(CallError::Connection)?;
         let mut sender = sender
@@ -276,7 +309,7 @@ fn h2_error(e: &h2::Error) -> String {
 
 /// One call outside the load, for `--baseline`: the answer's message bytes (unframed).
 pub async fn probe(plan: &GrpcPlan) -> Result<Bytes, String> {
-    let mut sender = connect(&plan.authority)
+    let mut sender = connect(&plan.authority, plan.tls.as_ref())
         .await?
         .ready()
         .await

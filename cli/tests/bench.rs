@@ -322,6 +322,7 @@ async fn grpc_calls_are_counted_and_statuses_read_from_trailers() {
 
 #[test]
 fn grpc_usage_errors_exit_2() {
+    let local = concat!(env!("CARGO_MANIFEST_DIR"), "/../mesh-config/local.toml");
     let cases: &[(&[&str], &str)] = &[
         (
             &["grpc://127.0.0.1:1", "weft.order.v1.Nope/GetProduct"],
@@ -349,6 +350,30 @@ fn grpc_usage_errors_exit_2() {
             ],
             "--descriptor-set",
         ),
+        (
+            &[
+                "grpc://127.0.0.1:1",
+                "weft.order.v1.OrderService/GetProduct",
+                "--mtls",
+                "nosuch",
+                "--config",
+                local,
+            ],
+            "\"nosuch\" is not an identity",
+        ),
+        (
+            &["http://127.0.0.1:1/v1/products", "--mtls", "order"],
+            "--mtls works with grpc:// targets only",
+        ),
+        (
+            &[
+                "grpc://127.0.0.1:1",
+                "weft.order.v1.OrderService/GetProduct",
+                "--identity",
+                "gateway",
+            ],
+            "--mtls",
+        ),
     ];
     assert_usage_errors(cases);
 }
@@ -367,4 +392,95 @@ fn assert_usage_errors(cases: &[(&[&str], &str)]) {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// A mesh-config whose `[mtls]` files are in `dir`, with the CA and every certificate made
+/// there (`weft certs`).
+fn mtls_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("mesh.toml");
+    let certs = dir.join("certs");
+    std::fs::write(
+        &file,
+        format!(
+            "[mtls]\nmode = \"on\"\nca_file = \"{0}/ca.pem\"\nca_key_file = \"{0}/ca.key\"\n\
+             cert_dir = \"{0}\"\n\n\
+             [services.order]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\n\
+             [services.user]\nlisten = \"127.0.0.1:3\"\nadmin_listen = \"127.0.0.1:4\"\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    let cli = Cli::try_parse_from(["weft", "certs", "--config", file.to_str().unwrap()]).unwrap();
+    let Command::Certs(args) = cli.command else {
+        panic!("not a certs command line")
+    };
+    weft::certs::run(args).expect("weft certs makes the CA and the certificates");
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_the_mesh_mtls_with_an_identity() {
+    let dir = std::env::temp_dir().join(format!("weft-bench-mtls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = mtls_config(&dir);
+    let config = weft_mesh::MeshConfig::load(Some(&file)).unwrap();
+    // A health server that presents the order service's certificate and asks for a client's.
+    let tls = weft_mesh::mtls::MeshTls::load(&config.mtls, "order").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(CountingHealth(count.clone())))
+            .serve_with_incoming(weft_mesh::listener::incoming(listener, tls)),
+    );
+    let fds = dir.join("health.fds");
+    std::fs::write(&fds, tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let url = format!("grpc://{addr}");
+    let common = [
+        url.as_str(),
+        "grpc.health.v1.Health/Check",
+        "--descriptor-set",
+        fds.to_str().unwrap(),
+        "--config",
+        file.to_str().unwrap(),
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        common
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
+    };
+
+    let report = bench(&with(&[
+        "--mtls",
+        "order",
+        "--identity",
+        "gateway",
+        "-n",
+        "100",
+    ]))
+    .await;
+    assert_eq!(report.summary.requests, 100);
+    assert_eq!(report.summary.errors, 0, "{report:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 100);
+
+    // In plain text the server answers nothing, and the error says what to add.
+    let report = bench(&with(&["-n", "5"])).await;
+    assert_eq!(report.summary.errors, 5, "{report:?}");
+    assert!(
+        report
+            .summary
+            .errors_by_kind
+            .keys()
+            .all(|kind| kind.contains("--mtls SERVICE")),
+        "{report:?}"
+    );
+    // Expecting another service's certificate: the handshake fails, nothing reaches the server.
+    let report = bench(&with(&["--mtls", "user", "-n", "5"])).await;
+    assert_eq!(report.summary.errors, 5, "{report:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 100);
+    let _ = std::fs::remove_dir_all(&dir);
 }
