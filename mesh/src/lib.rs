@@ -7,6 +7,7 @@
 //! - [`contract`]: what the process's descriptor sets say of each method (access, retry
 //!   safety, the token key method);
 //! - [`server`]: the gRPC server with health, reflection, graceful drain and the server stack;
+//!   [`unary`]: its path for unary calls without tonic's streaming codec;
 //! - [`client`]: lazily connecting channels to upstreams with the client stack;
 //! - [`propagate`]: request id, credentials and trace context from inbound to outbound calls;
 //! - [`auth`]: JWT verification against the auth service's JWKS, and access control;
@@ -42,7 +43,7 @@ pub use weft_client::{balance, breaker, client, connection, deadline, retry};
 pub use weft_core::{config, contract, grpc, live, policy, reload};
 pub use weft_observe::{metrics, propagate, telemetry, trace_mode};
 pub use weft_server::{
-    admin, auth, callers, db, fault, jwt_crypto, listener, ratelimit, server, shed,
+    admin, auth, callers, db, fault, jwt_crypto, listener, ratelimit, server, shed, unary,
 };
 /// mTLS: identities, the CA and certificates, reloading rustls configs (`weft-tls`).
 pub use weft_tls as mtls;

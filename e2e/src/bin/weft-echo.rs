@@ -33,6 +33,8 @@ fn main() -> ExitCode {
             let init = async {
                 Ok(Started {
                     service: EchoServiceServer::new(Echo),
+                    // Served by tonic's codec alone: a service need not list its methods.
+                    unary: Default::default(),
                     database: None,
                 })
             };

@@ -97,8 +97,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let now = Instant::now();
-        // A hair early: tonic's own transport timer on the same `grpc-timeout` would answer
-        // CANCELLED "Timeout expired" instead of DEADLINE_EXCEEDED.
+        // A hair early: a server with its own transport timer on the same `grpc-timeout`
+        // (tonic's, which served the mesh until session 7) would answer CANCELLED "Timeout
+        // expired" instead of DEADLINE_EXCEEDED, and the caller's timer fires at the deadline.
         let deadline = req
             .extensions()
             .get::<CallContext>()

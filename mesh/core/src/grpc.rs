@@ -41,19 +41,13 @@ pub fn unary_request(
     message: &impl prost::Message,
     mut headers: HeaderMap,
 ) -> http::Request<Body> {
-    let len = message.encoded_len();
-    let mut frame = bytes::BytesMut::with_capacity(5 + len);
-    frame.extend_from_slice(&[0]);
-    // A message larger than 4 GiB cannot be framed; it would not have been sent either.
-    frame.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    // Written straight into the frame: `frame` has room for it, so this cannot fail.
-    let _ = message.encode(&mut frame);
+    let frame = frame(message);
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    let mut request = http::Request::new(Body::new(http_body_util::Full::new(frame.freeze())));
+    let mut request = http::Request::new(Body::new(http_body_util::Full::new(frame)));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::from(path);
     *request.version_mut() = http::Version::HTTP_2;
@@ -66,7 +60,10 @@ pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes,
     use http_body_util::BodyExt as _;
 
     let (parts, body) = response.into_parts();
-    if let Some(status) = Status::from_header_map(&parts.headers) {
+    // Looked up before parsing: `from_header_map` builds a status from every grpc-* header.
+    if parts.headers.contains_key(GRPC_STATUS)
+        && let Some(status) = Status::from_header_map(&parts.headers)
+    {
         // Trailers-only: a status and no message.
         return Err(if status.code() == Code::Ok {
             Status::internal("Missing response message.")
@@ -87,37 +84,70 @@ pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes,
         return Err(status);
     }
     let data = collected.to_bytes();
+    // Anything after the first message is ignored, as tonic's unary client does.
+    first_message(&data, MAX_REPLY_MESSAGE).map_err(|error| match error {
+        FrameError::Empty => Status::internal("Missing response message."),
+        FrameError::CutShort => Status::internal("protocol error: a reply frame cut short"),
+        FrameError::TooLarge(_) => too_large(),
+        error => Status::internal(format!("protocol error: {error}")),
+    })
+}
+
+/// Why a unary call's body holds no usable message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// No bytes at all.
+    #[error("no message")]
+    Empty,
+    /// Fewer bytes than the frame's header or length says.
+    #[error("a frame cut short")]
+    CutShort,
+    /// The compressed flag, without a `grpc-encoding` (Weft compresses nothing).
+    #[error("received message with compressed-flag but no grpc-encoding was specified")]
+    Compressed,
+    /// A flag other than 0 and 1.
+    #[error("received message with invalid compression flag: {0} (valid flags are 0 and 1)")]
+    BadFlag(u8),
+    /// A message longer than the limit; its length.
+    #[error("message of {0} bytes")]
+    TooLarge(usize),
+}
+
+/// The first length-prefixed message of `data` (a whole unary body), at most `limit` bytes.
+pub fn first_message(data: &bytes::Bytes, limit: usize) -> Result<bytes::Bytes, FrameError> {
     let Some(header) = data.get(..5) else {
         return Err(if data.is_empty() {
-            Status::internal("Missing response message.")
+            FrameError::Empty
         } else {
-            Status::internal("protocol error: a reply frame cut short")
+            FrameError::CutShort
         });
     };
     match header[0] {
         0 => {}
-        1 => {
-            return Err(Status::internal(
-                "protocol error: received message with compressed-flag but no grpc-encoding \
-                 was specified",
-            ));
-        }
-        flag => {
-            return Err(Status::internal(format!(
-                "protocol error: received message with invalid compression flag: {flag} \
-                 (valid flags are 0 and 1)"
-            )));
-        }
+        1 => return Err(FrameError::Compressed),
+        flag => return Err(FrameError::BadFlag(flag)),
     }
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > MAX_REPLY_MESSAGE {
-        return Err(too_large());
+    if len > limit {
+        return Err(FrameError::TooLarge(len));
     }
     if data.len() < 5 + len {
-        return Err(Status::internal("protocol error: a reply frame cut short"));
+        return Err(FrameError::CutShort);
     }
-    // Anything after the first message is ignored, as tonic's unary client does.
     Ok(data.slice(5..5 + len))
+}
+
+/// `message` as one length-prefixed frame.
+pub fn frame(message: &impl prost::Message) -> bytes::Bytes {
+    let len = message.encoded_len();
+    let mut frame = bytes::BytesMut::with_capacity(5 + len);
+    frame.extend_from_slice(&[0]);
+    // A message larger than 4 GiB cannot be framed; it would not have been sent either.
+    frame.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    // Straight into the frame, which has room for it: `encode` would measure the message a
+    // second time (for a gateway's dynamic message, about 1,500 instructions) to check that.
+    message.encode_raw(&mut frame);
+    frame.freeze()
 }
 
 fn too_large() -> Status {
@@ -129,6 +159,13 @@ fn too_large() -> Status {
 /// The status a response's trailers (or, without one, its HTTP status) give, unless OK: gRPC's
 /// HTTP-to-gRPC status mapping, as tonic applies it.
 fn trailer_status(trailers: Option<&HeaderMap>, http_status: http::StatusCode) -> Option<Status> {
+    // The common case, without building a `Status` (which copies the trailers as metadata).
+    if trailers
+        .and_then(|t| t.get(GRPC_STATUS))
+        .is_some_and(|code| code == "0")
+    {
+        return None;
+    }
     if let Some(status) = trailers.and_then(Status::from_header_map) {
         return (status.code() != Code::Ok).then_some(status);
     }

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod ratelimit;
 pub mod server;
 pub mod shed;
+pub mod unary;
 
 // The modules of the crates below, under the names this crate's modules know them by.
 use weft_client::{client, deadline};

@@ -34,6 +34,13 @@ pub struct TlsConnection {
     peer: PeerIdentity,
 }
 
+impl TlsConnection {
+    /// The mesh identity the client's certificate proved.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+}
+
 impl Connected for TlsConnection {
     type ConnectInfo = PeerIdentity;
     fn connect_info(&self) -> PeerIdentity {
@@ -126,5 +133,25 @@ pub fn incoming(
     futures::stream::unfold(rx, |mut rx| async move {
         let next = rx.recv().await?;
         Some((next, rx))
+    })
+}
+
+/// The connections of `listener` in plain text (mTLS off), with TCP_NODELAY; a failed accept
+/// (out of file descriptors, say) is logged and retried after a pause, never the end.
+pub fn plain(listener: TcpListener) -> impl futures::Stream<Item = tokio::net::TcpStream> + Send {
+    futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    // Small unary answers must not wait for Nagle's algorithm.
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, listener));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     })
 }

@@ -25,12 +25,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tonic::{Status, body::Body, server::NamedService, transport::Server};
+use futures::StreamExt as _;
+use hyper::body::Incoming;
+use tonic::{Status, body::Body, server::NamedService, service::Routes};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower_service::Service;
 
-use weft_tls::MeshTls;
+use weft_tls::{MeshTls, PeerIdentity};
 
 use crate::{
     auth::{AuthLayer, JwtVerifier, KeySource},
@@ -41,13 +43,16 @@ use crate::{
     fault::FaultLayer,
     propagate::ServerContextLayer,
     shed::{LoadShedLayer, ShedPolicy},
+    unary::UnaryRoutes,
 };
 
-/// What a service's `init` hands to [`serve`]: the tonic service and, if it keeps data, the
-/// database to observe and close.
+/// What a service's `init` hands to [`serve`]: the tonic service, its unary methods to serve
+/// without tonic's codec and, if it keeps data, the database to observe and close.
 pub struct Started<S> {
     /// The generated tonic server wrapping the service's API.
     pub service: S,
+    /// The methods served by [`crate::unary`] (the rest go through `service`).
+    pub unary: UnaryRoutes,
     /// The service's database, closed after the drain; `None` for a service without data.
     pub database: Option<Database>,
 }
@@ -116,25 +121,25 @@ where
         gate: Gate { slot: slot.clone() },
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = Server::builder()
-        .layer(stack)
-        .add_service(health_service)
-        .add_service(reflection);
+    // Health, reflection and any other service go through tonic's router, innermost.
+    let service = stack.service(Routes::new(health_service).add_service(reflection));
     let stopped = async {
         let _ = stop_rx.await;
     };
-    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &tls {
-            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::listener::incoming(listener, tls.clone()),
-                stopped,
-            )),
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                // Small unary answers must not wait for Nagle's algorithm.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped,
-            )),
-        };
+    let server: Pin<Box<dyn Future<Output = ()> + Send>> = match &tls {
+        Some(tls) => Box::pin(serve_connections(
+            crate::listener::incoming(listener, tls.clone())
+                .filter_map(|accepted| std::future::ready(accepted.ok()))
+                .map(|tls| (Some(tls.peer().clone()), tls)),
+            service,
+            stopped,
+        )),
+        None => Box::pin(serve_connections(
+            crate::listener::plain(listener).map(|tcp| (None, tcp)),
+            service,
+            stopped,
+        )),
+    };
     let mut server = tokio::spawn(server);
     tracing::info!(
         service = %process,
@@ -150,11 +155,23 @@ where
             return Ok(());
         }
         result = &mut server => {
-            result??;
+            result?;
             anyhow::bail!("the server stopped during start-up");
         }
     };
-    let _ = slot.set(started.service);
+    let (unrouted, unknown) = started.unary.compare_with_contract(S::NAME);
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "unary routes {} are not methods of {} in the contract",
+            unknown.join(", "),
+            S::NAME
+        );
+    }
+    if !unrouted.is_empty() && !started.unary.paths().is_empty() {
+        // Still served, by tonic's codec: correct, only slower.
+        tracing::warn!(methods = %unrouted.join(", "), "methods without a unary route");
+    }
+    let _ = slot.set((started.service, started.unary));
     if let Some(database) = &started.database {
         crate::metrics::registry().observe_pools(&database.pools());
     }
@@ -166,7 +183,7 @@ where
     tokio::select! {
         _ = shutdown_signal() => {}
         result = &mut server => {
-            result??;
+            result?;
             anyhow::bail!("the server stopped unexpectedly");
         }
     }
@@ -179,7 +196,7 @@ where
     let _ = stop_tx.send(());
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
     match tokio::time::timeout(drain, &mut server).await {
-        Ok(result) => result??,
+        Ok(result) => result?,
         Err(_) => {
             tracing::warn!(
                 drain_ms = drain.as_millis() as u64,
@@ -193,6 +210,65 @@ where
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves gRPC (HTTP/2 only) on every connection `incoming` yields, each on a task of its own,
+/// with the client's mesh identity (mTLS) in every request's extensions; until `stop`
+/// resolves. Then the listener closes, every connection is asked to finish (GOAWAY: calls in
+/// flight complete, new ones go elsewhere), and this returns once all have.
+///
+/// hyper's HTTP/2 server directly, not tonic's transport `Server`, whose per-call wrappers
+/// (a second `grpc-timeout` timer beside [`ServerDeadlineLayer`]'s, error recovery, body
+/// mapping, HTTP/1 detection) the mesh's own stack makes redundant.
+async fn serve_connections<IO, S, B>(
+    incoming: impl futures::Stream<Item = (Option<PeerIdentity>, IO)>,
+    service: S,
+    stop: impl Future<Output = ()>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    {
+        // Dropped when accepting ends: the listening socket closes at once.
+        let mut incoming = std::pin::pin!(incoming);
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let (peer, io) = tokio::select! {
+                () = &mut stop => break,
+                next = futures::StreamExt::next(&mut incoming) => match next {
+                    Some(accepted) => accepted,
+                    None => break,
+                },
+            };
+            let service = service.clone();
+            let requests = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let mut req = req.map(Body::new);
+                if let Some(peer) = &peer {
+                    req.extensions_mut().insert(peer.clone());
+                }
+                service.clone().oneshot(req)
+            });
+            let connection = graceful.watch(http2.serve_connection(TokioIo::new(io), requests));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+    graceful.shutdown().await;
 }
 
 /// Loads the process `name`'s mTLS certificate (`[mtls]`), makes it the one its mesh clients
@@ -326,10 +402,11 @@ fn is_path_of(path: &str, service: &str) -> bool {
 
 // === Gate ===
 
-/// Forwards to the service once it is set; until then answers UNAVAILABLE.
+/// Forwards to the service (its unary routes first) once it is set; until then answers
+/// UNAVAILABLE.
 #[derive(Clone)]
 struct Gate<S> {
-    slot: Arc<OnceLock<S>>,
+    slot: Arc<OnceLock<(S, UnaryRoutes)>>,
 }
 
 impl<S: NamedService> NamedService for Gate<S> {
@@ -355,7 +432,10 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match self.slot.get() {
-            Some(service) => Box::pin(service.clone().call(req)),
+            Some((service, unary)) => match unary.get(req.uri().path()) {
+                Some(route) => Box::pin(async move { Ok(route.serve(req).await) }),
+                None => Box::pin(service.clone().call(req)),
+            },
             None => Box::pin(std::future::ready(Ok(
                 Status::unavailable("starting up").into_http()
             ))),

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use weft_mesh::{MeshConfig, clock::now_micros, db::Database, validate::FieldError};
+use weft_mesh::{
+    MeshConfig, clock::now_micros, db::Database, unary::UnaryRoutes, validate::FieldError,
+};
 use weft_mesh_proto::Jwks;
 use weft_proto::{
     auth::{
@@ -259,6 +261,37 @@ impl AuthApi {
     fn family_max(&self) -> i64 {
         domain::secs_to_micros(self.config.jwt.refresh_family_max_secs)
     }
+}
+
+/// Every method of `weft.auth.v1.AuthService`, served without tonic's codec (see
+/// `weft_mesh::unary`; a test checks that none is missing).
+pub fn unary_routes(api: &Arc<AuthApi>, max_message_bytes: usize) -> UnaryRoutes {
+    UnaryRoutes::new(max_message_bytes)
+        .route(
+            api,
+            "/weft.auth.v1.AuthService/Register",
+            |api: &AuthApi, r| AuthService::register(api, r),
+        )
+        .route(
+            api,
+            "/weft.auth.v1.AuthService/Login",
+            |api: &AuthApi, r| AuthService::login(api, r),
+        )
+        .route(
+            api,
+            "/weft.auth.v1.AuthService/Refresh",
+            |api: &AuthApi, r| AuthService::refresh(api, r),
+        )
+        .route(
+            api,
+            "/weft.auth.v1.AuthService/Logout",
+            |api: &AuthApi, r| AuthService::logout(api, r),
+        )
+        .route(
+            api,
+            "/weft.auth.v1.AuthService/GetJwks",
+            |api: &AuthApi, r| AuthService::get_jwks(api, r),
+        )
 }
 
 #[tonic::async_trait]

@@ -68,12 +68,13 @@ pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<AuthService
         weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
     let users = UserDirectory::new(channel, user_service, keys.clone(), config.jwt.clone());
     let max_message = config.server.max_message_bytes;
-    let api = AuthApi::new(config, db.clone(), keys, passwords, users);
-    let service = AuthServiceServer::new(api)
+    let api = Arc::new(AuthApi::new(config, db.clone(), keys, passwords, users));
+    let service = AuthServiceServer::from_arc(api.clone())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     Ok(Started {
         service,
+        unary: api::unary_routes(&api, max_message),
         database: Some(db),
     })
 }

@@ -3,12 +3,15 @@
 //! Access per method (public, admin, signed-in) is enforced by the mesh before these handlers
 //! run; they only check that an order belongs to the caller (or that the caller is an admin).
 
+use std::sync::Arc;
+
 use tonic::{Code, Request, Response, Status};
 use weft_mesh::{
     auth::Principal,
     client::MeshChannel,
     clock::timestamp,
     page::PageRequest,
+    unary::UnaryRoutes,
     validate::{self, FieldError},
 };
 use weft_proto::{
@@ -65,6 +68,52 @@ impl OrderApi {
             _ => Err(Error::OrderNotFound(id.to_owned())),
         }
     }
+}
+
+/// Every method of `weft.order.v1.OrderService`, served without tonic's codec (see
+/// `weft_mesh::unary`; a test checks that none is missing).
+pub fn unary_routes(api: &Arc<OrderApi>, max_message_bytes: usize) -> UnaryRoutes {
+    UnaryRoutes::new(max_message_bytes)
+        .route(
+            api,
+            "/weft.order.v1.OrderService/ListProducts",
+            |api: &OrderApi, r| OrderService::list_products(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/GetProduct",
+            |api: &OrderApi, r| OrderService::get_product(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/CreateProduct",
+            |api: &OrderApi, r| OrderService::create_product(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/RestockProduct",
+            |api: &OrderApi, r| OrderService::restock_product(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/CreateOrder",
+            |api: &OrderApi, r| OrderService::create_order(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/GetOrder",
+            |api: &OrderApi, r| OrderService::get_order(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/ListOrders",
+            |api: &OrderApi, r| OrderService::list_orders(api, r),
+        )
+        .route(
+            api,
+            "/weft.order.v1.OrderService/CancelOrder",
+            |api: &OrderApi, r| OrderService::cancel_order(api, r),
+        )
 }
 
 #[tonic::async_trait]

@@ -55,12 +55,14 @@ pub async fn init(
     let (users, _) =
         weft_mesh::client::channel_serving(&config, user_service_server::SERVICE_NAME)?;
     let users = UserServiceClient::new(users);
-    let api = OrderApi::new(Store::new(database.clone()), users);
-    let service = OrderServiceServer::new(api)
-        .max_decoding_message_size(config.server.max_message_bytes)
-        .max_encoding_message_size(config.server.max_message_bytes);
+    let api = Arc::new(OrderApi::new(Store::new(database.clone()), users));
+    let max_message = config.server.max_message_bytes;
+    let service = OrderServiceServer::from_arc(api.clone())
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     Ok(Started {
         service,
+        unary: api::unary_routes(&api, max_message),
         database: Some(database),
     })
 }

@@ -4,10 +4,13 @@
 //! enforced by the mesh before these handlers run; they only decide whose profile a caller
 //! may see or change.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 use weft_mesh::{
     auth::{Principal, Role as CallerRole},
     page::{Cursor, PageRequest},
+    unary::UnaryRoutes,
     validate::{self, FieldError},
 };
 use weft_proto::user::{
@@ -43,6 +46,33 @@ fn requested_id<'a>(field: &str, id: &'a str) -> Result<&'a str, UserError> {
         return Err(UserError::NotFound);
     }
     Ok(id)
+}
+
+/// Every method of `weft.user.v1.UserService`, served without tonic's codec (see
+/// `weft_mesh::unary`; a test checks that none is missing).
+pub fn unary_routes(api: &Arc<Api>, max_message_bytes: usize) -> UnaryRoutes {
+    UnaryRoutes::new(max_message_bytes)
+        .route(
+            api,
+            "/weft.user.v1.UserService/CreateUser",
+            |api: &Api, r| UserService::create_user(api, r),
+        )
+        .route(api, "/weft.user.v1.UserService/GetUser", |api: &Api, r| {
+            UserService::get_user(api, r)
+        })
+        .route(api, "/weft.user.v1.UserService/GetMe", |api: &Api, r| {
+            UserService::get_me(api, r)
+        })
+        .route(
+            api,
+            "/weft.user.v1.UserService/UpdateUser",
+            |api: &Api, r| UserService::update_user(api, r),
+        )
+        .route(
+            api,
+            "/weft.user.v1.UserService/ListUsers",
+            |api: &Api, r| UserService::list_users(api, r),
+        )
 }
 
 #[tonic::async_trait]

@@ -33,11 +33,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens the database (running migrations) and builds the gRPC service.
 pub async fn init(config: Arc<MeshConfig>) -> anyhow::Result<Started<UserServiceServer<Api>>> {
     let database = Database::open_service(&config, NAME, &MIGRATOR).await?;
-    let service = UserServiceServer::new(Api::new(store::Store::new(database.clone())))
-        .max_decoding_message_size(config.server.max_message_bytes)
-        .max_encoding_message_size(config.server.max_message_bytes);
+    let api = Arc::new(Api::new(store::Store::new(database.clone())));
+    let max_message = config.server.max_message_bytes;
+    let service = UserServiceServer::from_arc(api.clone())
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     Ok(Started {
         service,
+        unary: api::unary_routes(&api, max_message),
         database: Some(database),
     })
 }
