@@ -497,7 +497,8 @@ impl Gateway {
 
     /// Where a request goes; no I/O, so the span can be named after the route before it starts.
     fn route(&self, req: &Request<Incoming>) -> Routed<'_> {
-        let limit = self.settings.get().max_header_bytes;
+        let settings = self.settings.get();
+        let limit = settings.max_header_bytes;
         if head_size(req) > limit {
             return Routed::Refused(ApiError::with_status(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -505,10 +506,10 @@ impl Gateway {
                 format!("request line and headers larger than {limit} bytes"),
             ));
         }
-        if is_own_route(req.uri().path(), self.settings.get().public_operations) {
+        if is_own_route(req.uri().path(), settings.public_operations) {
             return Routed::OwnRoute;
         }
-        if req.method() == Method::OPTIONS && cors::enabled(&self.settings.get().cors) {
+        if req.method() == Method::OPTIONS && cors::enabled(&settings.cors) {
             return Routed::Preflight;
         }
         let path = req.uri().path();
