@@ -16,7 +16,8 @@
 //!   (concurrency limits), [`fault`] (fault injection); at the edge [`ratelimit`];
 //! - [`live`], [`reload`]: policies that follow mesh-config edits without a restart;
 //! - [`grpc`]: the few wire-protocol facts the layers share;
-//! - [`db`]: sqlx pools on SQLite or PostgreSQL, with migrations;
+//! - [`db`]: sqlx pools on SQLite or PostgreSQL, with migrations; [`sqlite_writer`]: group
+//!   commit on a SQLite file, one writer thread committing the transactions waiting together;
 //! - [`page`], [`validate`], [`clock`]: the API conventions every service follows;
 //! - [`telemetry`]: logs and traces;
 //! - [`metrics`]: Prometheus metrics, and the services' admin listener serving them;
@@ -43,7 +44,8 @@ pub use weft_client::{balance, breaker, client, connection, deadline, retry};
 pub use weft_core::{config, contract, grpc, live, policy, reload};
 pub use weft_observe::{metrics, propagate, telemetry, trace_mode};
 pub use weft_server::{
-    admin, auth, callers, db, fault, jwt_crypto, listener, ratelimit, server, shed, unary,
+    admin, auth, callers, db, fault, jwt_crypto, listener, ratelimit, server, shed, sqlite_writer,
+    unary,
 };
 /// mTLS: identities, the CA and certificates, reloading rustls configs (`weft-tls`).
 pub use weft_tls as mtls;

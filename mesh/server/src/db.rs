@@ -6,13 +6,24 @@
 //! (SQLITE_BUSY and its retries) into a short, fair queue. Reads use a separate pool of
 //! read-only connections that WAL mode lets run beside the writer. On PostgreSQL both pools
 //! are the same pool.
+//!
+//! A service's hot transactions on a SQLite file may go through [`crate::sqlite_writer`]
+//! instead (one rusqlite connection on a thread of its own, group commit), found with
+//! [`Database::sqlite_file`]; the write pool then shares the file's write lock with it.
 
-use std::{path::Path, str::FromStr, sync::Once, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Once,
+    time::Duration,
+};
 
 use sqlx::{
-    AnyPool, Executor,
+    AnyPool, ConnectOptions as _, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
 };
+
+use crate::sqlite_writer::WRITE_PRAGMAS;
 
 /// The migrations of a service (`sqlx::migrate!`), as [`Database::open`] takes them.
 pub use sqlx::migrate::Migrator;
@@ -124,6 +135,29 @@ impl Database {
         }
     }
 
+    /// The SQLite file behind the pools, as sqlx opened it: `None` on PostgreSQL and for an
+    /// in-memory database (which a connection of another driver could not see).
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        if self.engine != Engine::Sqlite {
+            return None;
+        }
+        // The read pool's own URL, parsed by sqlx, so that rusqlite opens exactly its file.
+        let url = &self.read.connect_options().database_url;
+        let options = match sqlx::sqlite::SqliteConnectOptions::from_url(url) {
+            Ok(options) => options,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot parse the SQLite URL: no rusqlite connection");
+                return None;
+            }
+        };
+        let path = options.get_filename();
+        let name = path.to_string_lossy();
+        if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
+            return None;
+        }
+        Some(path.to_path_buf())
+    }
+
     /// Applies the service's migrations to its configured database and closes it: a
     /// deployment's migration step (the Kubernetes Job), run before the new version starts.
     /// Returns how many migrations the database has. (Starting the service applies them too;
@@ -203,14 +237,7 @@ impl Database {
                 .max_connections(1)
                 .test_before_acquire(false)
                 .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
-                             PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
-                        )
-                        .await
-                        .map(|_| ())
-                    })
+                    Box::pin(async move { conn.execute(WRITE_PRAGMAS).await.map(|_| ()) })
                 })
                 .connect_with(options(&format!("sqlite://{path}?mode=rwc"), &connect_err)?)
                 .await

@@ -1,6 +1,6 @@
 //! `weft-server`: The server stack every service runs on: the gRPC server builder (health, reflection, drain),
 //! token verification and access control, load shedding, fault injection, the gateway's rate
-//! limits, and the services' database pools.
+//! limits, and the services' database pools and SQLite writer thread.
 //!
 //! Part of the mesh library (see `ARCHITECTURE.md`); services and the gateway use it through
 //! the `weft-mesh` facade. Imports go one way: this crate uses only the crates below it.
@@ -15,6 +15,7 @@ pub mod listener;
 pub mod ratelimit;
 pub mod server;
 pub mod shed;
+pub mod sqlite_writer;
 pub mod unary;
 
 // The modules of the crates below, under the names this crate's modules know them by.

@@ -73,6 +73,12 @@ pub enum Error {
     /// A storage failure.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A storage failure on the SQLite writer thread's connection.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The SQLite writer could not run the transaction (its batch failed, or it stopped).
+    #[error(transparent)]
+    Write(#[from] weft_mesh::sqlite_writer::WriteError),
     /// Anything else that is the service's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,7 +103,7 @@ impl From<Error> for Status {
                 Status::unavailable("user service unavailable")
             }
             Error::Unauthenticated(message) => Status::unauthenticated(message),
-            Error::Db(_) | Error::Internal(_) => {
+            Error::Db(_) | Error::Sqlite(_) | Error::Write(_) | Error::Internal(_) => {
                 tracing::error!(error = %err, "request failed");
                 Status::internal("internal error")
             }

@@ -3,8 +3,13 @@
 //! - [`api`]: the tonic `OrderService` (validation, owner checks, mapping to the proto);
 //! - [`domain`]: the rules (input limits, request hashing, stock per product, pricing) and the
 //!   crate's [`domain::Error`];
-//! - [`store`]: the SQL, on SQLite or PostgreSQL, with stock taken in one transaction.
-//! - [`read`]: `GetProduct` on SQLite through rusqlite, inline on the runtime thread.
+//! - [`store`]: the queries, on SQLite or PostgreSQL, with stock taken in one transaction;
+//! - [`place`]: that transaction's steps, whichever driver runs them; [`sql`]: the statements
+//!   both drivers send;
+//! - [`read`]: `GetProduct` and the idempotency-key lookup on SQLite through rusqlite, inline
+//!   on the runtime thread;
+//! - [`write`]: `CreateOrder`'s transaction on SQLite, on the mesh's writer thread (group
+//!   commit);
 //! - [`seed`]: the demo products of the local run (`order.seed_demo_products`), added once.
 //!
 //! Placing an order asks `weft-user` (over gRPC, with the caller's own token, which the mesh
@@ -12,9 +17,12 @@
 
 pub mod api;
 pub mod domain;
+pub mod place;
 pub mod read;
 pub mod seed;
+pub mod sql;
 pub mod store;
+pub mod write;
 
 use std::sync::Arc;
 

@@ -1,4 +1,5 @@
-//! The hot read path on SQLite: `GetProduct` through rusqlite, inline on the runtime thread.
+//! The hot read paths on SQLite: `GetProduct` and `CreateOrder`'s idempotency-key lookup
+//! through rusqlite, inline on the runtime thread.
 //!
 //! sqlx runs every SQLite connection on a worker thread of its own, so each query is a
 //! hand-off to that thread and back (futex wake-ups, context switches). On a 2-core box, a
@@ -15,16 +16,20 @@
 //! statements prepared once (`prepare_cached`), and runs the query right there, without an
 //! `.await`. That is not the kind of blocking call an async runtime thread must not make:
 //!
-//! - it is one primary-key lookup: a few B-tree pages, kept in the connection's page cache
-//!   and the OS page cache, answered in microseconds (less than the gRPC decoding around it);
+//! - each is a lookup by key: a product by its primary key, an order by the unique
+//!   (user, idempotency key) index and its few items by their primary key; a few B-tree pages,
+//!   kept in the connection's page cache and the OS page cache, answered in microseconds (less
+//!   than the gRPC decoding around it);
 //! - the database is in WAL mode, where readers never wait for the writer (nor the writer for
-//!   them): a read sees the last committed snapshot whatever the write pool is doing;
+//!   them): a read sees the last committed snapshot whatever the writers are doing;
 //! - the rare lock a reader can meet (WAL recovery after a crash, an exclusive lock taken by
 //!   an operator's tool) is bounded by [`BUSY_TIMEOUT`], then becomes an error, not a stall.
 //!
-//! Everything else (writes, transactions, migrations, list queries) stays on sqlx, and so does
-//! every query on PostgreSQL, where sqlx has no such worker thread. rusqlite 0.39 links the
-//! same `libsqlite3-sys` (0.37, built bundled by sqlx) as sqlx 0.9, so both share one SQLite.
+//! `CreateOrder`'s transaction on a SQLite file goes to the mesh's SQLite writer thread
+//! ([`crate::write`]). Everything else (the other writes and transactions, migrations, list
+//! queries) stays on sqlx, and so does every query on PostgreSQL, where sqlx has no such worker
+//! thread. rusqlite 0.39 links the same `libsqlite3-sys` (0.37, built bundled by sqlx) as sqlx
+//! 0.9, so both share one SQLite.
 
 use std::{
     cell::RefCell,
@@ -33,11 +38,13 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use sqlx::ConnectOptions as _;
-use weft_mesh::db::{Database, Engine};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use weft_mesh::db::Database;
 
-use crate::domain::{Error, Product};
+use crate::{
+    domain::{Error, Order, OrderItem, Product},
+    sql::{self, OrderRow},
+};
 
 /// How long a read may wait for a lock before it fails. Reads never wait for the writer in
 /// WAL mode; this only bounds the rare exceptions, because the wait holds the runtime thread.
@@ -45,9 +52,6 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Connections kept per thread at most (one per database file; more only in tests).
 const MAX_CONNECTIONS_PER_THREAD: usize = 8;
-
-const PRODUCT_BY_ID: &str = "SELECT id, name, description, unit_price_cents, currency, stock, \
-                             create_time, update_time FROM products WHERE id = ?1";
 
 thread_local! {
     /// This thread's read connections, by database file.
@@ -73,24 +77,7 @@ impl SqliteReader {
     /// A reader of the same file as `db`'s read pool, when `db` is a SQLite file (`None` on
     /// PostgreSQL and for in-memory databases, which another connection could not see).
     pub fn for_database(db: &Database) -> Option<Self> {
-        if db.engine != Engine::Sqlite {
-            return None;
-        }
-        // The file exactly as sqlx opened it: the read pool's own URL, parsed by sqlx.
-        let url = db.read.connect_options().database_url.clone();
-        let options = match sqlx::sqlite::SqliteConnectOptions::from_url(&url) {
-            Ok(options) => options,
-            Err(e) => {
-                tracing::warn!(error = %e, "SQLite reads stay on sqlx: cannot parse the URL");
-                return None;
-            }
-        };
-        let path = options.get_filename();
-        let name = path.to_string_lossy();
-        if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
-            return None;
-        }
-        Some(Self::new(path))
+        db.sqlite_file().map(Self::new)
     }
 
     /// The database file read.
@@ -101,7 +88,7 @@ impl SqliteReader {
     /// The product with this id. One primary-key lookup, run inline (see the module doc).
     pub fn product(&self, id: &str) -> Result<Option<Product>, Error> {
         self.with_connection(|conn| {
-            conn.prepare_cached(PRODUCT_BY_ID)?
+            conn.prepare_cached(sql::PRODUCT_BY_ID)?
                 .query_row([id], |row| {
                     Ok(Product {
                         id: row.get(0)?,
@@ -116,6 +103,21 @@ impl SqliteReader {
                 })
                 .optional()
         })
+    }
+
+    /// The order `user_id` placed with idempotency `key`, with its request hash: the items of
+    /// one order by key, run inline (see the module doc).
+    pub fn order_by_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<(Order, Option<String>)>, Error> {
+        let rows = self.with_connection(|conn| {
+            conn.prepare_cached(sql::ORDER_BY_KEY)?
+                .query_map(params![user_id, key], order_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(sql::orders_of(rows)?.pop())
     }
 
     /// Runs `read` on this thread's connection to the file, opening it first if needed. A
@@ -153,6 +155,27 @@ impl SqliteReader {
             })
             .map_err(|_| Error::Internal("sqlite read during thread shutdown".into()))?
     }
+}
+
+/// A row of [`sql::ORDER_BY_KEY`].
+fn order_row(row: &Row<'_>) -> rusqlite::Result<OrderRow> {
+    Ok(OrderRow {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        status: row.get(2)?,
+        total_cents: row.get(3)?,
+        currency: row.get(4)?,
+        idempotency_key: row.get(5)?,
+        request_hash: row.get(6)?,
+        create_time: row.get(7)?,
+        update_time: row.get(8)?,
+        item: OrderItem {
+            product_id: row.get(9)?,
+            product_name: row.get(10)?,
+            quantity: row.get(11)?,
+            unit_price_cents: row.get(12)?,
+        },
+    })
 }
 
 /// A read-only connection to `path` (which migrations have created).

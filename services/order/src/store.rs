@@ -4,6 +4,11 @@
 //! (one connection on SQLite). Stock is only ever changed by single conditional `UPDATE`s, so
 //! it cannot go below zero whatever the concurrency, and an order's stock, order row and items
 //! are written in one transaction: an order exists whole or not at all.
+//!
+//! On a SQLite file, the hot paths leave sqlx: `GetProduct` and the idempotency-key lookup read
+//! through [`crate::read`], and `CreateOrder`'s transaction runs on the mesh's SQLite writer
+//! thread through [`crate::write`] (group commit). Both run the same statements
+//! ([`crate::sql`]) and steps ([`crate::place`]) as the sqlx path below.
 
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use tracing::Instrument as _;
@@ -11,31 +16,26 @@ use weft_mesh::{
     clock::now_micros,
     db::{self, Database, Engine, is_unique_violation},
     page::{Cursor, PageRequest},
+    sqlite_writer::SqliteWriter,
     validate,
 };
 
 use crate::{
-    domain::{
-        self, Error, NewProduct, Order, OrderItem, OrderPricing, OrderRequest, OrderStatus, Product,
-    },
+    domain::{self, Error, NewProduct, Order, OrderItem, OrderRequest, OrderStatus, Product},
+    place::{self, OrderWrites, Placed, Taken, new_id},
     read::SqliteReader,
+    sql::{self, OrderRow},
+    write,
 };
 
 /// The order service's tables.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
-    /// On a SQLite file, `GetProduct`'s read path (see [`crate::read`]).
+    /// On a SQLite file, the hot reads' path (see [`crate::read`]).
     sqlite: Option<SqliteReader>,
-}
-
-/// What one attempt to place an order did.
-#[derive(Debug)]
-pub(crate) enum Placed {
-    /// The order was placed and committed.
-    Order(Order),
-    /// A concurrent request with the same user and key committed first; nothing was written.
-    KeyTaken,
+    /// On a SQLite file, `CreateOrder`'s transactions (see [`crate::write`]).
+    writer: Option<SqliteWriter>,
 }
 
 // === impl Store ===
@@ -43,8 +43,17 @@ pub(crate) enum Placed {
 impl Store {
     /// A store over `db` (already migrated).
     pub fn new(db: Database) -> Self {
-        let sqlite = SqliteReader::for_database(&db);
-        Self { db, sqlite }
+        let file = db.sqlite_file();
+        let sqlite = file.clone().map(SqliteReader::new);
+        let writer = file.and_then(|file| match SqliteWriter::spawn(file) {
+            Ok(writer) => Some(writer),
+            Err(e) => {
+                // sqlx's write pool still writes orders correctly, only slower.
+                tracing::warn!(error = %e, "no SQLite writer thread: orders are placed via sqlx");
+                None
+            }
+        });
+        Self { db, sqlite, writer }
     }
 
     // --- products ---
@@ -65,14 +74,11 @@ impl Store {
 
     /// [`Store::product`] through the sqlx read pool.
     async fn product_via_sqlx(&self, id: &str) -> Result<Option<Product>, Error> {
-        let row = sqlx::query(
-            "SELECT id, name, description, unit_price_cents, currency, stock, create_time, \
-             update_time FROM products WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.db.read)
-        .instrument(db::span(self.db.engine, "SELECT", "products"))
-        .await?;
+        let row = sqlx::query(sql::PRODUCT_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.db.read)
+            .instrument(db::span(self.db.engine, "SELECT", "products"))
+            .await?;
         Ok(row.as_ref().map(product_of).transpose()?)
     }
 
@@ -242,25 +248,26 @@ impl Store {
         }))
     }
 
-    /// The order a user placed with an idempotency key, with its request hash.
+    /// The order a user placed with an idempotency key, with its request hash: through
+    /// rusqlite on a SQLite file, through sqlx otherwise.
     async fn order_by_key(
         &self,
         user_id: &str,
         key: &str,
     ) -> Result<Option<(Order, Option<String>)>, Error> {
-        let rows = sqlx::query(
-            "SELECT o.id, o.user_id, o.status, o.total_cents, o.currency, o.idempotency_key, \
-             o.request_hash, o.create_time, o.update_time, i.product_id, i.product_name, \
-             i.quantity, i.unit_price_cents AS item_price \
-             FROM orders o JOIN order_items i ON i.order_id = o.id \
-             WHERE o.user_id = $1 AND o.idempotency_key = $2 ORDER BY i.line_no",
-        )
-        .bind(user_id)
-        .bind(key)
-        .fetch_all(&self.db.read)
-        .instrument(db::span(self.db.engine, "SELECT", "orders"))
-        .await?;
-        Ok(orders_of(&rows)?.pop())
+        let span = db::span(self.db.engine, "SELECT", "orders");
+        match &self.sqlite {
+            Some(reader) => span.in_scope(|| reader.order_by_key(user_id, key)),
+            None => {
+                let rows = sqlx::query(sql::ORDER_BY_KEY)
+                    .bind(user_id)
+                    .bind(key)
+                    .fetch_all(&self.db.read)
+                    .instrument(span)
+                    .await?;
+                Ok(orders_of(&rows)?.pop())
+            }
+        }
     }
 
     /// Places `request` for `user_id`, or returns the order already placed with its
@@ -293,34 +300,58 @@ impl Store {
     }
 
     /// Takes the stock and writes the order in one transaction, without looking for an
-    /// earlier order with the same key first.
+    /// earlier order with the same key first: on the SQLite writer thread when there is one,
+    /// else in a sqlx transaction.
     pub(crate) async fn place_order(
         &self,
         user_id: &str,
         request: &OrderRequest,
     ) -> Result<Placed, Error> {
         let transaction = async {
-            let mut tx = self.db.write.begin().await?;
-            match write_order(&mut tx, self.db.engine, user_id, request).await {
-                Ok(Placed::Order(order)) => {
-                    tx.commit().await?;
-                    Ok(Placed::Order(order))
+            match &self.writer {
+                Some(writer) => {
+                    let (user_id, request) = (user_id.to_owned(), request.clone());
+                    writer
+                        .write(move |conn| write::place_order(conn, &user_id, &request))
+                        .await
                 }
-                Ok(Placed::KeyTaken) => {
-                    tx.rollback().await?;
-                    Ok(Placed::KeyTaken)
-                }
-                Err(err) => {
-                    if let Err(rollback) = tx.rollback().await {
-                        tracing::warn!(error = %rollback, "rollback failed");
-                    }
-                    Err(err)
-                }
+                None => self.place_order_via_sqlx(user_id, request).await,
             }
         };
+        // Around the awaited write, on the caller's side: the statements' spans nest under it
+        // on either path.
         transaction
             .instrument(db::span(self.db.engine, "TRANSACTION", "orders"))
             .await
+    }
+
+    /// [`Store::place_order`] in a transaction of the sqlx write pool.
+    async fn place_order_via_sqlx(
+        &self,
+        user_id: &str,
+        request: &OrderRequest,
+    ) -> Result<Placed, Error> {
+        let mut tx = self.db.write.begin().await?;
+        let mut writes = SqlxTx {
+            conn: &mut tx,
+            engine: self.db.engine,
+        };
+        match place::place(&mut writes, user_id, request).await {
+            Ok(Placed::Order(order)) => {
+                tx.commit().await?;
+                Ok(Placed::Order(order))
+            }
+            Ok(Placed::KeyTaken) => {
+                tx.rollback().await?;
+                Ok(Placed::KeyTaken)
+            }
+            Err(err) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Cancels a confirmed order and puts its stock back, in one transaction. When another
@@ -368,111 +399,88 @@ impl Store {
     }
 }
 
-/// The body of [`Store::place_order`]'s transaction; the caller commits or rolls back.
-async fn write_order(
-    conn: &mut AnyConnection,
+/// A sqlx transaction's connection, running [`crate::place`]'s steps.
+struct SqlxTx<'c> {
+    conn: &'c mut AnyConnection,
     engine: Engine,
-    user_id: &str,
-    request: &OrderRequest,
-) -> Result<Placed, Error> {
-    let now = now_micros();
-    // One decrement per distinct product, in id order: concurrent orders lock rows in the same
-    // order (no deadlocks on PostgreSQL).
-    let mut pricing = OrderPricing::default();
-    for (product_id, quantity) in request.units_per_product() {
-        if !validate::can_exist(product_id) {
-            return Err(Error::ProductNotFound(product_id.to_owned()));
-        }
-        let row = sqlx::query(
-            "UPDATE products SET stock = stock - $1, update_time = $2 \
-             WHERE id = $3 AND stock >= $1 RETURNING name, unit_price_cents, currency",
-        )
-        .bind(quantity)
-        .bind(now)
-        .bind(product_id)
-        .fetch_optional(&mut *conn)
-        .instrument(db::span(engine, "UPDATE", "products"))
-        .await?;
-        let Some(row) = row else {
-            let exists = sqlx::query("SELECT stock FROM products WHERE id = $1")
-                .bind(product_id)
-                .fetch_optional(&mut *conn)
-                .instrument(db::span(engine, "SELECT", "products"))
-                .await?
-                .is_some();
-            return Err(if exists {
-                Error::InsufficientStock(product_id.to_owned())
-            } else {
-                Error::ProductNotFound(product_id.to_owned())
-            });
-        };
-        pricing.take(
-            product_id,
-            row.try_get("name")?,
-            row.try_get("unit_price_cents")?,
-            row.try_get("currency")?,
-        )?;
-    }
-    let priced = pricing.price(&request.lines)?;
-    let order = Order {
-        id: new_id(),
-        user_id: user_id.to_owned(),
-        status: OrderStatus::Confirmed,
-        items: priced.items,
-        total_cents: priced.total_cents,
-        currency: priced.currency,
-        idempotency_key: request.idempotency_key.clone(),
-        create_time: now,
-        update_time: now,
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total_cents, currency, idempotency_key, \
-         request_hash, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(order.id.as_str())
-    .bind(order.user_id.as_str())
-    .bind(order.status.as_str())
-    .bind(order.total_cents)
-    .bind(order.currency.as_str())
-    .bind(order.idempotency_key.clone())
-    .bind(
-        order
-            .idempotency_key
-            .as_ref()
-            .map(|_| request.request_hash.clone()),
-    )
-    .bind(order.create_time)
-    .bind(order.update_time)
-    .execute(&mut *conn)
-    .instrument(db::span(engine, "INSERT", "orders"))
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(err) if is_unique_violation(&err) && order.idempotency_key.is_some() => {
-            return Ok(Placed::KeyTaken);
-        }
-        Err(err) => return Err(err.into()),
-    }
-    for (line_no, item) in order.items.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, \
-             unit_price_cents) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(order.id.as_str())
-        .bind(line_no as i64)
-        .bind(item.product_id.as_str())
-        .bind(item.product_name.as_str())
-        .bind(item.quantity)
-        .bind(item.unit_price_cents)
-        .execute(&mut *conn)
-        .instrument(db::span(engine, "INSERT", "order_items"))
-        .await?;
-    }
-    Ok(Placed::Order(order))
 }
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+impl OrderWrites for SqlxTx<'_> {
+    fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    async fn take_stock(
+        &mut self,
+        product_id: &str,
+        quantity: i64,
+        now: i64,
+    ) -> Result<Option<Taken>, Error> {
+        let row = sqlx::query(sql::TAKE_STOCK)
+            .bind(quantity)
+            .bind(now)
+            .bind(product_id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let taken = |row: AnyRow| -> Result<Taken, sqlx::Error> {
+            Ok(Taken {
+                name: row.try_get("name")?,
+                unit_price_cents: row.try_get("unit_price_cents")?,
+                currency: row.try_get("currency")?,
+            })
+        };
+        Ok(row.map(taken).transpose()?)
+    }
+
+    async fn product_exists(&mut self, product_id: &str) -> Result<bool, Error> {
+        let row = sqlx::query(sql::PRODUCT_EXISTS)
+            .bind(product_id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn insert_order(
+        &mut self,
+        order: &Order,
+        request_hash: Option<&str>,
+    ) -> Result<bool, Error> {
+        let inserted = sqlx::query(sql::INSERT_ORDER)
+            .bind(order.id.as_str())
+            .bind(order.user_id.as_str())
+            .bind(order.status.as_str())
+            .bind(order.total_cents)
+            .bind(order.currency.as_str())
+            .bind(order.idempotency_key.as_deref())
+            .bind(request_hash)
+            .bind(order.create_time)
+            .bind(order.update_time)
+            .execute(&mut *self.conn)
+            .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(err) if is_unique_violation(&err) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn insert_item(
+        &mut self,
+        order_id: &str,
+        line_no: i64,
+        item: &OrderItem,
+    ) -> Result<(), Error> {
+        sqlx::query(sql::INSERT_ITEM)
+            .bind(order_id)
+            .bind(line_no)
+            .bind(item.product_id.as_str())
+            .bind(item.product_name.as_str())
+            .bind(item.quantity)
+            .bind(item.unit_price_cents)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
 }
 
 fn product_of(row: &AnyRow) -> Result<Product, sqlx::Error> {
@@ -488,41 +496,31 @@ fn product_of(row: &AnyRow) -> Result<Product, sqlx::Error> {
     })
 }
 
-/// Groups order-and-item rows (sorted by order, then line) into orders with their request
-/// hashes, keeping the rows' order.
-fn orders_of(rows: &[AnyRow]) -> Result<Vec<(Order, Option<String>)>, sqlx::Error> {
-    let mut orders: Vec<(Order, Option<String>)> = Vec::new();
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        let item = OrderItem {
+/// Groups the order-and-item rows of an order query into orders ([`sql::orders_of`]).
+fn orders_of(rows: &[AnyRow]) -> Result<Vec<(Order, Option<String>)>, Error> {
+    let rows = rows.iter().map(order_row).collect::<Result<Vec<_>, _>>()?;
+    sql::orders_of(rows)
+}
+
+/// A row of an order query, read by column name.
+fn order_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
+    Ok(OrderRow {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        status: row.try_get("status")?,
+        total_cents: row.try_get("total_cents")?,
+        currency: row.try_get("currency")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        request_hash: row.try_get("request_hash")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+        item: OrderItem {
             product_id: row.try_get("product_id")?,
             product_name: row.try_get("product_name")?,
             quantity: row.try_get("quantity")?,
             unit_price_cents: row.try_get("item_price")?,
-        };
-        match orders.last_mut() {
-            Some((order, _)) if order.id == id => order.items.push(item),
-            _ => {
-                let stored: String = row.try_get("status")?;
-                let status = OrderStatus::parse(&stored).ok_or_else(|| {
-                    sqlx::Error::Decode(format!("unknown order status {stored:?}").into())
-                })?;
-                let order = Order {
-                    id,
-                    user_id: row.try_get("user_id")?,
-                    status,
-                    items: vec![item],
-                    total_cents: row.try_get("total_cents")?,
-                    currency: row.try_get("currency")?,
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    create_time: row.try_get("create_time")?,
-                    update_time: row.try_get("update_time")?,
-                };
-                orders.push((order, row.try_get("request_hash")?));
-            }
-        }
-    }
-    Ok(orders)
+        },
+    })
 }
 
 #[cfg(test)]
@@ -564,7 +562,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use weft_mesh::db::Engine;
+    use weft_mesh::{db::Engine, sqlite_writer::Outcome};
 
     use weft_testkit::Backend;
 
@@ -583,6 +581,50 @@ mod tests {
 
     async fn stock(store: &Store, id: &str) -> i64 {
         store.product(id).await.unwrap().unwrap().stock
+    }
+
+    /// The orders attempted through the SQLite writer thread so far (`None`: no writer, on
+    /// PostgreSQL).
+    fn writer_jobs(store: &Store) -> Option<u64> {
+        store.writer.as_ref().map(|writer| writer.stats().jobs)
+    }
+
+    #[tokio::test]
+    async fn orders_on_a_sqlite_file_go_through_the_writer_thread() {
+        for t in temp_stores().await {
+            let store = &t.store;
+            match store.db.engine {
+                Engine::Sqlite => {
+                    // A real file (not :memory:), so the writer and the readers share it.
+                    let file = store.db.sqlite_file().expect("the test database is a file");
+                    assert!(file.is_file(), "{}", file.display());
+                    let writer = store.writer.as_ref().expect("orders go to the writer");
+                    assert_eq!(writer.path(), file);
+                    assert_eq!(store.sqlite.as_ref().map(SqliteReader::path), Some(&*file));
+                }
+                Engine::Postgres => {
+                    assert!(
+                        store.writer.is_none() && store.sqlite.is_none(),
+                        "all on sqlx"
+                    );
+                }
+            }
+            let a = product(store, "a", "USD", 3).await;
+            let first = store
+                .create_order("u1", &request("k", &[(&a.id, 1)]))
+                .await
+                .unwrap();
+            // The replay is found by the key lookup (rusqlite on SQLite) and writes nothing.
+            let again = store
+                .create_order("u1", &request("k", &[(&a.id, 1)]))
+                .await
+                .unwrap();
+            assert_eq!(first, again);
+            assert_eq!(stock(store, &a.id).await, 2);
+            if store.db.engine == Engine::Sqlite {
+                assert_eq!(writer_jobs(store), Some(1));
+            }
+        }
     }
 
     #[tokio::test]
@@ -748,6 +790,8 @@ mod tests {
             assert_eq!(stock(&t.store, &a.id).await, 5);
             assert_eq!(stock(&t.store, &b.id).await, 1);
             assert_eq!(stock(&t.store, &e.id).await, 5);
+            // On a SQLite file, the three failed in the writer thread's transactions.
+            assert!(matches!(writer_jobs(&t.store), None | Some(3)));
             let (orders, _) = t
                 .store
                 .list_orders("u1", &PageRequest::parse(0, "").unwrap())
@@ -804,6 +848,7 @@ mod tests {
                 Placed::KeyTaken
             ));
             assert_eq!(stock(&t.store, &a.id).await, 6);
+            assert!(matches!(writer_jobs(&t.store), None | Some(2)));
             // And the full path returns the winner.
             assert_eq!(t.store.create_order("u1", &req).await.unwrap(), first);
         }
@@ -830,6 +875,7 @@ mod tests {
             }
             assert_eq!(placed, 7);
             assert_eq!(stock(&t.store, &a.id).await, 0);
+            assert!(matches!(writer_jobs(&t.store), None | Some(20)));
         }
     }
 
@@ -851,7 +897,53 @@ mod tests {
             ids.dedup();
             assert_eq!(ids.len(), 1);
             assert_eq!(stock(&t.store, &a.id).await, 97);
+            // Each twin that missed the key lookup raced in the writer thread.
+            assert!(matches!(writer_jobs(&t.store), None | Some(1..=10)));
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn twins_in_one_batch_of_the_writer_get_one_order() {
+        let t = temp_store(&Backend::Sqlite).await;
+        let writer = t.store.writer.clone().expect("a SQLite file has a writer");
+        let a = product(&t.store, "a", "USD", 10).await;
+        // Hold the writer thread with a job of our own, so that the twins queue up behind it
+        // and run in one transaction: the first inserts the key, the others meet it uncommitted.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let held = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .write(move |_| -> Result<Outcome<()>, Error> {
+                        let _ = started.send(());
+                        let _ = released.recv();
+                        Ok(Outcome::Commit(()))
+                    })
+                    .await
+            }
+        });
+        running.await.unwrap();
+        let twins: Vec<_> = (0..3)
+            .map(|_| {
+                let store = t.store.clone();
+                let req = request("k", &[(&a.id, 2)]);
+                tokio::spawn(async move { store.create_order("u1", &req).await })
+            })
+            .collect();
+        while writer.queued() < 3 {
+            tokio::task::yield_now().await;
+        }
+        drop(release);
+        held.await.unwrap().unwrap();
+        let mut ids = Vec::new();
+        for twin in twins {
+            ids.push(twin.await.unwrap().unwrap().id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "one order for the three twins");
+        assert_eq!(stock(&t.store, &a.id).await, 8, "stock taken once");
+        assert_eq!(writer.stats().largest_batch, 3);
     }
 
     #[tokio::test]
