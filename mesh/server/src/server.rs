@@ -238,6 +238,8 @@ async fn serve_connections<IO, S, B>(
     use tower::ServiceExt as _;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // hyper's defaults otherwise, among them at most 200 concurrent streams per connection
+    // (tonic's transport asked for no limit): a client beyond it waits for a stream to end.
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     {
