@@ -145,11 +145,10 @@ impl Activity {
         let look_again = limits.header_read_timeout.min(limits.idle_timeout);
         loop {
             let now = Instant::now();
-            let heading = self.lock().head_since.is_some();
             let at = match self.deadline(&limits) {
                 Some((at, why)) if at <= now => return why,
-                // The head's own deadline is exact.
-                Some((at, Expiry::Head)) if heading => at,
+                // A head is under way: its own deadline is exact.
+                Some((at, Expiry::Head)) => at,
                 Some((at, _)) => at.min(now + look_again),
                 None => now + look_again,
             };

@@ -101,20 +101,10 @@ pub fn incoming(
             let Ok(slot) = handshakes.clone().acquire_owned().await else {
                 return;
             };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let (tcp, remote) = tokio::select! {
+                accepted = accept(&listener) => accepted,
                 () = tx.closed() => return,
             };
-            let (tcp, remote) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // Small unary answers must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
             let (tls, tx, failures) = (tls.clone(), tx.clone(), failures.clone());
             tokio::spawn(async move {
                 let _slot = slot;
@@ -136,22 +126,28 @@ pub fn incoming(
     })
 }
 
-/// The connections of `listener` in plain text (mTLS off), with TCP_NODELAY; a failed accept
-/// (out of file descriptors, say) is logged and retried after a pause, never the end.
+/// The connections of `listener` in plain text (mTLS off), as [`accept`] takes them.
 pub fn plain(listener: TcpListener) -> impl futures::Stream<Item = tokio::net::TcpStream> + Send {
     futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((tcp, _)) => {
-                    // Small unary answers must not wait for Nagle's algorithm.
-                    let _ = tcp.set_nodelay(true);
-                    return Some((tcp, listener));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        let (tcp, _) = accept(&listener).await;
+        Some((tcp, listener))
+    })
+}
+
+/// The next connection of `listener`, with TCP_NODELAY (small unary answers must not wait for
+/// Nagle's algorithm); a failed accept (out of file descriptors, say) is logged and retried
+/// after a pause, never the end.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, remote);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    })
+    }
 }
