@@ -8,8 +8,8 @@
 //! it in that hand-off, and reached 17 % of the bare server's requests per second through the
 //! sqlx pool, about 21 % with `test_before_acquire(false)`, and about 45 % through a per-thread
 //! rusqlite connection as below. Weft's own figures for the whole path, still well below that
-//! ratio, are in `bench/README.md`; there the SQLite read through this module is about 10k of
-//! weft-order's 74k instructions per request.
+//! ratio, are in `bench/README.md`; there a product read through this module cost about 9.7k
+//! of weft-order's 68k instructions per request, and 4.3k of 63k once cached (below).
 //!
 //! Each runtime thread keeps ONE read-only connection per database file (a `thread_local!`,
 //! opened lazily on the first read, `PRAGMA query_only`, a short busy timeout) with its
@@ -25,6 +25,16 @@
 //! - the rare lock a reader can meet (WAL recovery after a crash, an exclusive lock taken by
 //!   an operator's tool) is bounded by [`BUSY_TIMEOUT`], then becomes an error, not a stall.
 //!
+//! A product read is also cached on its thread, keyed by id, for as long as the file's
+//! `PRAGMA data_version` holds: SQLite changes that number on this connection whenever any
+//! other connection (the writer thread, sqlx's pool, another process, an operator's `sqlite3`)
+//! commits to the file, so the cache answers only while nothing was committed since its rows
+//! were read: what it returns is what the table holds at the check. The check is one
+//! statement without a table read; a hit then skips the B-tree lookup and the row's decoding.
+//! The version is read before the row, so a commit in between makes the next read drop the
+//! cache rather than keep a stale row. Only SQLite has this: on PostgreSQL (replicas, other
+//! writers) every read goes to the database.
+//!
 //! `CreateOrder`'s transaction on a SQLite file goes to the mesh's SQLite writer thread
 //! ([`crate::write`]). Everything else (the other writes and transactions, migrations, list
 //! queries) stays on sqlx, and so does every query on PostgreSQL, where sqlx has no such worker
@@ -33,6 +43,7 @@
 
 use std::{
     cell::RefCell,
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -53,9 +64,80 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 /// Connections kept per thread at most (one per database file; more only in tests).
 const MAX_CONNECTIONS_PER_THREAD: usize = 8;
 
+/// Bytes of product rows cached per thread and file at most (text fields plus a fixed
+/// overhead per row); a full cache is emptied, not evicted by age. About 4,000 products of the
+/// demo catalogue's size fit; descriptions of 2,000 characters, the most, about 450.
+const MAX_CACHED_BYTES: usize = 1 << 20;
+
+/// What a cached row costs besides its text: the map entry, the key and the `Product`.
+const ROW_OVERHEAD_BYTES: usize = 160;
+
+/// Reads SQLite's count of commits by other connections to the file (see the module doc).
+const DATA_VERSION: &str = "PRAGMA data_version";
+
 thread_local! {
     /// This thread's read connections, by database file.
-    static CONNECTIONS: RefCell<Vec<(Arc<Path>, Connection)>> = const { RefCell::new(Vec::new()) };
+    static CONNECTIONS: RefCell<Vec<(Arc<Path>, ThreadReader)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One thread's read connection to one file, and the products read through it.
+struct ThreadReader {
+    conn: Connection,
+    products: ProductCache,
+}
+
+/// Products by id, as of one `PRAGMA data_version` of the connection that read them.
+#[derive(Default)]
+struct ProductCache {
+    version: Option<i64>,
+    rows: HashMap<Box<str>, Product>,
+    /// What `rows` holds, as [`ProductCache::cost`] counts it.
+    bytes: usize,
+    /// Reads answered from `rows` (tests look at it; a counter costs nothing).
+    hits: u64,
+}
+
+// === impl ProductCache ===
+
+impl ProductCache {
+    /// Forgets every row if the file changed since they were read (`version` differs).
+    fn validate(&mut self, version: i64) {
+        if self.version != Some(version) {
+            self.clear();
+            self.version = Some(version);
+        }
+    }
+
+    /// Keeps `product`, emptying the cache first when it would hold more than
+    /// [`MAX_CACHED_BYTES`].
+    fn insert(&mut self, product: &Product) {
+        let cost = Self::cost(product);
+        if self.bytes + cost > MAX_CACHED_BYTES {
+            self.clear();
+        }
+        if let Some(old) = self
+            .rows
+            .insert(product.id.as_str().into(), product.clone())
+        {
+            self.bytes -= Self::cost(&old);
+        }
+        self.bytes += cost;
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.bytes = 0;
+    }
+
+    /// The memory a cached `product` takes, roughly: its text twice (the key holds the id
+    /// again) and a fixed overhead.
+    fn cost(product: &Product) -> usize {
+        2 * product.id.len()
+            + product.name.len()
+            + product.description.len()
+            + product.currency.len()
+            + ROW_OVERHEAD_BYTES
+    }
 }
 
 /// Reads a SQLite database through a read-only rusqlite connection per thread.
@@ -85,10 +167,23 @@ impl SqliteReader {
         &self.path
     }
 
-    /// The product with this id. One primary-key lookup, run inline (see the module doc).
+    /// The product with this id: from this thread's cache while the file is unchanged, else
+    /// one primary-key lookup, run inline (see the module doc).
     pub fn product(&self, id: &str) -> Result<Option<Product>, Error> {
-        self.with_connection(|conn| {
-            conn.prepare_cached(sql::PRODUCT_BY_ID)?
+        self.with_reader(|reader| {
+            let version = reader
+                .conn
+                .prepare_cached(DATA_VERSION)?
+                .query_row([], |row| row.get(0))?;
+            let cache = &mut reader.products;
+            cache.validate(version);
+            if let Some(product) = cache.rows.get(id) {
+                cache.hits += 1;
+                return Ok(Some(product.clone()));
+            }
+            let product = reader
+                .conn
+                .prepare_cached(sql::PRODUCT_BY_ID)?
                 .query_row([id], |row| {
                     Ok(Product {
                         id: row.get(0)?,
@@ -101,7 +196,11 @@ impl SqliteReader {
                         update_time: row.get(7)?,
                     })
                 })
-                .optional()
+                .optional()?;
+            if let Some(product) = &product {
+                reader.products.insert(product);
+            }
+            Ok(product)
         })
     }
 
@@ -112,8 +211,10 @@ impl SqliteReader {
         user_id: &str,
         key: &str,
     ) -> Result<Option<(Order, Option<String>)>, Error> {
-        let rows = self.with_connection(|conn| {
-            conn.prepare_cached(sql::ORDER_BY_KEY)?
+        let rows = self.with_reader(|reader| {
+            reader
+                .conn
+                .prepare_cached(sql::ORDER_BY_KEY)?
                 .query_map(params![user_id, key], order_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
@@ -121,10 +222,10 @@ impl SqliteReader {
     }
 
     /// Runs `read` on this thread's connection to the file, opening it first if needed. A
-    /// connection that failed is dropped, so the next read starts from a fresh one.
-    fn with_connection<T>(
+    /// connection that failed is dropped (with its cache), so the next read starts afresh.
+    fn with_reader<T>(
         &self,
-        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        read: impl FnOnce(&mut ThreadReader) -> rusqlite::Result<T>,
     ) -> Result<T, Error> {
         let failed = |e: rusqlite::Error| {
             Error::Internal(format!("sqlite read of {}: {e}", self.path.display()))
@@ -143,11 +244,15 @@ impl SqliteReader {
                         if connections.len() >= MAX_CONNECTIONS_PER_THREAD {
                             connections.remove(0);
                         }
-                        connections.push((self.path.clone(), conn));
+                        let reader = ThreadReader {
+                            conn,
+                            products: ProductCache::default(),
+                        };
+                        connections.push((self.path.clone(), reader));
                         connections.len() - 1
                     }
                 };
-                let result = read(&connections[index].1);
+                let result = read(&mut connections[index].1);
                 if result.is_err() {
                     connections.swap_remove(index);
                 }
@@ -215,8 +320,8 @@ mod tests {
         assert_eq!(reader.path(), file);
         assert_eq!(reader.product("nope").unwrap(), None);
         // The connection refuses writes (read-only open and `query_only`).
-        let write = reader.with_connection(|conn| {
-            conn.execute(
+        let write = reader.with_reader(|reader| {
+            reader.conn.execute(
                 "INSERT INTO products VALUES ('x', 'x', '', 1, 'USD', 1, 0, 0)",
                 [],
             )
@@ -225,6 +330,88 @@ mod tests {
         // The failed connection was dropped; the next read opens a new one and works.
         assert_eq!(reader.product("nope").unwrap(), None);
         db.close().await;
+    }
+
+    /// Reads of this thread's cache answered without the table.
+    fn cache_hits(reader: &SqliteReader) -> u64 {
+        reader.with_reader(|r| Ok(r.products.hits)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cached_product_stays_until_any_connection_commits_to_the_file() {
+        let (db, file, _test_db) = sqlite_db().await;
+        let reader = SqliteReader::for_database(&db).unwrap();
+        // Another connection to the file, as the writer thread, sqlx's pool or an operator's
+        // `sqlite3` would be.
+        let other = Connection::open(&file).unwrap();
+        other
+            .execute(
+                "INSERT INTO products VALUES ('p1', 'Tea', 'Green', 250, 'EUR', 5, 1, 1)",
+                [],
+            )
+            .unwrap();
+        let stock = |reader: &SqliteReader| reader.product("p1").unwrap().unwrap().stock;
+
+        assert_eq!(stock(&reader), 5);
+        let hits = cache_hits(&reader);
+        assert_eq!(stock(&reader), 5);
+        assert_eq!(stock(&reader), 5);
+        assert_eq!(
+            cache_hits(&reader),
+            hits + 2,
+            "unchanged file: answered from the cache"
+        );
+
+        other
+            .execute("UPDATE products SET stock = 3 WHERE id = 'p1'", [])
+            .unwrap();
+        assert_eq!(stock(&reader), 3, "a commit elsewhere drops the cached row");
+        assert_eq!(cache_hits(&reader), hits + 2);
+
+        other.execute("DELETE FROM products", []).unwrap();
+        assert_eq!(reader.product("p1").unwrap(), None);
+        // A missing product is not cached: it is found once it exists.
+        other
+            .execute(
+                "INSERT INTO products VALUES ('p1', 'Tea', 'Green', 250, 'EUR', 9, 1, 2)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(stock(&reader), 9);
+        db.close().await;
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut cache = ProductCache::default();
+        cache.validate(1);
+        let product = |id: usize| Product {
+            id: format!("p{id}"),
+            name: "n".into(),
+            description: String::new(),
+            unit_price_cents: 1,
+            currency: "EUR".into(),
+            stock: 1,
+            create_time: 0,
+            update_time: 0,
+        };
+        let fit = MAX_CACHED_BYTES / ProductCache::cost(&product(1000));
+        let mut emptied = false;
+        for id in 1000..1000 + 2 * fit {
+            let before = cache.rows.len();
+            cache.insert(&product(id));
+            emptied |= cache.rows.len() < before;
+            assert!(cache.bytes <= MAX_CACHED_BYTES);
+            assert!(cache.rows.contains_key(format!("p{id}").as_str()));
+        }
+        assert!(emptied, "{fit} rows fill it");
+        // The same row again replaces itself without growing.
+        let (bytes, rows) = (cache.bytes, cache.rows.len());
+        cache.insert(&product(1000 + 2 * fit - 1));
+        assert_eq!((cache.bytes, cache.rows.len()), (bytes, rows));
+        cache.validate(2);
+        assert!(cache.rows.is_empty(), "another data version empties it");
+        assert_eq!(cache.bytes, 0);
     }
 
     #[test]
