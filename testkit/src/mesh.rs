@@ -116,7 +116,27 @@ impl TestMesh {
     }
 
     /// Starts the mesh with `options`.
+    ///
+    /// Ports are picked free just before the processes bind them, but another test's process
+    /// can still take one in between (its own listener, or a connection's ephemeral port).
+    /// When a process then exits because its address is in use, the mesh is started again from
+    /// scratch on other ports, up to [`START_ATTEMPTS`] times.
     pub async fn start_with(backend: Backend, options: MeshOptions) -> TestMesh {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(backend.clone(), options.clone()).await {
+                Ok(mesh) => return mesh,
+                Err(PortTaken(why)) if attempt < START_ATTEMPTS => {
+                    eprintln!("testkit: {why}\ntestkit: starting the mesh again on other ports");
+                    attempt += 1;
+                }
+                Err(PortTaken(why)) => panic!("{why} (attempt {attempt} of {START_ATTEMPTS})"),
+            }
+        }
+    }
+
+    /// One attempt of [`TestMesh::start_with`]; panics on anything but a port taken meanwhile.
+    async fn try_start(backend: Backend, options: MeshOptions) -> Result<TestMesh, PortTaken> {
         let mut planned: Vec<(String, Vec<String>, bool)> = WEFT_SERVICES
             .iter()
             .map(|&(name, grpc)| (name.to_string(), vec![grpc.to_string()], true))
@@ -219,16 +239,16 @@ impl TestMesh {
             mesh.spawn(name);
         }
         for name in &names {
-            mesh.wait_serving(name).await;
+            mesh.wait_serving(name).await?;
         }
         for replica in replicas {
             mesh.start_replica(replica).await;
         }
         if mesh.gateway.is_some() {
             mesh.spawn_gateway();
-            mesh.wait_gateway_ready().await;
+            mesh.wait_gateway_ready().await?;
         }
-        mesh
+        Ok(mesh)
     }
 
     /// The backend the mesh runs on.
@@ -513,7 +533,9 @@ impl TestMesh {
         // A fresh channel: the old one may hold a broken connection.
         lock(&self.channels).insert(name.to_string(), channel_to(self.addr(name)));
         self.spawn(name);
-        self.wait_serving(name).await;
+        if let Err(PortTaken(why)) = self.wait_serving(name).await {
+            panic!("{why}");
+        }
     }
 
     /// Merges `toml` over the mesh-config file (section by section, as [`MeshOptions::toml`]),
@@ -734,7 +756,9 @@ impl TestMesh {
             terminate_child(GATEWAY, &mut child).await;
         }
         self.spawn_gateway();
-        self.wait_gateway_ready().await;
+        if let Err(PortTaken(why)) = self.wait_gateway_ready().await {
+            panic!("{why}");
+        }
     }
 
     /// Stops every service (and the gateway, first) with SIGTERM, waiting for each to exit, and
@@ -798,7 +822,7 @@ impl TestMesh {
 
     /// Waits until the gateway's admin listener answers 200 on `/healthz` and `/readyz`, and
     /// its API listener accepts connections.
-    async fn wait_gateway_ready(&self) {
+    async fn wait_gateway_ready(&self) -> Result<(), PortTaken> {
         let (addr, _) = self.gateway.expect("the gateway is configured");
         let admin = self.gateway_admin_addr();
         let started = Instant::now();
@@ -806,17 +830,17 @@ impl TestMesh {
             if let Some(child) = lock(&self.gateway_child).as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
-                    "{GATEWAY} exited during start-up with {status}; its log:\n{}",
-                    self.gateway_logs()
-                );
+                return Err(PortTaken::or_panic(
+                    format!("{GATEWAY} exited during start-up with {status}"),
+                    self.gateway_logs(),
+                ));
             }
             let last = match (
                 http_get_status(admin, "/healthz").await,
                 http_get_status(admin, "/readyz").await,
             ) {
                 (Ok(200), Ok(200)) => match tokio::net::TcpStream::connect(addr).await {
-                    Ok(_) => return,
+                    Ok(_) => return Ok(()),
                     Err(e) => format!("API listener: cannot connect: {e}"),
                 },
                 (healthz, readyz) => format!("/healthz: {healthz:?}, /readyz: {readyz:?}"),
@@ -831,7 +855,7 @@ impl TestMesh {
         }
     }
 
-    async fn wait_serving(&self, name: &str) {
+    async fn wait_serving(&self, name: &str) -> Result<(), PortTaken> {
         let started = Instant::now();
         loop {
             {
@@ -840,15 +864,15 @@ impl TestMesh {
                     .get_mut(name)
                     .unwrap_or_else(|| panic!("{name} is not running"));
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "{name} exited during start-up with {status}; its log:\n{}",
-                        self.logs(name)
-                    );
+                    return Err(PortTaken::or_panic(
+                        format!("{name} exited during start-up with {status}"),
+                        self.logs(name),
+                    ));
                 }
             }
             let last =
                 match tokio::time::timeout(Duration::from_secs(2), self.health(name, "")).await {
-                    Ok(Ok(ServingStatus::Serving)) => return,
+                    Ok(Ok(ServingStatus::Serving)) => return Ok(()),
                     Ok(Ok(status)) => format!("{status:?}"),
                     Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
                     Err(_) => "health check timed out".into(),
@@ -860,6 +884,27 @@ impl TestMesh {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Times [`TestMesh::start_with`] starts the mesh when a port it picked was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+
+/// A process of the mesh exited at start-up because an address it was given was in use.
+#[derive(Debug)]
+struct PortTaken(String);
+
+// === impl PortTaken ===
+
+impl PortTaken {
+    /// The failure `what` of a process whose log is `log`: a [`PortTaken`] when the log says
+    /// an address was in use, else a panic with the log.
+    fn or_panic(what: String, log: String) -> Self {
+        if log.contains("Address already in use") {
+            PortTaken(format!("{what}: an address it was given was in use"))
+        } else {
+            panic!("{what}; its log:\n{log}")
         }
     }
 }
@@ -922,4 +967,23 @@ async fn import_signing_key(dir: &Path, config_path: &Path) -> SigningKey {
         "weft-auth import-key printed no key id"
     );
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_in_use_at_start_up_is_a_port_taken() {
+        let log = "{\"level\":\"ERROR\",\"error\":\"cannot listen on 127.0.0.1:42467 \
+                   (admin_listen, /metrics): Address already in use (os error 98)\"}";
+        let PortTaken(why) = PortTaken::or_panic("order exited".into(), log.into());
+        assert_eq!(why, "order exited: an address it was given was in use");
+    }
+
+    #[test]
+    #[should_panic(expected = "order exited; its log:\nbad config")]
+    fn any_other_exit_at_start_up_panics_with_the_log() {
+        PortTaken::or_panic("order exited".into(), "bad config".into());
+    }
 }
