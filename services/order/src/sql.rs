@@ -7,10 +7,21 @@
 
 use crate::domain::{Error, Order, OrderItem, OrderStatus};
 
+/// The columns of a product row, in the order [`PRODUCT_BY_ID`] reads them (a macro, so that
+/// `concat!` can build statements from it).
+macro_rules! product_columns {
+    () => {
+        "id, name, description, unit_price_cents, currency, stock, create_time, update_time"
+    };
+}
+pub(crate) use product_columns;
+
 /// A product by id.
-pub(crate) const PRODUCT_BY_ID: &str = "SELECT id, name, description, unit_price_cents, \
-                                        currency, stock, create_time, update_time \
-                                        FROM products WHERE id = $1";
+pub(crate) const PRODUCT_BY_ID: &str = concat!(
+    "SELECT ",
+    product_columns!(),
+    " FROM products WHERE id = $1"
+);
 
 /// Takes `$1` units of product `$3` at time `$2`, only if it has that many: a conditional
 /// update, so stock never goes below zero whatever the concurrency. Returns what pricing needs.
