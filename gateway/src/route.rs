@@ -263,7 +263,7 @@ impl PathTemplate {
 
     /// Whether the (verb-less) path body matches the segments; allocation-free.
     fn matches(&self, body: &str) -> bool {
-        let mut parts = split_segments(body);
+        let mut parts = split_segments(body.as_bytes());
         for segment in &self.segments {
             match segment {
                 Segment::Literal(literal) => match parts.next() {
@@ -656,6 +656,9 @@ pub enum Match<'a, T> {
 #[derive(Debug)]
 pub struct Router<T> {
     routes: Vec<Route<T>>,
+    /// The positions in `routes` of each method's routes, so that a request is matched
+    /// against its own method's routes only.
+    by_method: Vec<(Method, Vec<usize>)>,
     has_verbs: bool,
 }
 
@@ -670,6 +673,7 @@ impl<T> Router<T> {
     pub fn new() -> Self {
         Self {
             routes: Vec::new(),
+            by_method: Vec::new(),
             has_verbs: false,
         }
     }
@@ -707,6 +711,11 @@ impl<T> Router<T> {
             });
         }
         self.has_verbs |= template.verb.is_some();
+        let position = self.routes.len();
+        match self.by_method.iter_mut().find(|(m, _)| *m == method) {
+            Some((_, positions)) => positions.push(position),
+            None => self.by_method.push((method.clone(), vec![position])),
+        }
         self.routes.push(Route {
             method,
             template,
@@ -746,10 +755,12 @@ impl<T> Router<T> {
             });
 
         let mut best: Option<(&Route<T>, &str)> = None;
-        for route in &self.routes {
-            if route.method.as_str() != method {
-                continue;
-            }
+        let positions = self
+            .by_method
+            .iter()
+            .find(|(m, _)| m.as_str() == method)
+            .map_or(&[][..], |(_, positions)| positions.as_slice());
+        for route in positions.iter().map(|&i| &self.routes[i]) {
             let Some(body) = candidate.matches(&route.template) else {
                 continue;
             };
@@ -797,20 +808,31 @@ struct Candidate<'p> {
 
 impl<'p> Candidate<'p> {
     fn new(rest: &'p str, has_verbs: bool) -> Self {
-        let verb_split = if has_verbs {
-            let last_start = rest.rfind('/').map_or(0, |i| i + 1);
-            rest[last_start..].rfind(':').map(|colon| {
-                let body = &rest[..last_start + colon];
-                (body, &rest[last_start + colon + 1..], segment_count(body))
-            })
-        } else {
-            None
-        };
+        // One pass over the bytes (all three are ASCII): the number of `/`, the last `:` after
+        // the last `/`, and whether there are escapes.
+        let (mut slashes, mut colon, mut escaped) = (0, None, false);
+        for (i, b) in rest.bytes().enumerate() {
+            match b {
+                b'/' => {
+                    slashes += 1;
+                    colon = None;
+                }
+                b':' => colon = Some(i),
+                b'%' => escaped = true,
+                _ => {}
+            }
+        }
+        let count = |body: &str| if body.is_empty() { 0 } else { slashes + 1 };
+        // The verb is in the last segment: the body before it has all of the path's `/`.
+        let verb_split = colon.filter(|_| has_verbs).map(|colon| {
+            let body = &rest[..colon];
+            (body, &rest[colon + 1..], count(body))
+        });
         Self {
             rest,
-            rest_len: segment_count(rest),
+            rest_len: count(rest),
             verb_split,
-            escaped: rest.contains('%'),
+            escaped,
             verb_only: false,
         }
     }
@@ -819,7 +841,7 @@ impl<'p> Candidate<'p> {
     fn matches(&self, template: &PathTemplate) -> Option<&'p str> {
         let (body, len) = match &template.verb {
             Some(verb) => match self.verb_split {
-                Some((body, raw_verb, len)) if decoded_eq(raw_verb, verb) => (body, len),
+                Some((body, raw_verb, len)) if decoded_eq(raw_verb.as_bytes(), verb) => (body, len),
                 _ => return None,
             },
             None if self.verb_only => return None,
@@ -852,20 +874,22 @@ fn literal_prefix(segments: &[Segment]) -> String {
     prefix
 }
 
+// The path helpers below search bytes, not chars: `/` and `%` are ASCII, so a byte search
+// finds exactly what a char search would, without the char searcher's set-up on every call.
+
 /// Segments of a path body; an empty body (the path `/`) has none.
-fn split_segments(body: &str) -> impl Iterator<Item = &str> {
+fn split_segments(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     (!body.is_empty())
-        .then(|| body.split('/'))
+        .then(|| body.split(|&b| b == b'/'))
         .into_iter()
         .flatten()
 }
 
-fn segment_count(body: &str) -> usize {
-    if body.is_empty() {
-        0
-    } else {
-        body.bytes().filter(|&b| b == b'/').count() + 1
-    }
+/// Offsets of the `/` of `body`, in order.
+fn slashes(body: &str) -> impl Iterator<Item = usize> + '_ {
+    body.bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'/').then_some(i))
 }
 
 /// Byte offset where segment `index` starts (the body's end if there is no such segment).
@@ -873,16 +897,12 @@ fn segment_start(body: &str, index: usize) -> usize {
     if index == 0 {
         return 0;
     }
-    body.match_indices('/')
-        .nth(index - 1)
-        .map_or(body.len(), |(i, _)| i + 1)
+    slashes(body).nth(index - 1).map_or(body.len(), |i| i + 1)
 }
 
 /// Byte offset where segment `index` ends.
 fn segment_end(body: &str, index: usize) -> usize {
-    body.match_indices('/')
-        .nth(index)
-        .map_or(body.len(), |(i, _)| i)
+    slashes(body).nth(index).unwrap_or(body.len())
 }
 
 /// Decodes the value of every variable of a template that matched `body`.
@@ -953,17 +973,13 @@ impl Iterator for Decoded<'_> {
 }
 
 /// Whether `raw` percent-decodes to `decoded`, without allocating.
-fn decoded_eq(raw: &str, decoded: &str) -> bool {
-    Decoded {
-        bytes: raw.as_bytes(),
-        pos: 0,
-    }
-    .eq(decoded.bytes())
+fn decoded_eq(raw: &[u8], decoded: &str) -> bool {
+    Decoded { bytes: raw, pos: 0 }.eq(decoded.bytes())
 }
 
 /// Percent-decodes `raw`; with `keep_slash`, `%2F`/`%2f` are kept as written.
 fn decode(raw: &str, keep_slash: bool) -> Result<String, std::string::FromUtf8Error> {
-    if !raw.contains('%') {
+    if !raw.bytes().any(|b| b == b'%') {
         return Ok(raw.to_owned());
     }
     let bytes = raw.as_bytes();
@@ -1667,8 +1683,8 @@ mod tests {
 
         assert_eq!(decode("a%2Fb%20", true).unwrap(), "a%2Fb ");
         assert_eq!(decode("a%2Fb%20", false).unwrap(), "a/b ");
-        assert!(decoded_eq("%41b", "Ab"));
-        assert!(!decoded_eq("%41b", "Abc"));
+        assert!(decoded_eq(b"%41b", "Ab"));
+        assert!(!decoded_eq(b"%41b", "Abc"));
         assert_eq!(find_bad_escape("/a%2"), Some(2));
         assert_eq!(find_bad_escape("/a%2F"), None);
         assert_eq!(segment_start("a/b/c", 2), 4);
