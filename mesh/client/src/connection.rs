@@ -58,7 +58,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -70,7 +70,7 @@ use h2::{
     client::{self, SendRequest},
 };
 use http::{
-    HeaderValue, Request, Response, Uri,
+    HeaderName, HeaderValue, Request, Response, Uri,
     header::USER_AGENT,
     uri::{Authority, PathAndQuery, Scheme},
 };
@@ -80,6 +80,7 @@ use tokio::{net::TcpStream, sync::OnceCell};
 use tonic::{Code, Status, body::Body};
 use tower_service::Service;
 
+use weft_core::grpc::GRPC_TIMEOUT_HEADER;
 pub use weft_tls::ClientTls;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -287,9 +288,41 @@ struct OpenConnection {
     send: SendRequest<Bytes>,
     /// Set when the connection's task ends.
     closed: Arc<AtomicBool>,
-    /// Calls whose stream is open on it: the keepalive pings only while there are some.
-    open_calls: Arc<AtomicUsize>,
+    /// Its calls, open and sent.
+    calls: Arc<CallCounts>,
 }
+
+/// The calls of one connection.
+#[derive(Default)]
+struct CallCounts {
+    /// Calls whose stream is open: the keepalive pings only while there are some.
+    open: AtomicUsize,
+    /// Calls sent so far.
+    sent: AtomicUsize,
+    /// Bit `i` set: a call has sent `INDEXED_NAMES[i]` indexable since the last
+    /// [`REINDEX_EVERY`]th call.
+    indexed: AtomicU8,
+}
+
+/// Headers new on every call whose values are no secret (ids, trace context, the time left).
+/// The layers mark them sensitive, so that h2 sends them as never-indexed literals: indexed,
+/// each new value would push an entry worth keeping out of the HPACK table. But then a name
+/// that is not in the table goes out as a literal too, Huffman-coded by this end and decoded,
+/// checked and copied by the other on every call. So the first call on a connection that
+/// carries them, and every [`REINDEX_EVERY`]th after, sends them indexable: their names (with
+/// that call's values) enter both ends' tables, and the calls in between send only their
+/// values, the name by its index. Each name goes in with the first call that has it (a health
+/// check has none of the ids). Tokens and baggage (which may carry what a client sent)
+/// stay never-indexed.
+const INDEXED_NAMES: [HeaderName; 3] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    GRPC_TIMEOUT_HEADER,
+];
+
+/// How often a call sends [`INDEXED_NAMES`] indexable again, in case other headers' entries
+/// pushed theirs out of the table (a table of 4 KiB holds about 60 such entries).
+const REINDEX_EVERY: usize = 1024;
 
 /// Why a connect attempt failed.
 #[derive(Clone)]
@@ -449,13 +482,13 @@ impl Inner {
         };
         tracing::debug!(addr = %self.name, "connected");
         let closed = Arc::new(AtomicBool::new(false));
-        let open_calls = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(CallCounts::default());
         let pinger = match (self.keepalive.ping_interval, connection.ping_pong()) {
             (Some(interval), Some(ping_pong)) => Some(Pinger {
                 ping_pong,
                 interval,
                 timeout: self.keepalive.ping_timeout,
-                open_calls: open_calls.clone(),
+                calls: calls.clone(),
             }),
             _ => None,
         };
@@ -463,7 +496,7 @@ impl Inner {
         Ok(OpenConnection {
             send,
             closed,
-            open_calls,
+            calls,
         })
     }
 }
@@ -582,7 +615,7 @@ struct Pinger {
     ping_pong: PingPong,
     interval: Duration,
     timeout: Duration,
-    open_calls: Arc<AtomicUsize>,
+    calls: Arc<CallCounts>,
 }
 
 impl Pinger {
@@ -594,7 +627,7 @@ impl Pinger {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if self.open_calls.load(Ordering::Acquire) == 0 {
+            if self.calls.open.load(Ordering::Acquire) == 0 {
                 continue;
             }
             match tokio::time::timeout(self.timeout, self.ping_pong.ping(Ping::opaque())).await {
@@ -635,7 +668,7 @@ enum State<B> {
     Ready {
         attempt: Arc<Attempt>,
         send: SendRequest<Bytes>,
-        open_calls: Arc<AtomicUsize>,
+        calls: Arc<CallCounts>,
         fresh: bool,
         request: Request<B>,
     },
@@ -664,7 +697,7 @@ where
                     this.state = match attempt.get() {
                         Some(Ok(live)) => State::Ready {
                             send: live.send.clone(),
-                            open_calls: live.open_calls.clone(),
+                            calls: live.calls.clone(),
                             fresh: false,
                             attempt,
                             request,
@@ -699,7 +732,7 @@ where
                     Poll::Ready(Ok(live)) => {
                         this.state = State::Ready {
                             send: live.send,
-                            open_calls: live.open_calls,
+                            calls: live.calls,
                             fresh: true,
                             attempt,
                             request,
@@ -714,7 +747,7 @@ where
                 State::Ready {
                     attempt,
                     mut send,
-                    open_calls,
+                    calls,
                     fresh,
                     request,
                 } => match send.poll_ready(cx) {
@@ -722,7 +755,7 @@ where
                         this.state = State::Ready {
                             attempt,
                             send,
-                            open_calls,
+                            calls,
                             fresh,
                             request,
                         };
@@ -740,7 +773,7 @@ where
                         this.state = State::Start(request);
                     }
                     Poll::Ready(Ok(())) => {
-                        match send_request(&this.inner, &mut send, request, &open_calls) {
+                        match send_request(&this.inner, &mut send, request, &calls) {
                             Ok(sent) => this.state = sent,
                             Err(err) => return Poll::Ready(Err(err)),
                         }
@@ -815,12 +848,12 @@ where
 }
 
 /// Opens the call's stream and sends its headers (with END_STREAM when there is no body),
-/// counting it among the connection's `open_calls`.
+/// counting it among the connection's open calls.
 fn send_request<B: HttpBody>(
     inner: &Inner,
     send: &mut SendRequest<Bytes>,
     request: Request<B>,
-    open_calls: &Arc<AtomicUsize>,
+    calls: &Arc<CallCounts>,
 ) -> Result<State<B>, ConnectionError> {
     let (mut parts, body) = request.into_parts();
     // tonic gives the path; h2 needs the scheme and authority too.
@@ -842,6 +875,7 @@ fn send_request<B: HttpBody>(
             .headers
             .insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
     }
+    let_names_into_table(&mut parts.headers, calls);
     let end = body.is_end_stream();
     let (response, stream) = send
         .send_request(Request::from_parts(parts, ()), end)
@@ -855,24 +889,48 @@ fn send_request<B: HttpBody>(
     Ok(State::Sent {
         response,
         body,
-        open: OpenCall::new(open_calls.clone()),
+        open: OpenCall::new(calls.clone()),
     })
+}
+
+/// Lets the [`INDEXED_NAMES`] of a call into HPACK's table where none of its connection's
+/// calls has since the last [`REINDEX_EVERY`]th (see there).
+fn let_names_into_table(headers: &mut http::HeaderMap, calls: &CallCounts) {
+    if calls
+        .sent
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(REINDEX_EVERY)
+    {
+        calls.indexed.store(0, Ordering::Relaxed);
+    }
+    let indexed = calls.indexed.load(Ordering::Relaxed);
+    for (bit, name) in INDEXED_NAMES.iter().enumerate() {
+        let bit = 1 << bit;
+        if indexed & bit != 0 {
+            continue;
+        }
+        if let Some(value) = headers.get_mut(name)
+            && calls.indexed.fetch_or(bit, Ordering::Relaxed) & bit == 0
+        {
+            value.set_sensitive(false);
+        }
+    }
 }
 
 /// A call counted among its connection's open calls until it is dropped: with the call's
 /// future when no answer came, else with the answer's body.
-struct OpenCall(Arc<AtomicUsize>);
+struct OpenCall(Arc<CallCounts>);
 
 impl OpenCall {
-    fn new(open_calls: Arc<AtomicUsize>) -> Self {
-        open_calls.fetch_add(1, Ordering::AcqRel);
-        Self(open_calls)
+    fn new(calls: Arc<CallCounts>) -> Self {
+        calls.open.fetch_add(1, Ordering::AcqRel);
+        Self(calls)
     }
 }
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1125,6 +1183,36 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(1);
     /// Bound of every wait in these tests.
     const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn each_per_call_name_enters_the_hpack_table_once_per_reindex_period() {
+        let calls = CallCounts::default();
+        let call = |with_ids: bool| {
+            let mut headers = HeaderMap::new();
+            let mut timeout = HeaderValue::from_static("4999m");
+            timeout.set_sensitive(true);
+            headers.insert(GRPC_TIMEOUT_HEADER, timeout);
+            if with_ids {
+                for name in ["x-request-id", "traceparent", "baggage"] {
+                    let mut value = HeaderValue::from_static("new-on-every-call");
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
+            }
+            let_names_into_table(&mut headers, &calls);
+            let indexable = |name: &str| headers.get(name).is_some_and(|v| !v.is_sensitive());
+            ["x-request-id", "traceparent", "grpc-timeout", "baggage"].map(indexable)
+        };
+        // A health check has no ids: only its grpc-timeout goes in; the ids go in with the
+        // first call that has them; baggage never does.
+        assert_eq!(call(false), [false, false, true, false]);
+        assert_eq!(call(true), [true, true, false, false]);
+        for _ in 2..REINDEX_EVERY {
+            assert_eq!(call(true), [false; 4]);
+        }
+        assert_eq!(call(true), [true, true, true, false], "the next period");
+        assert_eq!(call(true), [false; 4]);
+    }
 
     async fn within<F: Future>(what: &str, future: F) -> F::Output {
         tokio::time::timeout(WAIT, future)

@@ -214,8 +214,11 @@ where
             return Box::pin(std::future::ready(Ok(grpc::refusal(status))));
         }
         let budget = deadline - now;
-        req.headers_mut()
-            .insert(GRPC_TIMEOUT_HEADER, encode_timeout(budget));
+        // Sensitive: the value changes from call to call, and each new one in the HPACK table
+        // would push out an entry worth keeping (see `connection::INDEXED_NAMES`).
+        let mut timeout = encode_timeout(budget);
+        timeout.set_sensitive(true);
+        req.headers_mut().insert(GRPC_TIMEOUT_HEADER, timeout);
         let call = self.inner.call(req);
         let upstream = self.upstream.clone();
         Box::pin(async move {
