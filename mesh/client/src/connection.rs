@@ -81,6 +81,7 @@ use tonic::{Code, Status, body::Body};
 use tower_service::Service;
 
 use weft_core::grpc::GRPC_TIMEOUT_HEADER;
+use weft_observe::propagate::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 pub use weft_tls::ClientTls;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -314,11 +315,7 @@ struct CallCounts {
 /// values, the name by its index. Each name goes in with the first call that has it (a health
 /// check has none of the ids). Tokens and baggage (which may carry what a client sent)
 /// stay never-indexed.
-const INDEXED_NAMES: [HeaderName; 3] = [
-    HeaderName::from_static("x-request-id"),
-    HeaderName::from_static("traceparent"),
-    GRPC_TIMEOUT_HEADER,
-];
+const INDEXED_NAMES: [HeaderName; 3] = [REQUEST_ID_HEADER, TRACEPARENT_HEADER, GRPC_TIMEOUT_HEADER];
 
 /// How often a call sends [`INDEXED_NAMES`] indexable again, in case other headers' entries
 /// pushed theirs out of the table (a table of 4 KiB holds about 60 such entries).

@@ -49,7 +49,8 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 /// The W3C baggage member that carries the request id.
 pub const BAGGAGE_REQUEST_ID: &str = "request_id";
 
-const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
+/// The W3C trace context header (`traceparent`), which the mesh sends on every call.
+pub const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE_HEADER: HeaderName = HeaderName::from_static("tracestate");
 const BAGGAGE_HEADER: HeaderName = HeaderName::from_static("baggage");
 
