@@ -38,6 +38,9 @@ pub struct Endpoint {
     pub http_method: Method,
     /// Where the body goes.
     pub body: BodyRule,
+    /// The string fields the path's variables bind, in the template's order, when they alone
+    /// make the request message (see `request_message::path_string_fields`).
+    pub path_strings: Option<Vec<FieldDescriptor>>,
     /// The response field sent as the body, if not the whole response.
     pub response_body: Option<FieldDescriptor>,
     /// Who may call it.

@@ -6,14 +6,26 @@
 //! form) and unknown fields are refused. Path variables and query parameters are then set on
 //! the message directly, field by field, so the common GET with a path id builds its request
 //! without any JSON at all. (The answer's direction is `wire_json` and `message_json`.)
+//!
+//! The commonest request of all, a GET whose path alone gives the message (`/v1/products/{id}`:
+//! no body, no query, each variable a top-level string field), skips the dynamic message too:
+//! its values are written straight to protobuf bytes ([`RequestMessage::PathStrings`]). Built,
+//! measured and encoded as a `DynamicMessage`, it cost the gateway about 2,700 instructions.
 
 use base64::Engine as _;
+use bytes::Bytes;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
     Value,
 };
 
-use crate::endpoint::{BodyRule, Endpoint};
+use weft_mesh::grpc;
+
+use crate::{
+    endpoint::{BodyRule, Endpoint},
+    route::PathTemplate,
+};
 
 /// Why a request could not be turned into a message: always the client's fault (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,8 +75,114 @@ pub fn is_scalar_like(message: &MessageDescriptor) -> bool {
     ) || WRAPPERS.contains(&message.full_name())
 }
 
+/// The request message of a REST request, ready to be framed for its gRPC call.
+#[derive(Debug)]
+pub enum RequestMessage<'e> {
+    /// Built field by field from the body, the path and the query.
+    Dynamic(DynamicMessage),
+    /// Top-level string fields from the path alone, each with its value (see
+    /// [`path_string_fields`]): written straight to protobuf bytes.
+    PathStrings(Vec<(&'e FieldDescriptor, String)>),
+}
+
+impl RequestMessage<'_> {
+    /// The message as one gRPC frame.
+    pub fn frame(&self) -> Bytes {
+        match self {
+            Self::Dynamic(message) => grpc::frame(message),
+            Self::PathStrings(fields) => {
+                let sent = || fields.iter().filter(|(field, value)| is_sent(field, value));
+                let len = sent()
+                    .map(|(field, value)| {
+                        key_len(field.number())
+                            + encoded_len_varint(value.len() as u64)
+                            + value.len()
+                    })
+                    .sum();
+                // In the template's order, not the field numbers': parsers take any order.
+                grpc::frame_with(len, |frame| {
+                    for (field, value) in sent() {
+                        encode_key(field.number(), WireType::LengthDelimited, frame);
+                        encode_varint(value.len() as u64, frame);
+                        frame.extend_from_slice(value.as_bytes());
+                    }
+                })
+            }
+        }
+    }
+
+    /// Whether the message sets the field named `name` (as `DynamicMessage::has_field_by_name`).
+    pub fn has_field_by_name(&self, name: &str) -> bool {
+        match self {
+            Self::Dynamic(message) => message.has_field_by_name(name),
+            Self::PathStrings(fields) => fields
+                .iter()
+                .any(|(field, value)| field.name() == name && is_sent(field, value)),
+        }
+    }
+}
+
+/// Whether a string field with `value` is on the wire: an empty string is its default, which
+/// proto3 leaves out unless the field tracks presence (`optional`, proto2).
+fn is_sent(field: &FieldDescriptor, value: &str) -> bool {
+    !value.is_empty() || field.supports_presence()
+}
+
+/// The fields that `template`'s variables bind, in the template's order, when a request without
+/// a body makes its message from them alone: each a distinct, top-level, singular string field
+/// outside any oneof (so that setting one never clears another). `None` for any other rule.
+pub fn path_string_fields(
+    input: &MessageDescriptor,
+    body: &BodyRule,
+    template: &PathTemplate,
+) -> Option<Vec<FieldDescriptor>> {
+    if !matches!(body, BodyRule::None) {
+        return None;
+    }
+    let mut fields: Vec<FieldDescriptor> = Vec::new();
+    for variable in template.variables() {
+        let [name] = variable.field_path() else {
+            return None;
+        };
+        let field = find_field(input, name)?;
+        let in_oneof = field
+            .containing_oneof()
+            .is_some_and(|oneof| !oneof.is_synthetic());
+        if field.is_list()
+            || field.is_map()
+            || !matches!(field.kind(), Kind::String)
+            || in_oneof
+            || fields.contains(&field)
+        {
+            return None;
+        }
+        fields.push(field);
+    }
+    Some(fields)
+}
+
 /// Builds the request message of `endpoint`.
-pub fn build_request(
+pub fn build_request<'e>(
+    endpoint: &'e Endpoint,
+    bindings: Vec<(&[String], String)>,
+    query: Option<&str>,
+    body: &[u8],
+    max_depth: usize,
+) -> Result<RequestMessage<'e>, BadRequest> {
+    if let Some(fields) = &endpoint.path_strings
+        && query.is_none_or(str::is_empty)
+    {
+        // `bindings` follow the template's variables, as `fields` do.
+        let values = bindings.into_iter().map(|(_, value)| value);
+        return Ok(RequestMessage::PathStrings(
+            fields.iter().zip(values).collect(),
+        ));
+    }
+    build_dynamic(endpoint, bindings, query, body, max_depth).map(RequestMessage::Dynamic)
+}
+
+/// Builds the request message of `endpoint` field by field.
+fn build_dynamic(
     endpoint: &Endpoint,
     bindings: Vec<(&[String], String)>,
     query: Option<&str>,
@@ -366,7 +484,9 @@ mod tests {
         else {
             panic!("{method} {path} must match");
         };
-        build_request(value, bindings, query, body.as_bytes(), 64)
+        let message = build_request(value, bindings, query, body.as_bytes(), 64)?;
+        // What the upstream receives: the frame's message, read as the method's input.
+        Ok(DynamicMessage::decode(value.method.input(), &message.frame()[5..]).unwrap())
     }
 
     fn json(message: &DynamicMessage) -> serde_json::Value {
@@ -382,6 +502,71 @@ mod tests {
     fn path_variables_fill_fields() {
         let message = request("GET", "/v1/products/p%201", None, "").unwrap();
         assert_eq!(json(&message)["id"], "p 1");
+    }
+
+    /// The message of `method path` as built, and as a `DynamicMessage` built field by field.
+    fn both_ways(method: &str, path: &str, query: Option<&str>) -> (Bytes, Bytes, bool) {
+        let table = crate::test_support::weft_table();
+        let Ok(Match::Found {
+            value, bindings, ..
+        }) = table.router.match_path(method, path)
+        else {
+            panic!("{method} {path} must match");
+        };
+        let built = build_request(value, bindings.clone(), query, b"", 64).unwrap();
+        let direct = matches!(built, RequestMessage::PathStrings(_));
+        let dynamic = build_dynamic(value, bindings, query, b"", 64).unwrap();
+        (built.frame(), grpc::frame(&dynamic), direct)
+    }
+
+    #[test]
+    fn a_get_made_from_its_path_alone_is_written_straight_to_the_same_bytes() {
+        for path in [
+            "/v1/products/p%201",
+            "/v1/orders/o-1",
+            "/v1/me",
+            "/v1/products",
+        ] {
+            let (built, dynamic, direct) = both_ways("GET", path, None);
+            assert!(direct, "{path}");
+            assert_eq!(built, dynamic, "{path}");
+        }
+        // Nothing changes for an empty query string (`/v1/products/p1?`).
+        let (built, dynamic, direct) = both_ways("GET", "/v1/products/p1", Some(""));
+        assert!(direct);
+        assert_eq!(built, dynamic);
+    }
+
+    #[test]
+    fn a_query_or_a_body_builds_the_message_field_by_field() {
+        let (built, dynamic, direct) = both_ways("GET", "/v1/products", Some("pageSize=5"));
+        assert!(!direct);
+        assert_eq!(built, dynamic);
+        let table = crate::test_support::weft_table();
+        let body_routes = [("POST", "/v1/orders"), ("PATCH", "/v1/users/u1")];
+        for (method, path) in body_routes {
+            let Ok(Match::Found { value, .. }) = table.router.match_path(method, path) else {
+                panic!("{method} {path} must match");
+            };
+            assert!(value.path_strings.is_none(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn an_empty_path_string_is_not_sent_unless_the_field_tracks_presence() {
+        let table = crate::test_support::weft_table();
+        let Ok(Match::Found { value, .. }) = table.router.match_path("GET", "/v1/products/p1")
+        else {
+            panic!("the product route must match");
+        };
+        let id = value.method.input().get_field_by_name("id").unwrap();
+        let empty = RequestMessage::PathStrings(vec![(&id, String::new())]);
+        assert_eq!(&empty.frame()[..], &[0, 0, 0, 0, 0]);
+        assert!(!empty.has_field_by_name("id"));
+        let set = RequestMessage::PathStrings(vec![(&id, "p1".into())]);
+        assert_eq!(&set.frame()[..], &[0, 0, 0, 0, 4, 0x0a, 2, b'p', b'1']);
+        assert!(set.has_field_by_name("id"));
+        assert!(!set.has_field_by_name("name"));
     }
 
     #[test]

@@ -19,8 +19,8 @@ use weft_mesh::{
 
 use crate::{
     endpoint::{BodyRule, Endpoint},
-    request_message::is_scalar_like,
-    route::{Method, RouteError, Router},
+    request_message::{is_scalar_like, path_string_fields},
+    route::{Method, PathTemplate, RouteError, Router},
     wire_json::ReplyWriter,
 };
 
@@ -185,6 +185,10 @@ impl RouteTable {
                 })?),
             };
             let reply = Arc::new(ReplyWriter::new(method.output(), response_body.clone()));
+            // The router parses it again below, and reports a bad template there.
+            let path_strings = PathTemplate::parse(&template)
+                .ok()
+                .and_then(|parsed| path_string_fields(&method.input(), &body, &parsed));
             let endpoint = Endpoint {
                 full_method: full_method.clone(),
                 grpc_path: grpc_path.clone(),
@@ -192,6 +196,7 @@ impl RouteTable {
                 template: template.clone(),
                 http_method: http_method.clone(),
                 body,
+                path_strings,
                 response_body,
                 access,
                 upstream,

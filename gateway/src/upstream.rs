@@ -14,7 +14,6 @@ use std::{
 };
 
 use http::uri::PathAndQuery;
-use prost_reflect::DynamicMessage;
 use tonic::{Status, codegen::Service as _};
 
 use weft_mesh::{
@@ -27,7 +26,7 @@ use weft_mesh::{
     retry::Retryable,
 };
 
-use crate::{table::UpstreamSpec, wire_json::ReplyWriter};
+use crate::{request_message::RequestMessage, table::UpstreamSpec, wire_json::ReplyWriter};
 
 /// Headers copied from the HTTP request onto the gRPC call. The trace context is not copied:
 /// the call carries its own client span's (`traceparent`, `tracestate`, `baggage` with the
@@ -80,7 +79,7 @@ impl Upstream {
     pub async fn unary(
         &self,
         path: PathAndQuery,
-        message: DynamicMessage,
+        message: RequestMessage<'_>,
         reply: Arc<ReplyWriter>,
         headers: &http::HeaderMap,
         timeout: Duration,
@@ -101,7 +100,7 @@ impl Upstream {
         &self,
         span: &tracing::Span,
         path: PathAndQuery,
-        message: DynamicMessage,
+        message: RequestMessage<'_>,
         reply: Arc<ReplyWriter>,
         headers: &http::HeaderMap,
         timeout: Duration,
@@ -113,7 +112,7 @@ impl Upstream {
         // The request's context is the task's (see `Gateway::handle`).
         propagate::inject_current(span, &mut propagate::insert_absent(&mut metadata));
         let retry_safe = self.carries_idempotency_field(path.as_str(), &message);
-        let mut request = grpc::unary_request(path, &message, metadata);
+        let mut request = grpc::unary_request(path, message.frame(), metadata);
         let extensions = request.extensions_mut();
         extensions.insert(Deadline(tokio::time::Instant::now() + timeout));
         extensions.insert(propagate::ClientSpan(span.clone()));
@@ -135,7 +134,7 @@ impl Upstream {
     }
 
     /// Whether `message` sets the field that makes calls to `path` safe to retry.
-    fn carries_idempotency_field(&self, path: &str, message: &DynamicMessage) -> bool {
+    fn carries_idempotency_field(&self, path: &str, message: &RequestMessage<'_>) -> bool {
         let policy = self.policy.get();
         let Some(field) = policy.rule(path).idempotent_if_field.as_deref() else {
             return false;

@@ -34,14 +34,13 @@ pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// The largest reply message [`unary_reply`] reads: tonic's default decoding limit.
 pub const MAX_REPLY_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// A unary call to `path` (`/package.Service/Method`) carrying `message` as its one frame;
-/// `headers` are its metadata.
+/// A unary call to `path` (`/package.Service/Method`) carrying `frame` (see [`frame`]) as its
+/// one message; `headers` are its metadata.
 pub fn unary_request(
     path: http::uri::PathAndQuery,
-    message: &impl prost::Message,
+    frame: bytes::Bytes,
     mut headers: HeaderMap,
 ) -> http::Request<Body> {
-    let frame = frame(message);
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -139,14 +138,19 @@ pub fn first_message(data: &bytes::Bytes, limit: usize) -> Result<bytes::Bytes, 
 
 /// `message` as one length-prefixed frame.
 pub fn frame(message: &impl prost::Message) -> bytes::Bytes {
-    let len = message.encoded_len();
+    // Straight into the frame, which has room for it: `encode` would measure the message a
+    // second time (for a gateway's dynamic message, about 1,500 instructions) to check that.
+    frame_with(message.encoded_len(), |frame| message.encode_raw(frame))
+}
+
+/// An uncompressed gRPC frame holding the `len` bytes of a message that `write` appends.
+pub fn frame_with(len: usize, write: impl FnOnce(&mut bytes::BytesMut)) -> bytes::Bytes {
     let mut frame = bytes::BytesMut::with_capacity(5 + len);
     frame.extend_from_slice(&[0]);
     // A message larger than 4 GiB cannot be framed; it would not have been sent either.
     frame.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    // Straight into the frame, which has room for it: `encode` would measure the message a
-    // second time (for a gateway's dynamic message, about 1,500 instructions) to check that.
-    message.encode_raw(&mut frame);
+    write(&mut frame);
+    debug_assert_eq!(frame.len(), 5 + len, "the message is as long as announced");
     frame.freeze()
 }
 
@@ -476,7 +480,7 @@ mod tests {
         let message = String::from("abc");
         let request = unary_request(
             http::uri::PathAndQuery::from_static("/weft.order.v1.OrderService/GetProduct"),
-            &message,
+            super::frame(&message),
             metadata,
         );
         assert_eq!(request.method(), http::Method::POST);
