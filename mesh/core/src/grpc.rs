@@ -56,8 +56,6 @@ pub fn unary_request(
 
 /// The message of a unary call's `response`, or the call's status.
 pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes, Status> {
-    use http_body_util::BodyExt as _;
-
     let (parts, body) = response.into_parts();
     // Looked up before parsing: `from_header_map` builds a status from every grpc-* header.
     if parts.headers.contains_key(GRPC_STATUS)
@@ -70,19 +68,10 @@ pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes,
             status
         });
     }
-    let collected = http_body_util::Limited::new(body, MAX_REPLY_MESSAGE + 5)
-        .collect()
-        .await
-        .map_err(
-            |error| match error.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => too_large(),
-                Err(error) => Status::from_error(error),
-            },
-        )?;
-    if let Some(status) = trailer_status(collected.trailers(), parts.status) {
+    let (data, trailers) = read_body(body).await?;
+    if let Some(status) = trailer_status(trailers.as_ref(), parts.status) {
         return Err(status);
     }
-    let data = collected.to_bytes();
     // Anything after the first message is ignored, as tonic's unary client does.
     first_message(&data, MAX_REPLY_MESSAGE).map_err(|error| match error {
         FrameError::Empty => Status::internal("Missing response message."),
@@ -90,6 +79,47 @@ pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes,
         FrameError::TooLarge(_) => too_large(),
         error => Status::internal(format!("protocol error: {error}")),
     })
+}
+
+/// A reply's bytes (refused past [`MAX_REPLY_MESSAGE`] and its frame header) and trailers. A
+/// reply in one data frame, the usual case, is that frame's bytes, not a copy (what
+/// `BodyExt::collect` and `Collected::to_bytes` would make of it cost the gateway about 500
+/// instructions a call).
+async fn read_body(mut body: Body) -> Result<(bytes::Bytes, Option<HeaderMap>), Status> {
+    use http_body_util::BodyExt as _;
+
+    let mut first = bytes::Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(chunk) => {
+                let len = joined.as_ref().map_or(first.len(), |joined| joined.len());
+                if len + chunk.len() > MAX_REPLY_MESSAGE + 5 {
+                    return Err(too_large());
+                }
+                if let Some(joined) = &mut joined {
+                    joined.extend_from_slice(&chunk);
+                } else if first.is_empty() {
+                    first = chunk;
+                } else {
+                    let mut both = bytes::BytesMut::with_capacity(len + chunk.len());
+                    both.extend_from_slice(&first);
+                    both.extend_from_slice(&chunk);
+                    joined = Some(both);
+                }
+            }
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    match &mut trailers {
+                        Some(trailers) => trailers.extend(more),
+                        None => trailers = Some(more),
+                    }
+                }
+            }
+        }
+    }
+    Ok((joined.map_or(first, bytes::BytesMut::freeze), trailers))
 }
 
 /// Why a unary call's body holds no usable message.
@@ -471,6 +501,34 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_reply_split_over_data_frames_is_joined_and_a_broken_body_is_its_status() {
+        let framed = frame(b"hello world");
+        let body = |chunks: Vec<Result<http_body::Frame<bytes::Bytes>, Status>>| {
+            let stream = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+            http::Response::new(Body::new(stream))
+        };
+        let data = |range: std::ops::Range<usize>| {
+            Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(
+                &framed[range],
+            )))
+        };
+        let mut ok = HeaderMap::new();
+        ok.insert("grpc-status", HeaderValue::from_static("0"));
+        let split = vec![
+            data(0..4),
+            data(4..9),
+            data(9..framed.len()),
+            Ok(http_body::Frame::trailers(ok)),
+        ];
+        assert_eq!(unary_reply(body(split)).await.unwrap(), &b"hello world"[..]);
+
+        let broken = vec![data(0..4), Err(Status::unavailable("connection reset"))];
+        let status = unary_reply(body(broken)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "connection reset");
     }
 
     #[tokio::test]
