@@ -244,7 +244,16 @@ pub fn allowed_callers<'a>(
         return Some(allowed);
     }
     let (service, _) = method.split_once('/')?;
-    callers.get(&format!("{service}/*")).map(Vec::as_slice)
+    // `service/*` without building that key on every call: it sorts among the keys that start
+    // with `service`, which begin at `service` itself.
+    callers
+        .range::<str, _>((
+            std::ops::Bound::Included(service),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(key, _)| key.starts_with(service))
+        .find(|(key, _)| key.strip_prefix(service) == Some("/*"))
+        .map(|(_, allowed)| allowed.as_slice())
 }
 
 /// The name of the gateway's identity in the mesh (`sa/gateway`, a caller in `[callers]`).
@@ -1509,6 +1518,28 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_service_entry_is_found_among_services_whose_names_it_starts() {
+        let callers: BTreeMap<String, Vec<String>> = [
+            ("pkg.Svc-x/*", "a"),
+            ("pkg.Svc.v2/Get", "b"),
+            ("pkg.Svc/*", "c"),
+            ("pkg.Svc/Get", "d"),
+            ("pkg.SvcOther/*", "e"),
+        ]
+        .into_iter()
+        .map(|(key, name)| (key.to_string(), vec![name.to_string()]))
+        .collect();
+        let allowed = |path| allowed_callers(&callers, path).map(|names| names[0].as_str());
+        assert_eq!(allowed("/pkg.Svc/Get"), Some("d"));
+        assert_eq!(allowed("/pkg.Svc/Put"), Some("c"));
+        assert_eq!(allowed("/pkg.Svc-x/Put"), Some("a"));
+        assert_eq!(allowed("/pkg.Svc.v2/Put"), None);
+        assert_eq!(allowed("/pkg.SvcOther/Put"), Some("e"));
+        assert_eq!(allowed("/pkg.Sv/Put"), None);
+        assert_eq!(allowed("/pkg.SvcNone/Put"), None);
     }
 
     #[test]
