@@ -471,12 +471,13 @@ mod tests {
     use super::*;
     use crate::route::Match;
 
-    fn request(
+    /// `use_route` called with the endpoint Weft's route table has for `method path` and the
+    /// path's bindings.
+    fn with_route<T>(
         method: &str,
         path: &str,
-        query: Option<&str>,
-        body: &str,
-    ) -> Result<DynamicMessage, BadRequest> {
+        use_route: impl FnOnce(&Endpoint, Vec<(&[String], String)>) -> T,
+    ) -> T {
         let table = crate::test_support::weft_table();
         let Ok(Match::Found {
             value, bindings, ..
@@ -484,9 +485,21 @@ mod tests {
         else {
             panic!("{method} {path} must match");
         };
-        let message = build_request(value, bindings, query, body.as_bytes(), 64)?;
-        // What the upstream receives: the frame's message, read as the method's input.
-        Ok(DynamicMessage::decode(value.method.input(), &message.frame()[5..]).unwrap())
+        use_route(value, bindings)
+    }
+
+    fn request(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &str,
+    ) -> Result<DynamicMessage, BadRequest> {
+        with_route(method, path, |endpoint, bindings| {
+            let message = build_request(endpoint, bindings, query, body.as_bytes(), 64)?;
+            // What the upstream receives: the frame's message, read as the method's input.
+            let frame = message.frame();
+            Ok(DynamicMessage::decode(endpoint.method.input(), &frame[5..]).unwrap())
+        })
     }
 
     fn json(message: &DynamicMessage) -> serde_json::Value {
@@ -506,17 +519,12 @@ mod tests {
 
     /// The message of `method path` as built, and as a `DynamicMessage` built field by field.
     fn both_ways(method: &str, path: &str, query: Option<&str>) -> (Bytes, Bytes, bool) {
-        let table = crate::test_support::weft_table();
-        let Ok(Match::Found {
-            value, bindings, ..
-        }) = table.router.match_path(method, path)
-        else {
-            panic!("{method} {path} must match");
-        };
-        let built = build_request(value, bindings.clone(), query, b"", 64).unwrap();
-        let direct = matches!(built, RequestMessage::PathStrings(_));
-        let dynamic = build_dynamic(value, bindings, query, b"", 64).unwrap();
-        (built.frame(), grpc::frame(&dynamic), direct)
+        with_route(method, path, |endpoint, bindings| {
+            let built = build_request(endpoint, bindings.clone(), query, b"", 64).unwrap();
+            let direct = matches!(built, RequestMessage::PathStrings(_));
+            let dynamic = build_dynamic(endpoint, bindings, query, b"", 64).unwrap();
+            (built.frame(), grpc::frame(&dynamic), direct)
+        })
     }
 
     #[test]
@@ -542,24 +550,19 @@ mod tests {
         let (built, dynamic, direct) = both_ways("GET", "/v1/products", Some("pageSize=5"));
         assert!(!direct);
         assert_eq!(built, dynamic);
-        let table = crate::test_support::weft_table();
-        let body_routes = [("POST", "/v1/orders"), ("PATCH", "/v1/users/u1")];
-        for (method, path) in body_routes {
-            let Ok(Match::Found { value, .. }) = table.router.match_path(method, path) else {
-                panic!("{method} {path} must match");
-            };
-            assert!(value.path_strings.is_none(), "{method} {path}");
+        for (method, path) in [("POST", "/v1/orders"), ("PATCH", "/v1/users/u1")] {
+            with_route(method, path, |endpoint, _| {
+                assert!(endpoint.path_strings.is_none(), "{method} {path}");
+            });
         }
     }
 
     #[test]
     fn an_empty_path_string_is_not_sent_unless_the_field_tracks_presence() {
-        let table = crate::test_support::weft_table();
-        let Ok(Match::Found { value, .. }) = table.router.match_path("GET", "/v1/products/p1")
-        else {
-            panic!("the product route must match");
-        };
-        let id = value.method.input().get_field_by_name("id").unwrap();
+        let input = with_route("GET", "/v1/products/p1", |endpoint, _| {
+            endpoint.method.input()
+        });
+        let id = input.get_field_by_name("id").unwrap();
         let empty = RequestMessage::PathStrings(vec![(&id, String::new())]);
         assert_eq!(&empty.frame()[..], &[0, 0, 0, 0, 0]);
         assert!(!empty.has_field_by_name("id"));
