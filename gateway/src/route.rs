@@ -686,6 +686,18 @@ impl<T> Router<T> {
         label: impl Into<String>,
         value: T,
     ) -> Result<(), RouteError> {
+        self.insert_with(method, template, label, |_| value)
+    }
+
+    /// [`Router::insert`], with the route's value made from its parsed template (for what
+    /// depends on the variables it binds).
+    pub fn insert_with(
+        &mut self,
+        method: Method,
+        template: &str,
+        label: impl Into<String>,
+        value: impl FnOnce(&PathTemplate) -> T,
+    ) -> Result<(), RouteError> {
         let label = label.into();
         if !method.is_valid() {
             return Err(RouteError::InvalidMethod {
@@ -716,6 +728,7 @@ impl<T> Router<T> {
             Some((_, positions)) => positions.push(position),
             None => self.by_method.push((method.clone(), vec![position])),
         }
+        let value = value(&template);
         self.routes.push(Route {
             method,
             template,

@@ -185,30 +185,29 @@ impl RouteTable {
                 })?),
             };
             let reply = Arc::new(ReplyWriter::new(method.output(), response_body.clone()));
-            // The router parses it again below, and reports a bad template there.
-            let path_strings = PathTemplate::parse(&template)
-                .ok()
-                .and_then(|parsed| path_string_fields(&method.input(), &body, &parsed));
-            let endpoint = Endpoint {
-                full_method: full_method.clone(),
-                grpc_path: grpc_path.clone(),
-                method: method.clone(),
-                template: template.clone(),
-                http_method: http_method.clone(),
-                body,
-                path_strings,
-                response_body,
-                access,
-                upstream,
-                timeout,
-                slot: self.router.len(),
-                reply,
+            let slot = self.router.len();
+            let endpoint = |parsed: &PathTemplate| {
+                Arc::new(Endpoint {
+                    full_method: full_method.clone(),
+                    grpc_path: grpc_path.clone(),
+                    method: method.clone(),
+                    template: template.clone(),
+                    http_method: http_method.clone(),
+                    path_strings: path_string_fields(&method.input(), &body, parsed),
+                    body,
+                    response_body,
+                    access,
+                    upstream,
+                    timeout,
+                    slot,
+                    reply,
+                })
             };
-            self.router.insert(
-                http_method,
+            self.router.insert_with(
+                http_method.clone(),
                 &template,
                 full_method.clone(),
-                Arc::new(endpoint),
+                endpoint,
             )?;
             let route = self.router.routes().last().expect("just inserted");
             for variable in route.template().variables() {
