@@ -487,11 +487,14 @@ mod tests {
             .map(|_| ())
     }
 
+    /// How a test job that inserted `v` ends.
+    type Job = fn(i64) -> Result<Outcome<i64>, TestError>;
+
     /// Submits a job that inserts `v` and ends as `outcome` says.
     fn submit(
         writer: &SqliteWriter,
         v: i64,
-        outcome: fn(i64) -> Result<Outcome<i64>, TestError>,
+        outcome: Job,
     ) -> tokio::task::JoinHandle<Result<i64, TestError>> {
         let writer = writer.clone();
         tokio::spawn(async move {
@@ -565,18 +568,26 @@ mod tests {
         let file = TempFile::new();
         let writer = SqliteWriter::spawn(&file.0).unwrap();
         let (release, held) = hold(&writer).await;
-        let jobs = [
-            submit(&writer, 1, |v| Ok(Outcome::Commit(v))),
+        let jobs: [(i64, Job); 4] = [
+            (1, |v| Ok(Outcome::Commit(v))),
             // Inserted, then refused: the insert goes.
-            submit(&writer, 2, |_| Err(TestError::Refused)),
+            (2, |_| Err(TestError::Refused)),
             // A statement that fails: 1 is taken (UNIQUE) by the first job of the batch.
-            submit(&writer, 1, |v| Ok(Outcome::Commit(v))),
-            submit(&writer, 4, |v| Ok(Outcome::Commit(v))),
+            (1, |v| Ok(Outcome::Commit(v))),
+            (4, |v| Ok(Outcome::Commit(v))),
         ];
-        queued(&writer, 4).await;
+        // Queued one after the other: spawned at once, the two jobs inserting 1 could reach the
+        // queue in either order (seen in CI: the first one then met the UNIQUE violation).
+        let mut handles = Vec::new();
+        for (v, outcome) in jobs {
+            handles.push(submit(&writer, v, outcome));
+            queued(&writer, handles.len()).await;
+        }
         drop(release);
         held.await.unwrap();
-        let [one, two, three, four] = jobs;
+        let Ok([one, two, three, four]) = <[_; 4]>::try_from(handles) else {
+            unreachable!("four jobs were submitted");
+        };
         assert_eq!(one.await.unwrap().unwrap(), 1);
         assert!(matches!(two.await.unwrap(), Err(TestError::Refused)));
         let duplicate = three.await.unwrap();
