@@ -487,14 +487,11 @@ mod tests {
             .map(|_| ())
     }
 
-    /// How a test job that inserted `v` ends.
-    type Job = fn(i64) -> Result<Outcome<i64>, TestError>;
-
     /// Submits a job that inserts `v` and ends as `outcome` says.
     fn submit(
         writer: &SqliteWriter,
         v: i64,
-        outcome: Job,
+        outcome: fn(i64) -> Result<Outcome<i64>, TestError>,
     ) -> tokio::task::JoinHandle<Result<i64, TestError>> {
         let writer = writer.clone();
         tokio::spawn(async move {
@@ -505,6 +502,18 @@ mod tests {
                 })
                 .await
         })
+    }
+
+    /// [`submit`], then waits until the job is queued: jobs submitted so run in that order.
+    async fn submit_queued(
+        writer: &SqliteWriter,
+        v: i64,
+        outcome: fn(i64) -> Result<Outcome<i64>, TestError>,
+    ) -> tokio::task::JoinHandle<Result<i64, TestError>> {
+        let ahead = writer.queued();
+        let job = submit(writer, v, outcome);
+        queued(writer, ahead + 1).await;
+        job
     }
 
     /// Occupies the writer thread with a job that waits until the returned sender is dropped
@@ -568,26 +577,16 @@ mod tests {
         let file = TempFile::new();
         let writer = SqliteWriter::spawn(&file.0).unwrap();
         let (release, held) = hold(&writer).await;
-        let jobs: [(i64, Job); 4] = [
-            (1, |v| Ok(Outcome::Commit(v))),
-            // Inserted, then refused: the insert goes.
-            (2, |_| Err(TestError::Refused)),
-            // A statement that fails: 1 is taken (UNIQUE) by the first job of the batch.
-            (1, |v| Ok(Outcome::Commit(v))),
-            (4, |v| Ok(Outcome::Commit(v))),
-        ];
-        // Queued one after the other: spawned at once, the two jobs inserting 1 could reach the
-        // queue in either order (seen in CI: the first one then met the UNIQUE violation).
-        let mut handles = Vec::new();
-        for (v, outcome) in jobs {
-            handles.push(submit(&writer, v, outcome));
-            queued(&writer, handles.len()).await;
-        }
+        // Each queued before the next is submitted: spawned at once, the two jobs inserting 1
+        // could reach the queue in either order (seen in CI: the first then met the violation).
+        let one = submit_queued(&writer, 1, |v| Ok(Outcome::Commit(v))).await;
+        // Inserted, then refused: the insert goes.
+        let two = submit_queued(&writer, 2, |_| Err(TestError::Refused)).await;
+        // A statement that fails: 1 is taken (UNIQUE) by the first job of the batch.
+        let three = submit_queued(&writer, 1, |v| Ok(Outcome::Commit(v))).await;
+        let four = submit_queued(&writer, 4, |v| Ok(Outcome::Commit(v))).await;
         drop(release);
         held.await.unwrap();
-        let Ok([one, two, three, four]) = <[_; 4]>::try_from(handles) else {
-            unreachable!("four jobs were submitted");
-        };
         assert_eq!(one.await.unwrap().unwrap(), 1);
         assert!(matches!(two.await.unwrap(), Err(TestError::Refused)));
         let duplicate = three.await.unwrap();
