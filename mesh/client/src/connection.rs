@@ -990,7 +990,20 @@ where
                 }
                 continue;
             }
-            // Data to send: as much as both windows allow.
+            // The body's last data goes to h2 whole, whatever the windows: it is in memory
+            // already, so h2 holding it costs nothing, and h2 then writes it with the headers.
+            // Waiting for capacity instead meant a write of the headers alone, a wake-up of
+            // this call once the connection task assigned capacity, a poll of every layer above
+            // it, and a second write for the data.
+            if self.next.is_none() && self.at_end(cx)? {
+                let data = mem::take(&mut self.data);
+                self.stream
+                    .send_data(data, true)
+                    .map_err(|_| SendError::Stream)?;
+                return Poll::Ready(Ok(()));
+            }
+            // More to come: as much as both windows allow, so that a streaming body is only
+            // read as fast as the peer takes it.
             self.stream.reserve_capacity(self.data.len());
             if self.stream.capacity() == 0 {
                 match ready!(self.stream.poll_capacity(cx)) {
@@ -998,20 +1011,11 @@ where
                     Some(Err(_)) | None => return Poll::Ready(Err(SendError::Stream)),
                 }
             }
-            let capacity = self.stream.capacity();
-            let all = capacity >= self.data.len();
-            let piece = if all {
-                mem::take(&mut self.data)
-            } else {
-                self.data.split_to(capacity)
-            };
-            let end = all && self.at_end(cx)?;
+            let capacity = self.stream.capacity().min(self.data.len());
+            let piece = self.data.split_to(capacity);
             self.stream
-                .send_data(piece, end)
+                .send_data(piece, false)
                 .map_err(|_| SendError::Stream)?;
-            if end {
-                return Poll::Ready(Ok(()));
-            }
         }
     }
 
@@ -1628,6 +1632,53 @@ mod tests {
             Some(&HeaderValue::from_static("0"))
         );
         assert_eq!(&collected.to_bytes()[..], b"answer");
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unary_call_sends_its_message_at_once_and_is_woken_only_by_its_answer() {
+        let (addr, mut calls, _) = h2_server().await;
+        let connection = Connection::http(addr, TIMEOUT);
+        // A first call opens the connection, so that the next one sends at its first poll.
+        let first = tokio::spawn(connection.clone().oneshot(grpc_request(Body::empty())));
+        let (_, mut respond) = within("the first call", calls.recv()).await.unwrap();
+        respond.send_response(answer_headers(), true).unwrap();
+        within("the first answer", first).await.unwrap().unwrap();
+
+        let message = Bytes::from_static(b"message");
+        let mut call = connection
+            .clone()
+            .call(grpc_request(Body::new(http_body_util::Full::new(message))));
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut call).poll(&mut cx).is_pending());
+
+        // Polled once: the server gets the headers and the whole message, and the call is
+        // not woken before its answer (waiting for send capacity would wake it first).
+        let (request, mut respond) = within("the call", calls.recv()).await.unwrap();
+        let (data, _) = within("the message", read_all(request.into_body())).await;
+        assert_eq!(&data[..], b"message");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+        respond.send_response(answer_headers(), true).unwrap();
+        within("the wake-up", async {
+            while wakes.0.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let answer = Pin::new(&mut call).poll(&mut cx);
+        assert!(matches!(answer, Poll::Ready(Ok(_))), "the answer is in");
     }
 
     #[tokio::test]
