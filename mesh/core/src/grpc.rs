@@ -68,7 +68,13 @@ pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes,
             status
         });
     }
-    let (data, trailers) = read_body(body).await?;
+    let (data, trailers) =
+        read_body(body, MAX_REPLY_MESSAGE + 5)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => too_large(),
+                BodyError::Failed(status) => status,
+            })?;
     if let Some(status) = trailer_status(trailers.as_ref(), parts.status) {
         return Err(status);
     }
@@ -81,11 +87,24 @@ pub async fn unary_reply(response: http::Response<Body>) -> Result<bytes::Bytes,
     })
 }
 
-/// A reply's bytes (refused past [`MAX_REPLY_MESSAGE`] and its frame header) and trailers. A
-/// reply in one data frame, the usual case, is that frame's bytes, not a copy (what
-/// `BodyExt::collect` and `Collected::to_bytes` would make of it cost the gateway about 500
-/// instructions a call).
-async fn read_body(mut body: Body) -> Result<(bytes::Bytes, Option<HeaderMap>), Status> {
+/// Why [`read_body`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body went past its limit.
+    #[error("the body is larger than its limit")]
+    TooLarge,
+    /// The body failed midway.
+    #[error(transparent)]
+    Failed(#[from] Status),
+}
+
+/// A unary call's body: its bytes (refused past `limit`) and trailers. A body in one data
+/// frame, the usual case, is that frame's bytes, not a copy (what `Limited`, `BodyExt::collect`
+/// and `Collected::to_bytes` would make of it cost about 500 instructions a call at each end).
+pub async fn read_body(
+    mut body: Body,
+    limit: usize,
+) -> Result<(bytes::Bytes, Option<HeaderMap>), BodyError> {
     use http_body_util::BodyExt as _;
 
     let mut first = bytes::Bytes::new();
@@ -95,8 +114,8 @@ async fn read_body(mut body: Body) -> Result<(bytes::Bytes, Option<HeaderMap>), 
         match frame?.into_data() {
             Ok(chunk) => {
                 let len = joined.as_ref().map_or(first.len(), |joined| joined.len());
-                if len + chunk.len() > MAX_REPLY_MESSAGE + 5 {
-                    return Err(too_large());
+                if len + chunk.len() > limit {
+                    return Err(BodyError::TooLarge);
                 }
                 if let Some(joined) = &mut joined {
                     joined.extend_from_slice(&chunk);

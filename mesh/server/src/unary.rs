@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use tonic::{Status, body::Body};
 
-use weft_core::grpc::{FrameError, GRPC_STATUS, first_message, frame};
+use weft_core::grpc::{BodyError, FrameError, GRPC_STATUS, first_message, frame, read_body};
 
 /// A boxed answer of a routed method.
 type Reply = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status>> + Send>>;
@@ -165,8 +165,6 @@ impl UnaryRoute {
 
 /// The request's one message, as tonic's unary server reads it.
 async fn read_message(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, Status> {
-    use http_body_util::BodyExt as _;
-
     if let Some(encoding) = headers.get("grpc-encoding")
         && encoding != "identity"
     {
@@ -175,18 +173,14 @@ async fn read_message(headers: &HeaderMap, body: Body, max: usize) -> Result<Byt
             String::from_utf8_lossy(encoding.as_bytes())
         )));
     }
-    // The frame's header, and a little more, may come before the limit is known to be
-    // exceeded: the limit on the body is the message's plus its 5-byte prefix.
-    let collected = http_body_util::Limited::new(body, max.saturating_add(5))
-        .collect()
+    // The limit on the body is the message's plus its 5-byte frame header.
+    let (data, _) = read_body(body, max.saturating_add(5))
         .await
-        .map_err(
-            |error| match error.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => too_large("decoded", None, max),
-                Err(error) => Status::from_error(error),
-            },
-        )?;
-    first_message(&collected.to_bytes(), max).map_err(|error| match error {
+        .map_err(|error| match error {
+            BodyError::TooLarge => too_large("decoded", None, max),
+            BodyError::Failed(status) => status,
+        })?;
+    first_message(&data, max).map_err(|error| match error {
         FrameError::Empty => Status::internal("Missing request message."),
         FrameError::TooLarge(len) => too_large("decoded", Some(len), max),
         FrameError::CutShort => Status::internal("protocol error: a request frame cut short"),
