@@ -378,17 +378,18 @@ async fn measure(
     stop: &watch::Receiver<bool>,
 ) -> Summary {
     let mut workers = prepared.workers(spec);
-    let phase = |duration, requests| Phase {
+    let phase = |duration, requests, finish_in_flight| Phase {
         duration,
         requests,
         rate: spec.rate,
         timeout: spec.timeout,
+        finish_in_flight,
     };
     if !spec.warmup.is_zero() {
         let warm_up = format!("{label} warm-up");
         let warm = run_shown(
             workers,
-            phase(Some(spec.warmup), None),
+            phase(Some(spec.warmup), None, true),
             &warm_up,
             quiet,
             stop,
@@ -398,7 +399,7 @@ async fn measure(
     }
     let result = run_shown(
         workers,
-        phase(spec.duration, spec.requests),
+        phase(spec.duration, spec.requests, false),
         label,
         quiet,
         stop,

@@ -58,7 +58,8 @@ pub struct BenchArgs {
     /// Stop after this many measured requests.
     #[arg(short = 'n', long, value_name = "N")]
     pub requests: Option<u64>,
-    /// Load sent first and not counted, e.g. `2s`.
+    /// Load sent first and not counted, e.g. `2s`; its requests still in flight at its end are
+    /// answered before the measured run starts.
     #[arg(long, value_name = "DURATION", default_value = "0s")]
     pub warmup: String,
     /// Open loop: send at this fixed rate (requests per second across all connections);

@@ -6,7 +6,8 @@
 //! request number, waits for its due time, sends it, and measures its latency **from the due
 //! time**, so a request that had to wait for a busy connection (the server stalled) counts that
 //! wait: no coordinated omission. A phase ends at its deadline, after `--requests`, or when
-//! stopped (Ctrl-C); requests in flight then are dropped and not counted.
+//! stopped (Ctrl-C); requests in flight then are dropped and not counted, except at the end of
+//! the warm-up, which lets them finish (see [`Phase::finish_in_flight`]).
 
 use std::{
     future,
@@ -54,6 +55,12 @@ pub struct Phase {
     pub rate: Option<f64>,
     /// Per-request limit.
     pub timeout: Duration,
+    /// At the deadline, lets the requests in flight finish instead of dropping them. The
+    /// warm-up does: its connections carry the measured phase, and dropping a gRPC call resets
+    /// its stream, so the measured phase would start with the server handling a burst of
+    /// cancelled streams, which an h2 server may take for a reset flood and answer with
+    /// GOAWAY (ENHANCE_YOUR_CALM), failing the measured calls on that connection.
+    pub finish_in_flight: bool,
 }
 
 /// What a phase came to.
@@ -174,7 +181,7 @@ async fn work(
         tokio::select! {
             biased;
             _ = &mut stopped => break,
-            _ = &mut deadline => break,
+            _ = &mut deadline, if !shared.phase.finish_in_flight => break,
             (outcome, from) = call => {
                 let end = Instant::now();
                 recorder.record(&outcome, end.duration_since(from));

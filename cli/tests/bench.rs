@@ -237,8 +237,17 @@ fn bad_arguments_get_a_clear_message_and_exit_2() {
     assert_usage_errors(cases);
 }
 
-/// A health service that counts its calls and answers NOT_FOUND for the service "missing".
-struct CountingHealth(Arc<AtomicU64>);
+/// The calls a health service began, and those it answered: a call whose stream the client
+/// reset is dropped before its answer.
+#[derive(Default)]
+struct Calls {
+    began: AtomicU64,
+    answered: AtomicU64,
+}
+
+/// A health service that counts its calls, answers NOT_FOUND for the service "missing", and
+/// takes 100 ms to answer for the service "slow".
+struct CountingHealth(Arc<Calls>);
 
 #[tonic::async_trait]
 impl Health for CountingHealth {
@@ -246,8 +255,13 @@ impl Health for CountingHealth {
         &self,
         request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        if request.get_ref().service == "missing" {
+        self.0.began.fetch_add(1, Ordering::SeqCst);
+        let service = &request.get_ref().service;
+        if service == "slow" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.0.answered.fetch_add(1, Ordering::SeqCst);
+        if service == "missing" {
             return Err(tonic::Status::not_found("no such service"));
         }
         Ok(tonic::Response::new(HealthCheckResponse { status: 1 }))
@@ -263,25 +277,31 @@ impl Health for CountingHealth {
     }
 }
 
-async fn grpc_server() -> (SocketAddr, Arc<AtomicU64>) {
+async fn grpc_server() -> (SocketAddr, Arc<Calls>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let service = HealthServer::new(CountingHealth(count.clone()));
+    let calls = Arc::new(Calls::default());
+    let service = HealthServer::new(CountingHealth(calls.clone()));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    (addr, count)
+    (addr, calls)
+}
+
+/// grpc.health.v1 is not in Weft's protos: its descriptor set, written to a file of this test's
+/// own for `--descriptor-set`.
+fn health_descriptor_set(test: &str) -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!("weft-bench-{test}-{}.fds", std::process::id()));
+    std::fs::write(&file, tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    file
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_counted_and_statuses_read_from_trailers() {
-    let (addr, count) = grpc_server().await;
-    // grpc.health.v1 is not in Weft's protos: hand its descriptor set over.
-    let fds = std::env::temp_dir().join(format!("weft-bench-test-{}.fds", std::process::id()));
-    std::fs::write(&fds, tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let (addr, calls) = grpc_server().await;
+    let fds = health_descriptor_set("statuses");
     let url = format!("grpc://{addr}");
     let fds_arg = fds.to_str().unwrap();
     let method = "grpc.health.v1.Health/Check";
@@ -300,7 +320,7 @@ async fn grpc_calls_are_counted_and_statuses_read_from_trailers() {
     .await;
     assert_eq!(report.summary.requests, 300);
     assert_eq!(report.summary.errors, 0, "{report:?}");
-    assert_eq!(count.load(Ordering::SeqCst), 300);
+    assert_eq!(calls.began.load(Ordering::SeqCst), 300);
 
     let report = bench(&[
         &url,
@@ -316,6 +336,41 @@ async fn grpc_calls_are_counted_and_statuses_read_from_trailers() {
     assert_eq!(
         report.summary.errors_by_kind["gRPC NOT_FOUND"], 20,
         "{report:?}"
+    );
+    let _ = std::fs::remove_file(&fds);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_up_lets_its_calls_in_flight_finish() {
+    let (addr, calls) = grpc_server().await;
+    let fds = health_descriptor_set("warm-up");
+    // 8 calls of 100 ms in flight at all times: the warm-up's end (250 ms) falls while some are.
+    // Dropped, their streams would be reset, and the server would drop them unanswered.
+    let report = bench(&[
+        &format!("grpc://{addr}"),
+        "grpc.health.v1.Health/Check",
+        "--descriptor-set",
+        fds.to_str().unwrap(),
+        "--body",
+        r#"{"service":"slow"}"#,
+        "-n",
+        "16",
+        "-c",
+        "2",
+        "--streams",
+        "4",
+        "--warmup",
+        "250ms",
+    ])
+    .await;
+    assert_eq!(report.summary.requests, 16);
+    assert_eq!(report.summary.errors, 0, "{report:?}");
+    let began = calls.began.load(Ordering::SeqCst);
+    assert!(began > 16, "the warm-up made calls too ({began} in all)");
+    assert_eq!(
+        calls.answered.load(Ordering::SeqCst),
+        began,
+        "every call the server began was answered: none was cancelled"
     );
     let _ = std::fs::remove_file(&fds);
 }
@@ -429,10 +484,10 @@ async fn grpc_over_the_mesh_mtls_with_an_identity() {
     let tls = weft_mesh::mtls::MeshTls::load(&config.mtls, "order").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(Calls::default());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(HealthServer::new(CountingHealth(count.clone())))
+            .add_service(HealthServer::new(CountingHealth(calls.clone())))
             .serve_with_incoming(weft_mesh::listener::incoming(listener, tls)),
     );
     let fds = dir.join("health.fds");
@@ -465,7 +520,7 @@ async fn grpc_over_the_mesh_mtls_with_an_identity() {
     .await;
     assert_eq!(report.summary.requests, 100);
     assert_eq!(report.summary.errors, 0, "{report:?}");
-    assert_eq!(count.load(Ordering::SeqCst), 100);
+    assert_eq!(calls.began.load(Ordering::SeqCst), 100);
 
     // In plain text the server answers nothing, and the error says what to add.
     let report = bench(&with(&["-n", "5"])).await;
@@ -481,6 +536,6 @@ async fn grpc_over_the_mesh_mtls_with_an_identity() {
     // Expecting another service's certificate: the handshake fails, nothing reaches the server.
     let report = bench(&with(&["--mtls", "user", "-n", "5"])).await;
     assert_eq!(report.summary.errors, 5, "{report:?}");
-    assert_eq!(count.load(Ordering::SeqCst), 100);
+    assert_eq!(calls.began.load(Ordering::SeqCst), 100);
     let _ = std::fs::remove_dir_all(&dir);
 }
