@@ -298,41 +298,30 @@ fn health_descriptor_set(test: &str) -> std::path::PathBuf {
     file
 }
 
+/// Runs `weft bench` on the health server at `addr`'s `Check` with `args`.
+async fn bench_health(addr: SocketAddr, fds: &std::path::Path, args: &[&str]) -> Report {
+    let url = format!("grpc://{addr}");
+    let mut all = vec![
+        url.as_str(),
+        "grpc.health.v1.Health/Check",
+        "--descriptor-set",
+        fds.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    bench(&all).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_counted_and_statuses_read_from_trailers() {
     let (addr, calls) = grpc_server().await;
     let fds = health_descriptor_set("statuses");
-    let url = format!("grpc://{addr}");
-    let fds_arg = fds.to_str().unwrap();
-    let method = "grpc.health.v1.Health/Check";
-    let report = bench(&[
-        &url,
-        method,
-        "--descriptor-set",
-        fds_arg,
-        "-n",
-        "300",
-        "-c",
-        "2",
-        "--streams",
-        "4",
-    ])
-    .await;
+    let report = bench_health(addr, &fds, &["-n", "300", "-c", "2", "--streams", "4"]).await;
     assert_eq!(report.summary.requests, 300);
     assert_eq!(report.summary.errors, 0, "{report:?}");
     assert_eq!(calls.began.load(Ordering::SeqCst), 300);
 
-    let report = bench(&[
-        &url,
-        method,
-        "--descriptor-set",
-        fds_arg,
-        "--body",
-        r#"{"service":"missing"}"#,
-        "-n",
-        "20",
-    ])
-    .await;
+    let missing = r#"{"service":"missing"}"#;
+    let report = bench_health(addr, &fds, &["--body", missing, "-n", "20"]).await;
     assert_eq!(
         report.summary.errors_by_kind["gRPC NOT_FOUND"], 20,
         "{report:?}"
@@ -346,13 +335,10 @@ async fn the_warm_up_lets_its_calls_in_flight_finish() {
     let fds = health_descriptor_set("warm-up");
     // 8 calls of 100 ms in flight at all times: the warm-up's end (250 ms) falls while some are.
     // Dropped, their streams would be reset, and the server would drop them unanswered.
-    let report = bench(&[
-        &format!("grpc://{addr}"),
-        "grpc.health.v1.Health/Check",
-        "--descriptor-set",
-        fds.to_str().unwrap(),
+    let slow = r#"{"service":"slow"}"#;
+    let args = [
         "--body",
-        r#"{"service":"slow"}"#,
+        slow,
         "-n",
         "16",
         "-c",
@@ -361,8 +347,8 @@ async fn the_warm_up_lets_its_calls_in_flight_finish() {
         "4",
         "--warmup",
         "250ms",
-    ])
-    .await;
+    ];
+    let report = bench_health(addr, &fds, &args).await;
     assert_eq!(report.summary.requests, 16);
     assert_eq!(report.summary.errors, 0, "{report:?}");
     let began = calls.began.load(Ordering::SeqCst);
