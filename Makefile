@@ -6,7 +6,7 @@ CARGO ?= cargo
 # `docker compose` (the plugin) where installed, else the standalone `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: build test run up down lint fmt release clean-data
+.PHONY: build test run up down lint fmt release release-pgo clean-data
 
 ## Build every binary (debug).
 build:
@@ -41,8 +41,15 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+## Build every binary optimised (target/release).
 release:
 	$(CARGO) build --workspace --bins --release
+
+## The image's binaries built with profile-guided optimisation, as deploy/Dockerfile builds them
+## (target/pgo/release): built instrumented, trained under a load on a local mesh, built again.
+## Needs llvm-profdata of rustc's LLVM (`rustup component add llvm-tools`); stop `make run` first.
+release-pgo:
+	scripts/release-pgo.sh
 
 ## Delete the local SQLite databases.
 clean-data:

@@ -4,19 +4,35 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="${BIN_DIR:-$TARGET_DIR/release}"
+# PGO=1: Weft's binaries built with profile-guided optimisation (scripts/release-pgo.sh), as the
+# image builds them, with the bare servers' plain release build copied beside them.
+if [ "${PGO:-0}" = 1 ]; then
+    BIN="${BIN_DIR:-$TARGET_DIR/pgo/release}"
+else
+    BIN="${BIN_DIR:-$TARGET_DIR/release}"
+fi
 [ -d "$BIN" ] && BIN="$(cd "$BIN" && pwd)"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
-# need_binaries NAME...: builds the release binaries (unless NO_BUILD=1 or BIN_DIR is set), then
-# checks that each NAME is in $BIN.
+# need_binaries NAME...: builds the release binaries (unless NO_BUILD=1 or BIN_DIR is set; with
+# PGO=1 as above), then checks that each NAME is in $BIN.
 need_binaries() {
     if [ "${NO_BUILD:-0}" != 1 ] && [ -z "${BIN_DIR:-}" ]; then
-        log "building release binaries"
-        (cd "$ROOT" && cargo build --release --quiet -p weft-order -p weft-gateway -p weft-auth \
-            -p weft-user -p weft-bench-baseline -p weft)
+        if [ "${PGO:-0}" = 1 ]; then
+            log "building release binaries with PGO (scripts/release-pgo.sh), and the bare servers"
+            "$ROOT/scripts/release-pgo.sh"
+            (cd "$ROOT" && cargo build --release --quiet -p weft-bench-baseline)
+            local bare
+            for bare in weft-bench-baseline weft-bench-grpc-baseline weft-bench-sqlite-baseline; do
+                cp "$TARGET_DIR/release/$bare" "$BIN/"
+            done
+        else
+            log "building release binaries"
+            (cd "$ROOT" && cargo build --release --quiet -p weft-order -p weft-gateway -p weft-auth \
+                -p weft-user -p weft-bench-baseline -p weft)
+        fi
     fi
     local bin
     for bin in "$@"; do

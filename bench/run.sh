@@ -6,7 +6,9 @@
 # Environment knobs: DURATION (wrk seconds per round, default 10), ROUNDS (pairs of
 # baseline/weft runs, default 2), CONNECTIONS (default 64), WARMUP (seconds, default 3),
 # KEEP=1 (keep the temp dir with configs and logs), NO_BUILD=1 (use existing release binaries),
-# BIN_DIR=DIR (run the binaries in DIR instead, e.g. a build with another profile; no build).
+# BIN_DIR=DIR (run the binaries in DIR instead, e.g. a build with another profile; no build),
+# PGO=1 (Weft's binaries built with profile-guided optimisation by scripts/release-pgo.sh, as
+# the image has them: target/pgo/release).
 #
 # PROFILE=weft-gateway|weft-order counts instructions instead of timing: that process runs under
 # valgrind's callgrind, gets WARM requests (default 200), is zeroed, gets exactly REQUESTS

@@ -8,7 +8,7 @@
 # See bench/README.md.
 #
 # Environment knobs: MTLS=on|off (default on, as local.toml), ROUNDS (default 3), DURATION
-# (seconds per measurement, default 5), and KEEP=1, NO_BUILD=1, BIN_DIR=DIR as in run.sh.
+# (seconds per measurement, default 5), and KEEP=1, NO_BUILD=1, BIN_DIR=DIR, PGO=1 as in run.sh.
 # `weft up` takes local.toml's fixed ports (8080, 50051-50053, 9101-9103, 9180): stop
 # `make run` first.
 set -euo pipefail

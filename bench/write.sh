@@ -11,7 +11,7 @@
 # default 10), ROUNDS (default 3), CONNECTIONS (weft bench connections and pgbench clients,
 # default 16), POSTGRES_URL (the server for BACKEND=postgres, default
 # postgres://postgres@127.0.0.1:5432; a database weft_bench_<pid> is made and dropped), and
-# KEEP=1, NO_BUILD=1, BIN_DIR=DIR as in run.sh.
+# KEEP=1, NO_BUILD=1, BIN_DIR=DIR, PGO=1 as in run.sh.
 set -euo pipefail
 
 BACKEND="${BACKEND:-sqlite}"
