@@ -132,7 +132,7 @@ shopt -s nullglob
 raw=("$PGO"/raw/*.profraw)
 [ "${#raw[@]}" -gt 0 ] || die "the training run wrote no profile to $PGO/raw"
 "$profdata" merge -o "$PGO/weft.profdata" "${raw[@]}"
-log "profile: $PGO/weft.profdata (${#raw[@]} processes)"
+log "profile: $PGO/weft.profdata, from ${#raw[@]} raw profiles"
 
 log "building the optimised binaries (target dir $PGO/use)"
 (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PGO/weft.profdata" \
