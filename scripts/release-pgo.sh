@@ -69,9 +69,13 @@ stop_mesh() {
         kill -0 "$MESH_PID" 2>/dev/null || break
         sleep 0.1
     done
-    kill -0 "$MESH_PID" 2>/dev/null && die "weft up did not stop within 30 s of SIGTERM"
-    wait "$MESH_PID" 2>/dev/null || true
+    local pid="$MESH_PID"
     MESH_PID=""
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+        die "weft up did not stop within 30 s of SIGTERM (killed: the profile would be incomplete)"
+    fi
+    wait "$pid" 2>/dev/null || true
 }
 on_exit() {
     local status=$?
