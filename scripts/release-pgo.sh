@@ -21,9 +21,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 mkdir -p "$TARGET_DIR" && TARGET_DIR="$(cd "$TARGET_DIR" && pwd)"
 TRAIN_SECONDS="${TRAIN_SECONDS:-5}"
-# The binaries of the image (deploy/Dockerfile); the training runs them all.
-PACKAGES=(-p weft-auth -p weft-user -p weft-order -p weft-gateway -p weft)
+# The binaries of the image (deploy/Dockerfile); the training runs them all. Each is the binary
+# of the package of its name.
 BINARIES=(weft-auth weft-user weft-order weft-gateway weft)
+PACKAGES=()
+for bin in "${BINARIES[@]}"; do PACKAGES+=(-p "$bin"); done
 PGO="$TARGET_DIR/pgo"
 
 case "$TRAIN_SECONDS" in '' | *[!0-9]*) die "TRAIN_SECONDS must be a whole number of seconds, not '$TRAIN_SECONDS'" ;; esac
