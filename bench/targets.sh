@@ -59,6 +59,8 @@ print(f"  {sys.argv[2]}: weft {d['rps']:.0f}/s p99 {d['latency_ms']['p99']:.3f} 
       f"bare {b['rps']:.0f}/s p99 {b['latency_ms']['p99']:.3f} ms: "
       f"{d['ratio']['rps_percent']:.1f} % of the req/s, p99 x{d['ratio']['p99_factor']:.2f}, "
       f"errors {d['errors']} {d['errors_by_kind'] or ''}")
+share = lambda s: "?" if s.get("client_core_share") is None else f"{100 * s['client_core_share']:.0f} %"
+print(f"    weft bench's own CPU: {share(d)} of a core against weft, {share(b)} against bare")
 PY
 }
 

@@ -397,6 +397,7 @@ async fn measure(
         .await;
         workers = warm.workers;
     }
+    let cpu_before = bench_stats::process_cpu_time();
     let result = run_shown(
         workers,
         phase(spec.duration, spec.requests, false),
@@ -405,8 +406,13 @@ async fn measure(
         stop,
     )
     .await;
+    let cpu_after = bench_stats::process_cpu_time();
     let interrupted = *stop.borrow();
-    result.recorder.summary(result.elapsed, interrupted)
+    let mut summary = result.recorder.summary(result.elapsed, interrupted);
+    summary.client_cpu = cpu_after
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    summary
 }
 
 /// Starts the baseline server matching the target, answering with the target's own answer,

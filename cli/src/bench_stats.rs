@@ -154,6 +154,7 @@ impl Recorder {
             max_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
             mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
             interrupted,
+            client_cpu: None,
         }
     }
 }
@@ -174,6 +175,8 @@ pub struct Summary {
     pub mean_ms: f64,
     /// Stopped early by Ctrl-C.
     pub interrupted: bool,
+    /// `weft bench`'s own CPU time over the run, where the system tells it (Linux).
+    pub client_cpu: Option<Duration>,
 }
 
 // === impl Summary ===
@@ -203,6 +206,13 @@ impl Summary {
             fmt_ms(self.p999_ms),
             fmt_ms(self.max_ms)
         );
+        if let (Some(per_request), Some(share)) = (self.client_cpu_us(), self.client_core_share()) {
+            let _ = writeln!(
+                out,
+                "  client    {per_request:.1} us CPU per request, {:.0} % of one core (weft bench's own)",
+                share * 100.0
+            );
+        }
         if self.errors == 0 {
             let _ = writeln!(out, "  errors    none");
         } else {
@@ -231,8 +241,40 @@ impl Summary {
                 "mean": self.mean_ms,
             },
             "interrupted": self.interrupted,
+            "client_cpu_us_per_request": self.client_cpu_us(),
+            "client_core_share": self.client_core_share(),
         })
     }
+
+    /// Microseconds of `weft bench`'s CPU per request.
+    pub fn client_cpu_us(&self) -> Option<f64> {
+        let cpu = self.client_cpu?;
+        (self.requests > 0).then(|| cpu.as_secs_f64() * 1e6 / self.requests as f64)
+    }
+
+    /// `weft bench`'s CPU time over the run's length: 1.0 is one core kept busy. A load
+    /// generator near a core of its own (or near what the machine has left beside the server)
+    /// is what limits the run: the server could have answered more.
+    pub fn client_core_share(&self) -> Option<f64> {
+        let cpu = self.client_cpu?;
+        (self.elapsed_secs > 0.0).then(|| cpu.as_secs_f64() / self.elapsed_secs)
+    }
+}
+
+/// The CPU time this process has used so far, summed over its threads (Linux:
+/// `/proc/self/task/*/schedstat`, in nanoseconds; `None` elsewhere). Threads that have ended
+/// are not counted: `weft bench`'s runtime keeps its workers for the whole run.
+pub fn process_cpu_time() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        // A thread that ended meanwhile has no file any more: skip it.
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
 }
 
 /// The target's figures as a share of the baseline's.
@@ -291,6 +333,40 @@ mod tests {
         assert!((s.rps - 51.5).abs() < 1e-9);
         assert!(s.render().contains("HTTP 503: 1"));
         assert_eq!(s.to_json()["errors_by_kind"]["timeout"], 1);
+    }
+
+    #[test]
+    fn client_cpu_is_per_request_and_per_second_of_run() {
+        let mut recorder = Recorder::new();
+        for _ in 0..1000 {
+            recorder.record(&Outcome::Ok, Duration::from_millis(1));
+        }
+        let mut s = recorder.summary(Duration::from_secs(2), false);
+        assert_eq!(s.client_cpu_us(), None);
+        assert!(!s.render().contains("client"));
+        s.client_cpu = Some(Duration::from_millis(500));
+        assert_eq!(s.client_cpu_us(), Some(500.0));
+        assert_eq!(s.client_core_share(), Some(0.25));
+        assert!(
+            s.render()
+                .contains("client    500.0 us CPU per request, 25 % of one core"),
+            "{}",
+            s.render()
+        );
+        assert_eq!(s.to_json()["client_cpu_us_per_request"], 500.0);
+    }
+
+    #[test]
+    fn this_process_has_used_cpu() {
+        let Some(before) = process_cpu_time() else {
+            return; // not Linux
+        };
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        let after = process_cpu_time().expect("read once, read again");
+        assert!(after > before, "{before:?} -> {after:?} ({x})");
     }
 
     #[test]

@@ -92,6 +92,13 @@ async fn reports_exactly_the_requests_the_server_saw() {
     assert_eq!(count.load(Ordering::SeqCst), 501);
     assert_eq!(report.summary.requests, 500);
     assert_eq!(report.summary.errors, 0, "{report:?}");
+    if cfg!(target_os = "linux") {
+        // The CPU this process spent (the in-test server's too) is shown per request.
+        let cpu = report.summary.client_cpu_us();
+        assert!(cpu.is_some_and(|us| us > 0.0), "{report:?}");
+        assert!(report.render().contains("us CPU per request"));
+        assert!(report.to_json()["client_core_share"].as_f64().unwrap() > 0.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
