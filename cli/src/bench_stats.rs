@@ -361,11 +361,17 @@ mod tests {
         let Some(before) = process_cpu_time() else {
             return; // not Linux
         };
+        // The kernel brings a running thread's count up to date at its next tick or switch:
+        // spin until it shows, for at most 2 s of work.
+        let started = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        let mut after = before;
+        while after <= before && started.elapsed() < Duration::from_secs(2) {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            after = process_cpu_time().expect("read once, read again");
         }
-        let after = process_cpu_time().expect("read once, read again");
         assert!(after > before, "{before:?} -> {after:?} ({x})");
     }
 
