@@ -325,7 +325,9 @@ impl MethodSeries {
 
 /// The series of the methods a server serves or a client calls, looked up by gRPC path.
 struct MethodTable {
-    index: HashMap<&'static str, usize>,
+    /// Looked up on every call: foldhash, not SipHash (the keys are the process's own paths,
+    /// fixed at start, so a caller's path cannot flood the table).
+    index: HashMap<&'static str, usize, foldhash::fast::FixedState>,
     series: Vec<MethodSeries>,
     /// For paths outside the table (the last entry of `series`).
     unknown: usize,
@@ -340,7 +342,7 @@ impl MethodTable {
         unknown: MethodSeries,
         active: Option<Gauge>,
     ) -> Self {
-        let mut index = HashMap::new();
+        let mut index = HashMap::default();
         let mut all = Vec::new();
         for path in paths {
             if !index.contains_key(path) {

@@ -38,7 +38,9 @@ type Handler = Arc<dyn Fn(http::request::Parts, Bytes) -> Reply + Send + Sync>;
 /// The unary methods a service serves without tonic's codec, by path.
 #[derive(Clone, Default)]
 pub struct UnaryRoutes {
-    routes: HashMap<&'static str, Handler>,
+    /// Looked up on every call: foldhash, not SipHash (the keys are the service's own paths and
+    /// the table never grows after start, so a caller's path cannot flood it).
+    routes: HashMap<&'static str, Handler, foldhash::fast::FixedState>,
     /// The largest message decoded or encoded (`server.max_message_bytes`).
     max_message_bytes: usize,
 }
@@ -58,7 +60,7 @@ impl UnaryRoutes {
     /// No routes yet; messages in both directions limited to `max_message_bytes`.
     pub fn new(max_message_bytes: usize) -> Self {
         Self {
-            routes: HashMap::new(),
+            routes: HashMap::default(),
             max_message_bytes,
         }
     }

@@ -99,7 +99,9 @@ struct ThreadReader {
 #[derive(Default)]
 struct ProductCache {
     version: Option<i64>,
-    rows: HashMap<Box<str>, Product>,
+    /// Looked up on every read: foldhash, seeded per process, instead of SipHash (it holds
+    /// only rows read from the table, and the seed keeps their ids from being chosen to collide).
+    rows: HashMap<Box<str>, Product, foldhash::fast::RandomState>,
     /// What `rows` holds, as [`ProductCache::cost`] counts it.
     bytes: usize,
     /// Reads answered from `rows` (tests look at it; a counter costs nothing).
