@@ -264,6 +264,10 @@ impl Summary {
 /// The CPU time this process has used so far, summed over its threads (Linux:
 /// `/proc/self/task/*/schedstat`, in nanoseconds; `None` elsewhere). Threads that have ended
 /// are not counted: `weft bench`'s runtime keeps its workers for the whole run.
+///
+/// Not `/proc/self/stat`, which the mesh's `process_cpu_seconds_total` reads (see
+/// `weft_observe::metrics`): that counts ended threads too, as a Prometheus counter must, but
+/// in 10 ms ticks, too coarse for the CPU per request of a short run.
 pub fn process_cpu_time() -> Option<Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
