@@ -26,7 +26,7 @@
 //!
 //! `weft bench` is a load generator for a mesh's REST gateway or gRPC services:
 //!
-//! - [`bench`]: the command, from checked arguments to the printed figures;
+//! - [`bench`](mod@bench): the command, from checked arguments to the printed figures;
 //! - [`bench_args`]: its command line and usage errors;
 //! - [`bench_http`], [`bench_grpc`]: REST (HTTP/1.1) and gRPC (HTTP/2) requests;
 //! - [`bench_load`]: the closed- and open-loop driver;
